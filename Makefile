@@ -1,0 +1,42 @@
+# The two entry points of the README: `make demo` and `make test`.
+# Both create the virtual environment on first use; nothing else needs to be set up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# System packages the tests use as real peers (pty pairs, an independent Modbus master).
+SYSPKGS := socat mbpoll
+
+.PHONY: demo test venv sysdeps lint unit hil bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs missing Debian packages; needs root or sudo (CI and a fresh dev box run as root).
+sysdeps:
+	@missing=""; for p in $(SYSPKGS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/python -m tools.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) sysdeps lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
