@@ -1,0 +1,428 @@
+"""Gateway configuration: the TOML schema, its documented defaults, validation and flag overrides.
+
+Owns: ``load_config(path, overrides) -> Config``, ``ConfigError`` and the argparse helpers
+(``add_config_flags`` / ``overrides_from_args``) that turn every key into a ``--section-key``
+flag. Every key, its default and meaning is listed in docs/configuration.md (generated from
+``SCHEMA`` below, so the two cannot drift: ``python -m gateway.config`` prints the table).
+
+Decisions:
+- Unknown sections or keys are errors, never warnings: a typo such as ``prot = 5683`` would
+  otherwise silently leave the default in force.
+- ``[modbus]`` and ``[modbus_server]`` are kept as raw dicts (``cfg.modbus_raw``,
+  ``cfg.modbus_server_raw``); gateway/modbus/config.py validates them.
+- ``store.path`` left at its default resolves to ``$STATE_DIRECTORY/slgw.db`` under systemd
+  (``StateDirectory=slgw``), else ``/var/lib/slgw/slgw.db`` when that directory is writable,
+  else ``./slgw.db`` (a warning is logged). An explicitly set path is used as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import re
+import tomllib
+import zoneinfo
+from dataclasses import dataclass, field, make_dataclass
+from datetime import datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE_PATH = "/var/lib/slgw/slgw.db"
+
+
+class ConfigError(Exception):
+    """A configuration file or flag that cannot be used; the message names key, line and fix."""
+
+
+# --- the schema: section -> key -> (type, default, help) -------------------------------------
+# Types: str, int, float, bool. Validators below add ranges and formats.
+SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
+    "coap": {
+        "bind": (str, "127.0.0.1", 'address the CoAP server binds to; set "0.0.0.0" or "::" to '
+                 "serve the network (always bound explicitly, so hosts without IPv6 work)"),
+        "port": (int, 5683, "UDP port of the CoAP server"),
+    },
+    "store": {
+        "path": (str, DEFAULT_STORE_PATH, "SQLite database file (see the resolution rule)"),
+        "commit_interval_ms": (float, 0.0, "extra time the writer waits to group more writes into "
+                               "one commit; 0 = group only what is already queued"),
+        "retention_raw_days": (int, 0, "keep raw readings this many days; 0 = forever"),
+        "retention_bucket_days": (int, 0, "keep 15-minute buckets this many days; 0 = forever "
+                                  "(hour/day roll-ups are always kept)"),
+        "aggregate_interval_s": (float, 5.0, "how often dirty sources are re-aggregated"),
+    },
+    "api": {
+        "bind": (str, "127.0.0.1", "address of the HTTP/JSON API"),
+        "port": (int, 8080, "TCP port of the HTTP/JSON API"),
+        "token": (str, "", "bearer token; required when bind is not a loopback address"),
+    },
+    "site": {
+        "name": (str, "", "site name shown in reports"),
+        "latitude": (float, 48.8566, "site latitude, degrees (dusk/dawn baseline)"),
+        "longitude": (float, 2.3522, "site longitude, degrees"),
+        "timezone": (str, "Europe/Paris", "IANA time zone for day and month boundaries"),
+    },
+    "clock": {
+        "start": (str, "", 'simulated clock start, ISO 8601 (e.g. "2026-01-15T17:00:00Z"); '
+                  '"" = real clock'),
+        "speed": (float, 1.0, "simulated clock speed (sim seconds per real second)"),
+        "anchor": (float, 0.0, "real Unix time at which the simulated clock reads `start`; "
+                   "0 = process start"),
+    },
+    "nodes": {
+        "offline_after_s": (float, 0.0, "a node is offline after this long without any message; "
+                            "0 = its registration lifetime"),
+        "default_lifetime": (int, 300, "registration lifetime assumed when lt is absent, s"),
+    },
+    "commands": {
+        "concurrency": (int, 64, "requests to nodes in flight at once"),
+        "timeout_s": (float, 30.0, "time allowed for one delivery attempt, s"),
+        "max_attempts": (int, 10, "delivery attempts before a command is failed"),
+    },
+    "savings": {
+        "baseline": (str, "dusk-to-dawn", '"dusk-to-dawn" (rated power at full level) or '
+                     '"reference" (a measured reference period)'),
+        "reference_from": (str, "", "start of the reference period, ISO 8601 date or time"),
+        "reference_to": (str, "", "end of the reference period (exclusive)"),
+    },
+    "log": {
+        "level": (str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    },
+}
+RAW_SECTIONS = ("modbus", "modbus_server")
+
+
+def _section_class(name: str) -> type:
+    """A dataclass for one section, with the schema's keys and defaults as fields."""
+    fields = [(k, t, field(default=d)) for k, (t, d, _h) in SCHEMA[name].items()]
+    return make_dataclass(name.capitalize() + "Config", fields)
+
+
+CoapConfig = _section_class("coap")
+StoreConfig = _section_class("store")
+ApiConfig = _section_class("api")
+SiteConfig = _section_class("site")
+ClockConfig = _section_class("clock")
+NodesConfig = _section_class("nodes")
+CommandsConfig = _section_class("commands")
+SavingsConfig = _section_class("savings")
+LogConfig = _section_class("log")
+_CLASSES = {"coap": CoapConfig, "store": StoreConfig, "api": ApiConfig, "site": SiteConfig,
+            "clock": ClockConfig, "nodes": NodesConfig, "commands": CommandsConfig,
+            "savings": SavingsConfig, "log": LogConfig}
+
+
+@dataclass
+class Config:
+    """The validated configuration. ``source`` is the file it came from (None = defaults)."""
+
+    coap: Any = field(default_factory=CoapConfig)
+    store: Any = field(default_factory=StoreConfig)
+    api: Any = field(default_factory=ApiConfig)
+    site: Any = field(default_factory=SiteConfig)
+    clock: Any = field(default_factory=ClockConfig)
+    nodes: Any = field(default_factory=NodesConfig)
+    commands: Any = field(default_factory=CommandsConfig)
+    savings: Any = field(default_factory=SavingsConfig)
+    log: Any = field(default_factory=LogConfig)
+    modbus_raw: dict = field(default_factory=dict)
+    modbus_server_raw: dict = field(default_factory=dict)
+    source: str | None = None
+    store_path_explicit: bool = False
+
+    def clock_start_unix(self) -> float | None:
+        """The simulated clock's start as Unix seconds, or None for the real clock."""
+        return parse_time(self.clock.start) if self.clock.start else None
+
+
+def parse_time(text: str) -> float:
+    """Parse ISO 8601 (a date, or a date-time; no zone = UTC) into Unix seconds.
+
+    Raises ValueError on anything else.
+    """
+    s = text.strip()
+    if s.endswith("Z") or s.endswith("z"):
+        s = s[:-1] + "+00:00"
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        from datetime import UTC
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+# --- validation ---------------------------------------------------------------------------
+def _is_loopback(addr: str) -> bool:
+    if addr in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_value(sec: str, key: str, v: Any) -> str | None:
+    """Return a problem description for a typed value, or None if it is acceptable."""
+    if key == "port" and not 0 <= v <= 65535:
+        return "must be a port number 0-65535"
+    if key == "bind":
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            if v != "localhost":
+                return 'must be an IP address such as "127.0.0.1", "0.0.0.0" or "::"'
+    if sec == "site" and key == "latitude" and not -90 <= v <= 90:
+        return "must be between -90 and 90"
+    if sec == "site" and key == "longitude" and not -180 <= v <= 180:
+        return "must be between -180 and 180"
+    if key == "timezone":
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return 'must be an IANA time zone name such as "Europe/Paris" or "UTC"'
+    if sec == "clock" and key == "start" and v:
+        try:
+            parse_time(v)
+        except ValueError:
+            return 'must be ISO 8601, e.g. "2026-01-15T17:00:00Z", or "" for the real clock'
+    if sec == "clock" and key == "speed" and not 0 < v <= 100000:
+        return "must be > 0 (1.0 = real time)"
+    if sec == "savings" and key == "baseline" and v not in ("dusk-to-dawn", "reference"):
+        return 'must be "dusk-to-dawn" or "reference"'
+    if sec == "savings" and key in ("reference_from", "reference_to") and v:
+        try:
+            parse_time(v)
+        except ValueError:
+            return 'must be an ISO 8601 date such as "2025-01-01"'
+    if sec == "log" and key == "level" and v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        return "must be DEBUG, INFO, WARNING or ERROR"
+    if key in ("commit_interval_ms", "retention_raw_days", "retention_bucket_days",
+               "offline_after_s", "anchor") and v < 0:
+        return "must be >= 0"
+    if key in ("concurrency", "max_attempts", "default_lifetime") and v < 1:
+        return "must be >= 1"
+    if key in ("timeout_s", "aggregate_interval_s") and v <= 0:
+        return "must be > 0"
+    return None
+
+
+def _coerce(typ: type, v: Any) -> Any:
+    """Convert a TOML or flag value to the schema type; raise ValueError if impossible."""
+    if typ is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return v.lower() in ("true", "1", "yes", "on")
+        raise ValueError
+    if typ is int:
+        if isinstance(v, bool):
+            raise ValueError
+        if isinstance(v, int):
+            return v
+        if isinstance(v, str):
+            return int(v, 0)
+        raise ValueError
+    if typ is float:
+        if isinstance(v, bool):
+            raise ValueError
+        if isinstance(v, int | float):
+            return float(v)
+        if isinstance(v, str):
+            return float(v)
+        raise ValueError
+    if typ is str:
+        if isinstance(v, str):
+            return v
+        raise ValueError
+    raise ValueError
+
+
+def _key_line(text: str, sec: str, key: str) -> int | None:
+    """Find the 1-based line where ``key`` is set inside ``[sec]`` (or dotted ``sec.key``)."""
+    current = ""
+    key_re = re.compile(r'^\s*("?)' + re.escape(key) + r'\1\s*=')
+    dotted = re.compile(r"^\s*" + re.escape(sec) + r"\s*\.\s*" + re.escape(key) + r"\s*=")
+    for n, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"^\s*\[\s*([^\]\s]+)\s*\]", line)
+        if m:
+            current = m.group(1)
+            continue
+        if current == sec and key_re.match(line):
+            return n
+        if current == "" and dotted.match(line):
+            return n
+    return None
+
+
+def _section_line(text: str, sec: str) -> int | None:
+    for n, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^\s*\[\[?\s*" + re.escape(sec) + r"\s*\]", line):
+            return n
+    return None
+
+
+def _where(path: str | None, line: int | None) -> str:
+    src = path or "<flags>"
+    return f"{src}, line {line}" if line else src
+
+
+def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load, validate and default the gateway configuration.
+
+    ``path`` None means defaults only. ``overrides`` maps ``"section.key"`` to a value (from
+    flags; strings are converted to the key's type) and wins over the file.
+    Returns a Config. Raises ConfigError naming the file, line and key, and what to do.
+    """
+    overrides = overrides or {}
+    text = ""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}; check the path "
+                              "given to --config and its permissions") from e
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{path}, line {line}: not valid UTF-8; save the file as UTF-8") from e
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: TOML syntax error: {e}; fix the syntax at that line "
+                              "(strings need quotes, tables are [section])") from e
+
+    cfg = Config(source=path)
+    unknown = []
+    for sec, val in data.items():
+        if sec in RAW_SECTIONS:
+            if not isinstance(val, dict):
+                raise ConfigError(f"{_where(path, _key_line(text, '', sec))}: [{sec}] must be a table")
+            setattr(cfg, sec + "_raw", val)
+            continue
+        if sec not in SCHEMA:
+            unknown.append((sec, None))
+            continue
+        if not isinstance(val, dict):
+            raise ConfigError(f"{_where(path, _key_line(text, '', sec))}: '{sec}' must be a table "
+                              f"[{sec}], not a value")
+        for key in val:
+            if key not in SCHEMA[sec]:
+                unknown.append((sec, key))
+    if unknown:
+        parts = []
+        for sec, key in unknown:
+            if key is None:
+                parts.append(f"section [{sec}] ({_where(path, _section_line(text, sec))})")
+            else:
+                parts.append(f"'{sec}.{key}' ({_where(path, _key_line(text, sec, key))})")
+        known = ", ".join(sorted(SCHEMA) + list(RAW_SECTIONS))
+        raise ConfigError("unknown config key(s): " + "; ".join(parts)
+                          + f"; check the spelling against docs/configuration.md (sections: {known})")
+
+    for sec, keys in SCHEMA.items():
+        obj = getattr(cfg, sec)
+        for key, (typ, _default, _help) in keys.items():
+            if key in data.get(sec, {}):
+                src_val, origin = data[sec][key], _where(path, _key_line(text, sec, key))
+            else:
+                continue
+            _apply(obj, sec, key, typ, src_val, origin)
+            if sec == "store" and key == "path":
+                cfg.store_path_explicit = True
+    for dotted, v in overrides.items():
+        if v is None:
+            continue
+        sec, _, key = dotted.partition(".")
+        if sec not in SCHEMA or key not in SCHEMA[sec]:
+            raise ConfigError(f"unknown override '{dotted}'; see docs/configuration.md")
+        _apply(getattr(cfg, sec), sec, key, SCHEMA[sec][key][0], v,
+               f"flag --{sec}-{key.replace('_', '-')}")
+        if dotted == "store.path":
+            cfg.store_path_explicit = True
+
+    if not _is_loopback(cfg.api.bind) and not cfg.api.token:
+        origin = _where(path, _key_line(text, "api", "bind"))
+        raise ConfigError(f"{origin}: 'api.bind' = {cfg.api.bind!r} is not a loopback address, so "
+                          "'api.token' is required; set api.token to a long random string "
+                          "(e.g. `openssl rand -hex 24`) or bind the API to 127.0.0.1")
+    if cfg.savings.baseline == "reference" and not (cfg.savings.reference_from
+                                                     and cfg.savings.reference_to):
+        origin = _where(path, _key_line(text, "savings", "baseline"))
+        raise ConfigError(f"{origin}: 'savings.baseline' = \"reference\" needs "
+                          "'savings.reference_from' and 'savings.reference_to'")
+    if not cfg.store_path_explicit:
+        cfg.store.path = default_store_path()
+    return cfg
+
+
+def _apply(obj: Any, sec: str, key: str, typ: type, v: Any, origin: str) -> None:
+    try:
+        val = _coerce(typ, v)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{origin}: '{sec}.{key}' = {v!r} must be of type {typ.__name__}; "
+                          f"default is {SCHEMA[sec][key][1]!r}") from None
+    problem = _check_value(sec, key, val)
+    if problem:
+        raise ConfigError(f"{origin}: '{sec}.{key}' = {v!r} {problem}")
+    setattr(obj, key, val)
+
+
+def default_store_path() -> str:
+    """Resolve the default database path (see the module docstring)."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return os.path.join(state.split(":")[0], "slgw.db")
+    d = os.path.dirname(DEFAULT_STORE_PATH)
+    if os.path.isdir(d) and os.access(d, os.W_OK):
+        return DEFAULT_STORE_PATH
+    log.warning("%s is not writable and STATE_DIRECTORY is unset: using ./slgw.db; set "
+                "[store] path to choose where the gateway keeps its data", d)
+    return os.path.abspath("slgw.db")
+
+
+# --- flags ------------------------------------------------------------------------------------
+def flag_name(sec: str, key: str) -> str:
+    """``("coap", "port") -> "--coap-port"``."""
+    return f"--{sec}-{key.replace('_', '-')}"
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--section-key`` flag per schema key (default None = not overridden)."""
+    group = parser.add_argument_group("configuration overrides (win over the TOML file)")
+    for sec, keys in SCHEMA.items():
+        for key, (typ, default, help_) in keys.items():
+            group.add_argument(flag_name(sec, key), dest=f"cfg__{sec}__{key}", default=None,
+                               metavar=typ.__name__.upper(),
+                               help=f"{help_} (default {default!r})")
+
+
+def overrides_from_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """Collect the flags added by add_config_flags into ``{"section.key": value}``."""
+    out = {}
+    for name, v in vars(ns).items():
+        if name.startswith("cfg__") and v is not None:
+            _, sec, key = name.split("__", 2)
+            out[f"{sec}.{key}"] = v
+    return out
+
+
+def markdown_table() -> str:
+    """Every key with type, default and meaning, as the Markdown in docs/configuration.md."""
+    lines = []
+    for sec, keys in SCHEMA.items():
+        lines += [f"### [{sec}]", "", "| key | type | default | flag | meaning |",
+                  "|---|---|---|---|---|"]
+        for key, (typ, default, help_) in keys.items():
+            lines.append(f"| `{key}` | {typ.__name__} | `{default!r}` | `{flag_name(sec, key)}` | "
+                         f"{help_} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,177 @@
+"""Glue from a node's Send (SPEC §3, §4) to the store: parse, validate, store durably, and say
+what the CoAP layer must answer.
+
+Owns ``Ingestor`` (one per service; remembers store health for the 5.03 retry delay and
+rate-limits its error logs) and ``Answer``. The CoAP resource for ``/dp`` checks the endpoint
+is registered (4.04 otherwise), then calls ``Ingestor.handle_payload`` and sends
+``answer.coap_code`` with ``answer.max_age`` and ``answer.diagnostic``.
+
+Answers (SPEC §3, §8):
+- 2.04 once every report of the pack is durable (duplicates count as stored);
+- 4.00 for a payload that does not parse or a report with a bad value: nothing is stored;
+- 5.03 with Max-Age when the store cannot write (disk full, I/O error): nothing of the pack
+  was acknowledged, the node keeps it and retries; the delay doubles from 5 s to 300 s while
+  the store keeps failing and returns to 5 s after the first success;
+- 5.00 for anything unexpected (logged with its traceback).
+A descriptor pack (no report) updates the node's metadata and is answered 2.04.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import lwm2m
+from protocol.report import parse_send
+
+from .store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+CHANGED = (2, 4)
+BAD_REQUEST = (4, 0)
+SERVICE_UNAVAILABLE = (5, 3)
+INTERNAL_SERVER_ERROR = (5, 0)
+
+# Descriptor record name -> (nodes column, converter). SPEC §4.
+_P = lwm2m.format_path
+DESCRIPTOR_COLUMNS = {
+    _P(lwm2m.OBJ_DEVICE, 0, lwm2m.RES_FIRMWARE_VERSION): ("fw", str),
+    _P(lwm2m.OBJ_LOCATION, 0, lwm2m.RES_LATITUDE): ("lat", float),
+    _P(lwm2m.OBJ_LOCATION, 0, lwm2m.RES_LONGITUDE): ("lon", float),
+    _P(lwm2m.OBJ_STREETLIGHT, 0, lwm2m.RES_GROUP): ("grp", str),
+    _P(lwm2m.OBJ_STREETLIGHT, 0, lwm2m.RES_CABINET): ("cabinet", str),
+    _P(lwm2m.OBJ_STREETLIGHT, 0, lwm2m.RES_RATED_POWER): ("rated_w", float),
+    _P(lwm2m.OBJ_STREETLIGHT, 0, lwm2m.RES_DEFAULT_LEVEL): ("default_level", int),
+    _P(lwm2m.OBJ_DEVICE, 0, lwm2m.RES_TIMEZONE): ("tz", str),
+}
+
+
+@dataclass
+class Answer:
+    """What to answer a Send: ``code`` as (class, detail), e.g. (2, 4)."""
+
+    code: tuple[int, int]
+    max_age: int | None = None
+    diagnostic: str = ""
+    stored: int = 0
+    duplicates: int = 0
+    descriptor: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def coap_code(self) -> int:
+        """The code as one integer (class << 5 | detail), as aiocoap's ``Code(int)`` takes it."""
+        return self.code[0] << 5 | self.code[1]
+
+    @property
+    def code_str(self) -> str:
+        return f"{self.code[0]}.{self.code[1]:02d}"
+
+
+def descriptor_updates(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Map descriptor attributes (resolved SenML name -> value) to nodes columns.
+
+    Raises ValueError for a value of the wrong type or out of range; unknown names are ignored.
+    """
+    out: dict[str, Any] = {}
+    for name, val in attrs.items():
+        spec = DESCRIPTOR_COLUMNS.get(name)
+        if spec is None:
+            continue
+        col, conv = spec
+        if conv is str:
+            if not isinstance(val, str) or len(val) > 64:
+                raise ValueError(f"descriptor {name} must be a string of at most 64 characters")
+        elif isinstance(val, bool) or not isinstance(val, int | float):
+            raise ValueError(f"descriptor {name} must be a number")
+        v = conv(val)
+        if col == "lat" and not -90 <= v <= 90 or col == "lon" and not -180 <= v <= 180:
+            raise ValueError(f"descriptor {name} out of range")
+        if col == "rated_w" and not 0 <= v <= 100000 or col == "default_level" and not 0 <= v <= 100:
+            raise ValueError(f"descriptor {name} out of range")
+        out[col] = v
+    return out
+
+
+class Ingestor:
+    """Turns Sends into durable readings; one per service."""
+
+    MIN_RETRY_S = 5
+    MAX_RETRY_S = 300
+    LOG_EVERY_S = 60.0
+
+    def __init__(self, store: Store, *, kind: str = "node") -> None:
+        self.store = store
+        self.kind = kind
+        self._retry = 0
+        self._last_log = 0.0
+        self.failures = 0  # Sends answered 5.03 since start (exposed for status/metrics)
+
+    async def handle_payload(self, endpoint: str, payload: bytes, *, now: float) -> Answer:
+        """Parse a Send payload from ``endpoint`` received at ``now`` and store it."""
+        try:
+            reports, attrs = parse_send(payload, now)
+        except ValueError as e:  # CBORError, SenMLError are ValueErrors
+            return Answer(BAD_REQUEST, diagnostic=_short(str(e)))
+        if not reports:
+            return await self.handle_descriptor(endpoint, attrs)
+        return await self.handle_reports(endpoint, reports, received_at=now)
+
+    async def handle_reports(self, endpoint: str, reports: list[dict], *,
+                             received_at: float) -> Answer:
+        """Store already-decoded reports (``parse_send`` dicts) of one endpoint."""
+        try:
+            res = await self.store.ingest_reports(endpoint, reports, kind=self.kind,
+                                                  received_at=received_at)
+        except StoreUnavailable as e:
+            return self._unavailable(e)
+        except ValueError as e:
+            return Answer(BAD_REQUEST, diagnostic=_short(str(e)))
+        except Exception:
+            log.exception("unexpected failure storing %d report(s) from %s", len(reports), endpoint)
+            return Answer(INTERNAL_SERVER_ERROR, diagnostic="internal error")
+        self._ok()
+        return Answer(CHANGED, stored=res.stored, duplicates=res.duplicates)
+
+    async def handle_descriptor(self, endpoint: str, attrs: dict[str, Any]) -> Answer:
+        """Upsert a node's metadata from a descriptor Send (SPEC §4)."""
+        try:
+            cols = descriptor_updates(attrs)
+        except ValueError as e:
+            return Answer(BAD_REQUEST, diagnostic=_short(str(e)))
+        if cols:
+            from .store import ensure_source
+
+            def fn(conn):
+                ensure_source(conn, endpoint, self.kind, time.time())
+                sets = ", ".join(f"{c} = ?" for c in cols)
+                conn.execute(f"UPDATE nodes SET {sets} WHERE id = ?", (*cols.values(), endpoint))
+
+            try:
+                await self.store.write(fn)
+            except StoreUnavailable as e:
+                return self._unavailable(e)
+            self._ok()
+        return Answer(CHANGED, descriptor=cols)
+
+    def _unavailable(self, e: Exception) -> Answer:
+        self.failures += 1
+        self._retry = min(self.MAX_RETRY_S, max(self.MIN_RETRY_S, self._retry * 2))
+        mono = time.monotonic()
+        if mono - self._last_log >= self.LOG_EVERY_S:
+            self._last_log = mono
+            log.error("cannot store reports, answering 5.03 (retry in %d s): %s", self._retry, e)
+        return Answer(SERVICE_UNAVAILABLE, max_age=self._retry, diagnostic="store unavailable")
+
+    def _ok(self) -> None:
+        if self._retry:
+            log.warning("store writable again after %d refused Send(s)", self.failures)
+        self._retry = 0
+
+
+def _short(msg: str) -> str:
+    """Diagnostic payloads are at most 64 bytes (SPEC §8)."""
+    b = msg.encode("utf-8")[:64]
+    return b.decode("utf-8", "ignore")

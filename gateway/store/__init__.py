@@ -1,0 +1,11 @@
+"""The gateway's SQLite store (WAL, single writer with group commit, migrations).
+
+Public names: ``Store``, ``IngestResult``, ``StoreError``, ``StoreUnavailable``,
+``StoreCorrupt``, ``validate_report``, ``ensure_source``. See core.py for the write model.
+"""
+
+from .core import Store, StoreCorrupt, StoreError, StoreUnavailable
+from .readings import IngestResult, ensure_source, validate_report
+
+__all__ = ["Store", "StoreError", "StoreUnavailable", "StoreCorrupt", "IngestResult",
+           "ensure_source", "validate_report"]

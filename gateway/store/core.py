@@ -1,0 +1,381 @@
+"""The gateway's SQLite store: one writer thread with group commit, pooled readers, backup,
+retention and background aggregation.
+
+Shape (datasette's): every write is a function ``fn(conn)`` queued to ONE writer thread. The
+writer takes everything queued, opens one ``BEGIN IMMEDIATE`` transaction, runs each function
+inside its own SAVEPOINT (an exception rolls back only that function's work and is raised to
+its caller), then COMMITs once. WAL mode with ``synchronous=FULL``: the awaitable returned by
+``write`` resolves only after that COMMIT reached the disk, so one fsync covers every write of
+the group and durability does not cost throughput. Reads run on separate connections in a
+small thread pool and see committed data only.
+
+Errors: a failure to write (disk full, I/O error, read-only file) raises ``StoreUnavailable``
+to every caller of the failed group; the store keeps running and later writes succeed once the
+cause is gone. A file that is not a usable database raises ``StoreCorrupt`` at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from . import schema
+from .readings import IngestResult, ingest_fn, validate_report
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# SQLite primary result codes that mean "cannot write now" rather than "bad request".
+_UNAVAILABLE_CODES = {5, 6, 7, 8, 10, 13, 14}  # BUSY LOCKED NOMEM READONLY IOERR FULL CANTOPEN
+_CORRUPT_CODES = {11, 26}  # CORRUPT NOTADB
+_STOP = object()
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot write now (disk full, I/O error); retry later. Nothing was stored."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is not a usable SQLite database."""
+
+
+def _classify(e: BaseException) -> BaseException:
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(e, sqlite3.Error) and code is not None:
+        if code & 0xFF in _UNAVAILABLE_CODES:
+            return StoreUnavailable(f"store cannot write: {e} (free disk space or check the "
+                                    "storage device; writes resume by themselves)")
+        if code & 0xFF in _CORRUPT_CODES:
+            return StoreCorrupt(f"database is corrupt: {e}")
+    return e
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
+
+
+class Store:
+    """The gateway database. Make it with ``await Store.open(path)``; end with ``await close()``."""
+
+    def __init__(self, path: str, commit_interval_ms: float, readers: int, timezone: str) -> None:
+        self.path = path
+        self.commit_interval_s = commit_interval_ms / 1000.0
+        self.timezone = timezone
+        self._q: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readpool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="slgw-read")
+        self._local = threading.local()
+        self._rconns: list[sqlite3.Connection] = []
+        self._rlock = threading.Lock()
+        self._closed = False
+        self._agg_task: asyncio.Task | None = None
+        self.commits = 0  # groups committed (for benches and tests)
+        self.writes = 0  # write functions committed
+
+    # --- life cycle ------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, path: str, *, commit_interval_ms: float = 0.0, readers: int = 2,
+                   timezone: str = "UTC", aggregate_interval_s: float | None = None) -> Store:
+        """Open (creating and migrating if needed) the database at ``path`` and start the writer.
+
+        ``aggregate_interval_s`` starts a background task that rebuilds dirty buckets that
+        often (None = only on ``refresh()``). Raises StoreCorrupt for a file that is not a
+        usable database, StoreUnavailable if it cannot be opened for writing.
+        """
+        self = cls(path, commit_interval_ms, readers, timezone)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._open_sync)
+        self._writer = threading.Thread(target=self._writer_main, name="slgw-writer", daemon=True)
+        self._writer.start()
+        await self.write(self._check_rollup_tz)
+        if aggregate_interval_s:
+            self._agg_task = asyncio.create_task(self._aggregate_loop(aggregate_interval_s))
+        return self
+
+    def _open_sync(self) -> None:
+        d = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(d):
+            raise StoreUnavailable(f"directory {d} for the database does not exist; create it or "
+                                   "set [store] path")
+        try:
+            conn = _connect(self.path)
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreUnavailable(f"{self.path}: cannot enable WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            schema.migrate(conn)
+        except sqlite3.DatabaseError as e:
+            err = _classify(e)
+            if isinstance(err, StoreUnavailable):
+                raise err from e
+            raise StoreCorrupt(f"{self.path} is not a usable SQLite database ({e}); move it away "
+                               "to start with an empty store, or restore a backup made with "
+                               "`slgw backup`") from e
+        self._wconn = conn
+
+    async def close(self) -> None:
+        """Flush pending writes, checkpoint the WAL into the database and close everything."""
+        if self._closed:
+            return
+        if self._agg_task:
+            self._agg_task.cancel()
+            try:
+                await self._agg_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        try:
+            await self.refresh()
+        except StoreError as e:
+            log.error("final aggregation failed: %s", e)
+        self._closed = True
+        fut = asyncio.get_running_loop().create_future()
+        self._q.put((_STOP, fut, asyncio.get_running_loop()))
+        await fut
+        self._readpool.shutdown(wait=True)
+        with self._rlock:
+            for c in self._rconns:
+                c.close()
+
+    # --- writes ----------------------------------------------------------------------------
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in the writer, grouped with other writes; resolve after COMMIT.
+
+        Raises what ``fn`` raised (its own work rolled back), or StoreUnavailable if the group
+        could not be committed.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._q.put((fn, fut, loop))
+        return await fut
+
+    def _writer_main(self) -> None:
+        conn = self._wconn
+        assert conn is not None
+        stop = None
+        while stop is None:
+            batch = [self._q.get()]
+            if self.commit_interval_s and batch[0][0] is not _STOP:
+                deadline = time.monotonic() + self.commit_interval_s
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        batch.append(self._q.get(timeout=left))
+                    except queue.Empty:
+                        break
+            while True:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            work = []
+            for item in batch:
+                if item[0] is _STOP:
+                    stop = item
+                else:
+                    work.append(item)
+            if work:
+                self._run_group(conn, work)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            log.warning("WAL checkpoint at close failed: %s", e)
+        conn.close()
+        _fn, fut, loop = stop
+        loop.call_soon_threadsafe(_resolve, fut, None, None)
+
+    def _run_group(self, conn: sqlite3.Connection, work: list) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            err = _classify(e)
+            for _fn, fut, loop in work:
+                loop.call_soon_threadsafe(_resolve, fut, None, err)
+            return
+        done: list = []  # (fut, loop, result) awaiting COMMIT
+        for fn, fut, loop in work:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            conn.execute("SAVEPOINT w")
+            try:
+                result = fn(conn)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                err = _classify(e)
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                    except sqlite3.Error:
+                        pass
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (disk full, I/O error): the
+                    # earlier functions of this group lost their work too.
+                    lost = err if isinstance(err, StoreUnavailable) else StoreUnavailable(str(err))
+                    for f2, l2, _r in done:
+                        l2.call_soon_threadsafe(_resolve, f2, None, lost)
+                    done = []
+                loop.call_soon_threadsafe(_resolve, fut, None, err)
+                continue
+            conn.execute("RELEASE w")
+            done.append((fut, loop, result))
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            err = _classify(e)
+            if not isinstance(err, StoreUnavailable):
+                err = StoreUnavailable(f"commit failed: {e}")
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for fut, loop, _r in done:
+                loop.call_soon_threadsafe(_resolve, fut, None, err)
+            return
+        self.commits += 1
+        self.writes += len(done)
+        for fut, loop, result in done:
+            loop.call_soon_threadsafe(_resolve, fut, result, None)
+
+    # --- reads -----------------------------------------------------------------------------
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on a read connection (one consistent snapshot) in the thread pool."""
+        if self._closed:
+            raise StoreError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._readpool, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._rlock:
+                self._rconns.append(conn)
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    # --- ingestion ---------------------------------------------------------------------------
+    async def ingest_reports(self, source: str, reports: list[dict], *, kind: str = "node",
+                             received_at: float | None = None) -> IngestResult:
+        """Store reports of one source, idempotent on (source, seq); durable when it returns.
+
+        Raises ValueError (nothing stored) if any report is invalid, StoreUnavailable if the
+        store cannot write now.
+        """
+        if kind not in ("node", "meter"):
+            raise ValueError("kind must be 'node' or 'meter'")
+        now = time.time() if received_at is None else received_at
+        rows = [validate_report(r, now) for r in reports]
+        if not rows:
+            return IngestResult(0, 0)
+        return await self.write(ingest_fn(source, rows, kind, now))
+
+    async def add_meter_event(self, source: str, t: float, kind: str, note: str = "") -> None:
+        """Record a meter replacement or reset at ``t``; the source's buckets are rebuilt."""
+        from .readings import mark_dirty
+
+        if kind not in ("replacement", "reset"):
+            raise ValueError("kind must be 'replacement' or 'reset'")
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO meter_events(source, t, kind, note) VALUES (?, ?, ?, ?)",
+                         (source, t, kind, note))
+            mark_dirty(conn, source, t, t)
+
+        await self.write(fn)
+
+    # --- aggregation, retention, backup -------------------------------------------------------
+    def _check_rollup_tz(self, conn: sqlite3.Connection) -> None:
+        from ..energy.rebuild import ensure_rollup_tz
+
+        ensure_rollup_tz(conn, self.timezone)
+
+    async def refresh(self, max_sources: int = 500) -> int:
+        """Rebuild the buckets of every dirty source now. Returns the number of sources rebuilt."""
+        from ..energy.rebuild import rebuild_dirty
+
+        total = 0
+        while True:
+            n = await self.write(lambda conn: rebuild_dirty(conn, self.timezone, max_sources))
+            total += n
+            if n < max_sources:
+                return total
+
+    async def _aggregate_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except StoreError as e:
+                log.error("aggregation failed, will retry in %.0f s: %s", interval, e)
+            except Exception:  # never let the loop die silently
+                log.exception("aggregation failed, will retry in %.0f s", interval)
+
+    async def prune(self, now: float, retention_raw_days: int, retention_bucket_days: int) -> dict:
+        """Delete raw readings and 15-minute buckets older than their retention (0 = keep).
+
+        Hour and day roll-ups are kept. Returns the number of rows deleted per table.
+        """
+
+        def fn(conn: sqlite3.Connection) -> dict:
+            out = {"readings": 0, "buckets": 0}
+            if retention_raw_days > 0:
+                out["readings"] = conn.execute("DELETE FROM readings WHERE t < ?",
+                                               (now - retention_raw_days * 86400,)).rowcount
+            if retention_bucket_days > 0:
+                out["buckets"] = conn.execute("DELETE FROM buckets WHERE start < ?",
+                                              (now - retention_bucket_days * 86400,)).rowcount
+            return out
+
+        return await self.write(fn)
+
+    async def backup(self, path: str) -> None:
+        """Write a consistent online copy of the database to ``path`` (atomically replaced)."""
+        tmp = path + ".tmp"
+
+        def run() -> None:
+            src = _connect(self.path)
+            try:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                dst = sqlite3.connect(tmp)
+                try:
+                    src.backup(dst, pages=1024)
+                    dst.execute("PRAGMA journal_mode = DELETE")
+                finally:
+                    dst.close()
+                os.replace(tmp, path)
+            finally:
+                src.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, run)
+
+
+def _resolve(fut: asyncio.Future, result: Any, err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(result)
