@@ -1,0 +1,208 @@
+"""Meter polling: one scheduler task per line, quarantine for dead meters, readings to a sink.
+
+Owns ``MeterPoller`` (one meter: its plan, state, counters, quarantine) and ``LineScheduler``
+(one task per Modbus line that polls that line's meters in due order). Decisions:
+
+- One task per line, not per meter: an RS-485 bus is half duplex, so meters on it are
+  polled one after another in order of their due time; polls are never fired at the same
+  instant (field-notes §7). Meters start staggered over their first period.
+- A poll reads every planned request of the profile (``planner.plan``); it succeeds only
+  if all reads do, so a reading is always consistent.
+- A failed poll (after the meter's retries) puts the meter in quarantine: it is probed
+  with a single attempt (no retries) after ``period``, then 2x, 4x ... up to
+  ``backoff_max``. A quarantined meter therefore costs its line at most one timeout per
+  probe, and the other meters keep their cadence. The first good answer ends the
+  quarantine and the meter returns to its period.
+- Cadence: the next poll is due one period after the previous due time; a line that fell
+  behind skips ahead instead of bursting.
+- Nothing stops a line's loop silently: a bug in decoding or in the sink is logged with a
+  traceback, counted (``internal_errors`` / ``sink_errors``), and the loop goes on.
+- A sink failure loses no energy: the next good reading carries the cumulative register.
+
+Readings go to an async sink ``sink(meter: MeterConfig, reading: dict)``; the reading is
+``{"seq", "t", "wh", "w", "values"}`` where ``seq`` is a strictly increasing integer
+(poll time in ms), ``t`` the (possibly simulated) wall time, ``wh`` the cumulative import
+Wh, ``w`` the power in W (None if the profile maps none) and ``values`` every named value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+
+from .bus import ERROR_KINDS, Bus, BusError
+from .config import MeterConfig
+from .planner import plan
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[MeterConfig, dict], Awaitable[None]]
+COUNTERS = ("polls", "ok", *ERROR_KINDS, "decode_errors", "sink_errors", "internal_errors", "probes")
+
+
+class MeterPoller:
+    """State and one-poll logic of a meter."""
+
+    def __init__(self, cfg: MeterConfig, bus: Bus, sink: Sink,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.sink = sink
+        self.clock = clock
+        self.requests = plan(cfg.profile)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.status = "starting"      # starting | ok | quarantined
+        self.failures = 0             # consecutive failed polls
+        self.last_poll: float | None = None   # wall time of the last good poll
+        self.last_error: str | None = None
+        self.values: dict[str, float] = {}
+        self.import_wh: float | None = None
+        self.power_w: float | None = None
+        self._seq = 0
+        # stagger first polls over the period, stable per meter name
+        self.next_due = time.monotonic() + cfg.period * (zlib.crc32(cfg.name.encode()) % 1000) / 1000
+
+    @property
+    def quarantined(self) -> bool:
+        """True while the meter is only probed, with back-off."""
+        return self.status == "quarantined"
+
+    def backoff(self) -> float:
+        """Delay before the next probe of a quarantined meter."""
+        return min(self.cfg.backoff_max, self.cfg.period * 2 ** max(0, self.failures - 1))
+
+    async def poll(self) -> bool:
+        """Read every planned request, publish the reading, update state.
+
+        Returns:
+            True on a good poll. Never raises on a device or decoding fault (counted).
+        """
+        probing = self.quarantined
+        self.counters["polls"] += 1
+        if probing:
+            self.counters["probes"] += 1
+        retries = 0 if probing else self.cfg.retries
+        values: dict[str, float] = {}
+        try:
+            for req in self.requests:
+                words = await self.bus.execute(self.cfg.unit, req.function, req.address, req.count,
+                                               timeout=self.cfg.timeout, retries=retries)
+                values.update(req.decode(words))
+        except BusError as exc:
+            self.counters[exc.kind] += 1
+            self._failed(f"{exc.kind}: {exc}")
+            return False
+        except ValueError as exc:
+            self.counters["decode_errors"] += 1
+            self._failed(f"decode: {exc}")
+            return False
+        return await self._publish(values)
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        self.last_error = why
+        if not self.quarantined:
+            log.warning("meter %s (%s unit %d): poll failed (%s); quarantined, probing with back-off "
+                        "up to %.0f s. Check wiring, power, unit id and line settings.",
+                        self.cfg.name, self.bus.key, self.cfg.unit, why, self.cfg.backoff_max)
+        else:
+            log.debug("meter %s: probe failed (%s), next in %.1f s", self.cfg.name, why, self.backoff())
+        self.status = "quarantined"
+
+    async def _publish(self, values: dict[str, float]) -> bool:
+        prof = self.cfg.profile
+        wh_reg = prof.mapped("import_wh")
+        w_reg = prof.mapped("power_w")
+        wh = values.get(wh_reg.name) if wh_reg else None
+        if wh is None or not math.isfinite(wh) or wh < 0:
+            self.counters["decode_errors"] += 1
+            self._failed(f"implausible import energy {wh!r}")
+            return False
+        if self.quarantined:
+            log.info("meter %s: answering again after %d failed poll(s); back to every %.1f s",
+                     self.cfg.name, self.failures, self.cfg.period)
+        self.status = "ok"
+        self.failures = 0
+        self.last_error = None
+        self.counters["ok"] += 1
+        now = self.clock()
+        self._seq = max(self._seq + 1, int(now * 1000))
+        w = values.get(w_reg.name) if w_reg else None
+        if w is not None and not math.isfinite(w):
+            w = None
+        self.values, self.import_wh, self.power_w, self.last_poll = values, wh, w, now
+        try:
+            await self.sink(self.cfg, {"seq": self._seq, "t": now, "wh": wh, "w": w, "values": values})
+        except Exception:
+            self.counters["sink_errors"] += 1
+            log.exception("meter %s: storing the reading failed; the next poll carries the "
+                          "cumulative energy, so none is lost", self.cfg.name)
+        return True
+
+    def schedule_next(self, now: float) -> None:
+        """Set the next due time after a poll that started at `now` (monotonic)."""
+        if self.quarantined:
+            self.next_due = now + self.backoff()
+            return
+        self.next_due += self.cfg.period
+        if self.next_due < now:
+            self.next_due = now  # fell behind: skip ahead, do not burst
+
+    def status_dict(self) -> dict:
+        """The meter's state for `slgw meters` / GET /api/meters."""
+        return {
+            "name": self.cfg.name, "cabinet": self.cfg.cabinet, "profile": self.cfg.profile.name,
+            "transport": self.cfg.transport, "bus": self.bus.key, "unit": self.cfg.unit,
+            "status": self.status, "import_wh": self.import_wh, "power_w": self.power_w,
+            "last_poll": self.last_poll, "last_error": self.last_error,
+            "consecutive_failures": self.failures, "errors": dict(self.counters),
+        }
+
+
+class LineScheduler:
+    """Polls the meters of one line in due order, in one task."""
+
+    def __init__(self, bus: Bus, pollers: list[MeterPoller]) -> None:
+        self.bus = bus
+        self.pollers = pollers
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start the line's task."""
+        self._task = asyncio.create_task(self._run(), name=f"modbus {self.bus.key}")
+
+    async def stop(self) -> None:
+        """Stop the task and close the line."""
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.bus.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                p = min(self.pollers, key=lambda q: q.next_due)
+                wait = p.next_due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                started = time.monotonic()
+                await p.poll()
+                p.schedule_next(started)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # a bug must not end polling: log it, count it, keep the line alive
+                log.exception("modbus %s: unexpected error in the poll loop; continuing", self.bus.key)
+                for q in self.pollers:
+                    if q.next_due <= time.monotonic():
+                        q.counters["internal_errors"] += 1
+                        q.next_due = time.monotonic() + q.cfg.period
+                await asyncio.sleep(0.1)
