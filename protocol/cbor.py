@@ -112,8 +112,11 @@ def _float(buf, x):
         buf.append(0xF9)
         buf.extend(struct.pack(">H", h))
         return
-    s = struct.pack(">f", x)
-    if struct.unpack(">f", s)[0] == x:
+    try:
+        s = struct.pack(">f", x)
+    except OverflowError:  # CPython refuses values beyond float32's range
+        s = None
+    if s is not None and struct.unpack(">f", s)[0] == x:
         buf.append(0xFA)
         buf.extend(s)
         return
@@ -188,6 +191,53 @@ def dumps(obj, max_depth=64):
 # --- decoding -----------------------------------------------------------------------------
 
 
+def utf8_valid(b):
+    """Strict UTF-8 check (RFC 3629): no overlong forms, surrogates or code points > U+10FFFF."""
+    i = 0
+    n = len(b)
+    while i < n:
+        c = b[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            k, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= c <= 0xEF:
+            k = 2
+            lo = 0xA0 if c == 0xE0 else 0x80
+            hi = 0x9F if c == 0xED else 0xBF
+        elif 0xF0 <= c <= 0xF4:
+            k = 3
+            lo = 0x90 if c == 0xF0 else 0x80
+            hi = 0x8F if c == 0xF4 else 0xBF
+        else:
+            return False
+        if i + k >= n:
+            return False
+        if not lo <= b[i + 1] <= hi:
+            return False
+        for j in range(i + 2, i + k + 1):
+            if not 0x80 <= b[j] <= 0xBF:
+                return False
+        i += k + 1
+    return True
+
+
+def _lax_utf8():
+    # MicroPython's str() accepts surrogates and overlong forms; CPython's does not.
+    try:
+        str(b"\xed\xa0\x80", "utf-8")
+        return True
+    except UnicodeError:
+        return False
+
+
+_LAX_UTF8 = _lax_utf8()
+
+
+# --- decoding: items ---------------------------------------------------------------------
+
+
 def _arg(data, pos, ai, end):
     """Read the argument of a head whose additional info is ``ai``; return (n, pos)."""
     if ai < 24:
@@ -257,9 +307,12 @@ def _dec(data, pos, end, depth):
         if major == 2:
             return b, pos + n
         try:
-            return str(b, "utf-8"), pos + n
+            text = str(b, "utf-8")
         except UnicodeError:
-            raise CBORError("invalid UTF-8 in text string at byte %d" % pos) from None
+            text = None
+        if text is None or (_LAX_UTF8 and len(text) != n and not utf8_valid(b)):
+            raise CBORError("invalid UTF-8 in text string at byte %d" % pos)
+        return text, pos + n
     if depth <= 0:
         raise CBORError("nesting deeper than the limit at byte %d" % pos)
     if major == 4:

@@ -23,6 +23,8 @@ except ImportError:  # CPython
         return x
 
 
+from protocol.cbor import utf8_valid
+
 # --- message types (RFC 7252 §3) -----------------------------------------------------------
 CON = const(0)
 NON = const(1)
@@ -151,9 +153,12 @@ def block_value(num, more, szx):
 
 def _text(b, what):
     try:
-        return str(b, "utf-8")
+        text = str(b, "utf-8")
     except UnicodeError:
-        raise CoAPError("invalid UTF-8 in " + what) from None
+        text = None
+    if text is None or (len(text) != len(b) and not utf8_valid(b)):
+        raise CoAPError("invalid UTF-8 in " + what)
+    return text
 
 
 class Message:
