@@ -148,8 +148,14 @@ def inspect_firmware(path: Path) -> FirmwareInfo:
         data = path.read_bytes()
     except OSError as e:
         raise ImageError(f"cannot read firmware {path}: {e.strerror or e}") from e
-    chip, flash_size = esp_image_chip(data[:64], str(path))
-    offset = firmware_offset(chip)
+    if data[:1] == b"\xff" and data[0x1000:0x1001] == bytes([ESP_IMAGE_MAGIC]):
+        # A whole-flash image from offset 0 (esptool merge-bin without --target-offset):
+        # erased padding, then the ESP32/S2 bootloader at 0x1000.
+        chip, flash_size = esp_image_chip(data[0x1000:0x1040], str(path))
+        offset = 0
+    else:
+        chip, flash_size = esp_image_chip(data[:64], str(path))
+        offset = firmware_offset(chip)
     pt_at = PARTITION_TABLE_OFFSET - offset
     parts = parse_partition_table(data[pt_at : pt_at + PARTITION_TABLE_SIZE]) if pt_at >= 0 else []
     if not parts:
