@@ -1,0 +1,275 @@
+"""Routes of the HTTP/JSON API (aiohttp). See openapi.py for the contract and docs/api.md.
+
+`make_app(gw)` takes the running service's parts (gateway.service.Gateway): store, registry,
+command queue, clock, config, the Modbus handle. Errors are JSON `{"error": {code, message}}`
+with 400 (bad input), 401 (token), 404 (unknown node/target), 503 (store unavailable), 500.
+
+Token (decision): when `[api] token` is set, every route except /openapi.json needs
+`Authorization: Bearer <token>`; config loading refuses a non-loopback bind without a token,
+and `check_bind` repeats that rule here so the API can never serve a network unprotected.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.openapi import document
+from gateway.commands import CommandError, NotFoundError
+from gateway.store import StoreError
+
+log = logging.getLogger("slgw.api")
+GW = web.AppKey("gw", object)
+DEFAULT_WAIT = 5.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str) -> None:
+    """Refuse to serve a non-loopback address without a token. Raises ValueError."""
+    if not is_loopback(host) and not token:
+        raise ValueError(f"the API is bound to {host}, which is not loopback, and [api] token is "
+                         "empty; set a token or bind to 127.0.0.1")
+
+
+def _err(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    gw = request.app[GW]
+    token = gw.config.api.token
+    if token and request.path != "/openapi.json":
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _err(401, "unauthorized", "missing or wrong bearer token "
+                        "(Authorization: Bearer <[api] token>)")
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _err(exc.status, exc.code, exc.message)
+    except CommandError as exc:
+        return _err(400, "bad_request", str(exc))
+    except NotFoundError as exc:
+        return _err(404, "not_found", str(exc))
+    except (StoreError, sqlite3.OperationalError) as exc:
+        log.error("API request %s failed: store unavailable (%s); check disk space", request.path, exc)
+        return _err(503, "unavailable", f"store unavailable: {exc}")
+    except web.HTTPException as exc:
+        return _err(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+    except Exception as exc:
+        log.exception("API request %s %s failed unexpectedly; please report this", request.method,
+                      request.path)
+        return _err(500, "internal", f"internal error: {type(exc).__name__}")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except Exception:
+        raise ApiError(400, "bad_request", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    return body
+
+
+def _wait(body: dict[str, Any]) -> float:
+    w = body.get("wait", DEFAULT_WAIT)
+    if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 60:
+        raise ApiError(400, "bad_request", "wait must be 0-60 seconds")
+    return float(w)
+
+
+def _summary(commands: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(Counter(c["state"] for c in commands))
+
+
+def _batch(result: dict[str, Any]) -> web.Response:
+    result["summary"] = _summary(result["commands"])
+    return web.json_response(result)
+
+
+def _target(body: dict[str, Any]) -> str:
+    t = body.get("target")
+    if not isinstance(t, str) or not t:
+        raise ApiError(400, "bad_request", "target (node id, group:NAME, cabinet:NAME, all) required")
+    return t
+
+
+# --- handlers -------------------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    return web.json_response(await gw.health())
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    nodes = await gw.registry.list_nodes(group=request.query.get("group"),
+                                         cabinet=request.query.get("cabinet"))
+    return web.json_response({"nodes": nodes})
+
+
+async def show_node(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    node_id = request.match_info["id"]
+    node = await gw.registry.show(node_id)
+    if node is None:
+        raise ApiError(404, "not_found", f"no node {node_id!r}")
+    commands = await gw.commands.list(node=node_id, limit=20)
+    schedule = await gw.commands.schedule(node_id)
+    if schedule is None and node["group"]:
+        schedule = await gw.commands.schedule("group:" + node["group"])
+    return web.json_response({"node": node, "commands": commands, "schedule": schedule})
+
+
+async def set_level(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    body = await _body(request)
+    return _batch(await gw.commands.submit(_target(body), "level", {"level": body.get("level")},
+                                           wait=_wait(body)))
+
+
+async def on_off(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    body = await _body(request)
+    return _batch(await gw.commands.submit(_target(body), "on_off", {"on": body.get("on")},
+                                           wait=_wait(body)))
+
+
+async def override(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    body = await _body(request)
+    payload = {"level": body.get("level"), "seconds": body.get("seconds")}
+    return _batch(await gw.commands.submit(_target(body), "override", payload, wait=_wait(body)))
+
+
+async def push_schedule(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    body = await _body(request)
+    return _batch(await gw.commands.submit(request.match_info["target"], "schedule",
+                                           {"steps": body.get("steps")}, wait=_wait(body)))
+
+
+async def show_schedule(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    target = request.match_info["target"]
+    sched = await gw.commands.schedule(target)
+    if sched is None:
+        raise ApiError(404, "not_found", f"no schedule was pushed to {target!r}")
+    return web.json_response(sched)
+
+
+async def list_commands(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    q = request.query
+    try:
+        limit = int(q.get("limit", "1000"))
+    except ValueError:
+        raise ApiError(400, "bad_request", "limit must be an integer") from None
+    cmds = await gw.commands.list(batch=q.get("batch"), node=q.get("node"), state=q.get("state"),
+                                  limit=limit)
+    if q.get("batch") and not cmds:
+        raise ApiError(404, "not_found", f"no batch {q['batch']!r}")
+    return web.json_response({"commands": cmds, "summary": _summary(cmds)})
+
+
+async def energy(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    q = request.query
+    chosen = [k for k in ("node", "group", "cabinet") if q.get(k)]
+    if len(chosen) > 1:
+        raise ApiError(400, "bad_request", "give at most one of node, group, cabinet")
+    try:
+        result = await gw.energy(node=q.get("node"), group=q.get("group"), cabinet=q.get("cabinet"),
+                                 start=q.get("from"), end=q.get("to"), by=q.get("by", "day"))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    return web.json_response(result)
+
+
+async def savings(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    try:
+        result = await gw.savings(start=request.query.get("from"), end=request.query.get("to"))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    return web.json_response(result)
+
+
+async def faults(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    nodes = await gw.registry.list_nodes()
+    return web.json_response({"faults": [n for n in nodes if n["fault_flags"]]})
+
+
+async def backup(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    body = await _body(request)
+    path = body.get("path")
+    if not isinstance(path, str) or not path:
+        raise ApiError(400, "bad_request", "path required")
+    try:
+        return web.json_response(await gw.backup(path))
+    except OSError as exc:
+        raise ApiError(400, "bad_request", f"cannot write backup to {path}: {exc}") from None
+
+
+async def meters(request: web.Request) -> web.Response:
+    gw = request.app[GW]
+    return web.json_response({"meters": gw.meters_status()})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+ROUTES = [
+    ("GET", "/api/health", health),
+    ("GET", "/api/nodes", list_nodes),
+    ("GET", "/api/nodes/{id}", show_node),
+    ("POST", "/api/set-level", set_level),
+    ("POST", "/api/on-off", on_off),
+    ("POST", "/api/override", override),
+    ("GET", "/api/schedules/{target}", show_schedule),
+    ("PUT", "/api/schedules/{target}", push_schedule),
+    ("GET", "/api/commands", list_commands),
+    ("GET", "/api/energy", energy),
+    ("GET", "/api/savings", savings),
+    ("GET", "/api/faults", faults),
+    ("POST", "/api/backup", backup),
+    ("GET", "/api/meters", meters),
+    ("GET", "/openapi.json", openapi),
+]
+
+
+def make_app(gw: Any) -> web.Application:
+    """Build the aiohttp application for a running gateway."""
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=1 << 20)
+    app[GW] = gw
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

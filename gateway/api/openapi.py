@@ -1,0 +1,200 @@
+"""The OpenAPI 3.0 document of the HTTP API, served at /openapi.json.
+
+Kept as data beside the routes; tests/gateway/test_api.py checks that every route of the app
+is described here and every path here is routed, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VERSION = "1.0.0"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "invalid request (value out of range, bad query)"),
+    "401": _json(_ref("Error"), "missing or wrong bearer token"),
+    "404": _json(_ref("Error"), "no such node, target or batch"),
+    "503": _json(_ref("Error"), "the store cannot be read or written now"),
+}
+
+
+def _q(name: str, description: str, schema: dict | None = None, required: bool = False) -> dict:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _p(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string"}}
+
+
+def _op(summary: str, ok: dict, params: list | None = None, body: dict | None = None,
+        op_id: str = "") -> dict:
+    op: dict[str, Any] = {"summary": summary, "operationId": op_id,
+                          "responses": {"200": ok, **ERRORS}}
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    return op
+
+
+TARGET = {"type": "string", "description": "a node id, group:NAME, cabinet:NAME or all"}
+WAIT = {"type": "number", "minimum": 0, "maximum": 60,
+        "description": "seconds to wait for the first delivery attempt (default 5)"}
+RANGE = [_q("from", "start, ISO 8601 date or date-time (UTC if no zone)"),
+         _q("to", "end (exclusive), ISO 8601")]
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {
+        "error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string", "enum": ["bad_request", "unauthorized", "not_found",
+                                                "unavailable", "internal"]},
+            "message": {"type": "string"}}}}},
+    "Node": {"type": "object", "required": ["id", "address", "online", "last_report"], "properties": {
+        "id": {"type": "string"}, "address": {"type": "string", "nullable": True},
+        "online": {"type": "boolean"}, "registered": {"type": "boolean"},
+        "lifetime": {"type": "integer", "nullable": True},
+        "registered_at": {"type": "string", "format": "date-time", "nullable": True},
+        "last_seen": {"type": "string", "format": "date-time", "nullable": True},
+        "last_report": {"type": "string", "format": "date-time", "nullable": True},
+        "group": {"type": "string", "nullable": True}, "cabinet": {"type": "string", "nullable": True},
+        "lat": {"type": "number", "nullable": True}, "lon": {"type": "number", "nullable": True},
+        "rated_w": {"type": "number", "nullable": True},
+        "default_level": {"type": "integer", "nullable": True},
+        "fw": {"type": "string", "nullable": True}, "tz": {"type": "string", "nullable": True},
+        "level": {"type": "number", "nullable": True}, "power_w": {"type": "number", "nullable": True},
+        "wh": {"type": "number", "nullable": True}, "on_time": {"type": "number", "nullable": True},
+        "faults": {"type": "array", "items": {"type": "string"}},
+        "fault_flags": {"type": "integer"},
+        "modbus_slot": {"type": "integer", "nullable": True}}},
+    "Command": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "batch": {"type": "string"}, "target": {"type": "string"},
+        "node": {"type": "string"},
+        "kind": {"type": "string", "enum": ["level", "on_off", "override", "schedule"]},
+        "payload": {"type": "object"},
+        "state": {"type": "string", "enum": ["pending", "delivering", "delivered", "failed",
+                                             "cancelled"]},
+        "reason": {"type": "string", "nullable": True}, "attempts": {"type": "integer"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "delivered_at": {"type": "string", "format": "date-time", "nullable": True}}},
+    "Batch": {"type": "object", "required": ["batch", "commands", "summary"], "properties": {
+        "batch": {"type": "string"}, "target": {"type": "string"}, "kind": {"type": "string"},
+        "summary": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "description": "number of commands per state"},
+        "commands": {"type": "array", "items": _ref("Command")}}},
+    "Steps": {"type": "array", "maxItems": 16, "description": "SPEC §5.2 [kind, minutes, level]",
+              "items": {"type": "array", "minItems": 3, "maxItems": 3,
+                        "items": {"type": "integer"}}},
+    "Energy": {"type": "object", "required": ["total_wh", "rows"], "properties": {
+        "total_wh": {"type": "number"}, "selection": {"type": "object"},
+        "by": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
+        "rows": {"type": "array", "items": {"type": "object"}}}},
+    "Meter": {"type": "object", "properties": {
+        "name": {"type": "string"}, "cabinet": {"type": "string", "nullable": True},
+        "import_wh": {"type": "number", "nullable": True},
+        "power_w": {"type": "number", "nullable": True}, "status": {"type": "string"},
+        "last_poll": {"type": "string", "nullable": True}}},
+}
+
+PATHS: dict[str, Any] = {
+    "/api/health": {"get": _op("Service status, clock and counters", _json({"type": "object"}),
+                               op_id="health")},
+    "/api/nodes": {"get": _op(
+        "List nodes with registration, online status, last report and faults",
+        _json({"type": "object", "properties": {"nodes": {"type": "array", "items": _ref("Node")}}}),
+        [_q("group", "only this group"), _q("cabinet", "only this cabinet")], op_id="listNodes")},
+    "/api/nodes/{id}": {"get": _op(
+        "One node, with its recent commands and its schedule",
+        _json({"type": "object", "properties": {"node": _ref("Node"),
+                                                "commands": {"type": "array", "items": _ref("Command")},
+                                                "schedule": {"type": "object", "nullable": True}}}),
+        [_p("id", "node id")], op_id="showNode")},
+    "/api/set-level": {"post": _op(
+        "Set the dimming level of a node or group (held 24 h, then the schedule resumes)",
+        _json(_ref("Batch")), body={"type": "object", "required": ["target", "level"], "properties": {
+            "target": TARGET, "level": {"type": "integer", "minimum": 0, "maximum": 100},
+            "wait": WAIT}}, op_id="setLevel")},
+    "/api/on-off": {"post": _op(
+        "Switch a node or group on (last level) or off", _json(_ref("Batch")),
+        body={"type": "object", "required": ["target", "on"], "properties": {
+            "target": TARGET, "on": {"type": "boolean"}, "wait": WAIT}}, op_id="onOff")},
+    "/api/override": {"post": _op(
+        "Hold a level for a duration (SPEC §5.3); level null cancels", _json(_ref("Batch")),
+        body={"type": "object", "required": ["target", "level"], "properties": {
+            "target": TARGET, "level": {"type": "integer", "minimum": 0, "maximum": 100,
+                                        "nullable": True},
+            "seconds": {"type": "integer", "minimum": 1, "maximum": 604800}, "wait": WAIT}},
+        op_id="override")},
+    "/api/schedules/{target}": {
+        "get": _op("The schedule last pushed to a target",
+                   _json({"type": "object", "properties": {"target": {"type": "string"},
+                                                           "steps": _ref("Steps"),
+                                                           "updated_at": {"type": "string"}}}),
+                   [_p("target", "node id, group:NAME, cabinet:NAME or all")], op_id="showSchedule"),
+        "put": _op("Push a schedule to a target", _json(_ref("Batch")),
+                   [_p("target", "node id, group:NAME, cabinet:NAME or all")],
+                   body={"type": "object", "required": ["steps"],
+                         "properties": {"steps": _ref("Steps"), "wait": WAIT}},
+                   op_id="pushSchedule")},
+    "/api/commands": {"get": _op(
+        "Commands and their delivery state, newest first",
+        _json({"type": "object", "properties": {
+            "commands": {"type": "array", "items": _ref("Command")},
+            "summary": {"type": "object", "additionalProperties": {"type": "integer"}}}}),
+        [_q("batch", "only this batch"), _q("node", "only this node"),
+         _q("state", "only this state"), _q("limit", "at most this many (default 1000)",
+                                            {"type": "integer"})], op_id="listCommands")},
+    "/api/energy": {"get": _op(
+        "Energy of a node, group, cabinet or the site, with total_wh", _json(_ref("Energy")),
+        [_q("node", "node id"), _q("group", "group"), _q("cabinet", "cabinet"), *RANGE,
+         _q("by", "bucket size", {"type": "string", "enum": ["15min", "hour", "day", "month"]})],
+        op_id="energy")},
+    "/api/savings": {"get": _op("Savings against the baseline, per luminaire, cabinet and site",
+                                _json({"type": "object"}), RANGE, op_id="savings")},
+    "/api/faults": {"get": _op(
+        "Nodes with active faults (from their last report)",
+        _json({"type": "object", "properties": {"faults": {"type": "array", "items": _ref("Node")}}}),
+        op_id="faults")},
+    "/api/backup": {"post": _op(
+        "Online backup of the store to a path on the gateway",
+        _json({"type": "object", "properties": {"path": {"type": "string"},
+                                                "bytes": {"type": "integer"}}}),
+        body={"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}},
+        op_id="backup")},
+    "/api/meters": {"get": _op(
+        "Energy meters polled over Modbus and their status",
+        _json({"type": "object", "properties": {"meters": {"type": "array", "items": _ref("Meter")}}}),
+        op_id="meters")},
+    "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                              "security": [],
+                              "responses": {"200": _json({"type": "object"})}}},
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.0.3 document (a fresh dict)."""
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "slgw: street-lighting gateway API", "version": VERSION,
+                 "description": "Local HTTP/JSON API of the street-lighting gateway. Every "
+                                "response is JSON; errors are {\"error\": {code, message}}. A "
+                                "bearer token is required when the API is bound to anything "
+                                "but loopback, or whenever [api] token is set."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": PATHS,
+    }

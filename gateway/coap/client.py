@@ -1,0 +1,123 @@
+"""CoAP client for requests to nodes: Read (GET), Write (PUT), Execute (POST), Observe.
+
+Nodes are reached at the address of their last Register/Update (SPEC §1). Payloads follow
+SPEC §5.1: Writes carry Content-Format 60 (one CBOR value). Concurrency is bounded by one
+semaphore so a group command to hundreds of nodes neither floods the LAN nor opens hundreds
+of exchanges at once; a request that gets no answer within `timeout` seconds is cancelled
+(which stops aiocoap's retransmissions) and reported as unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiocoap
+import cbor2
+from aiocoap.numbers.codes import Code
+
+from protocol import lwm2m
+
+log = logging.getLogger("slgw.coap.client")
+
+
+class NodeUnreachable(Exception):
+    """No answer from the node (timeout, ICMP unreachable, no address)."""
+
+
+class NodeRefused(Exception):
+    """The node answered with an error code; `code` is e.g. "4.00"."""
+
+    def __init__(self, code: str, diagnostic: str = ""):
+        super().__init__(f"node answered {code} {diagnostic}".strip())
+        self.code = code
+        self.diagnostic = diagnostic
+
+
+def uri(address: str, path: str) -> str:
+    """Build `coap://host:port/path` from a stored "host:port" (IPv6 as "[h]:port")."""
+    return f"coap://{address}{path}"
+
+
+def _code_str(code: Code) -> str:
+    return f"{code.class_}.{code.detail:02d}"
+
+
+class NodeClient:
+    """Sends requests to nodes with bounded concurrency.
+
+    `context` is an aiocoap client context (see transport.choose); `limit` bounds requests in
+    flight; `timeout` bounds one request including its retransmissions.
+    """
+
+    def __init__(self, context: aiocoap.Context, limit: int = 64, timeout: float = 10.0):
+        self.context = context
+        self.timeout = timeout
+        self._sem = asyncio.Semaphore(limit)
+
+    async def request(self, method: Code, address: str, path: str, payload: bytes = b"",
+                      content_format: int | None = None, accept: int | None = None
+                      ) -> aiocoap.Message:
+        """Send one request and return the 2.xx response.
+
+        Raises NodeUnreachable on timeout or a network error, NodeRefused on a 4.xx/5.xx.
+        """
+        if not address:
+            raise NodeUnreachable("no known address (node never registered)")
+        msg = aiocoap.Message(code=method, uri=uri(address, path), payload=payload)
+        if content_format is not None:
+            msg.opt.content_format = content_format
+        if accept is not None:
+            msg.opt.accept = accept
+        async with self._sem:
+            req = self.context.request(msg)
+            try:
+                resp = await asyncio.wait_for(req.response, self.timeout)
+            except TimeoutError as exc:
+                raise NodeUnreachable(f"no answer within {self.timeout:g} s") from exc
+            except aiocoap.error.Error as exc:
+                raise NodeUnreachable(str(exc) or type(exc).__name__) from exc
+            except OSError as exc:
+                raise NodeUnreachable(str(exc)) from exc
+        if not resp.code.is_successful():
+            raise NodeRefused(_code_str(resp.code),
+                              resp.payload[:64].decode("utf-8", "replace"))
+        return resp
+
+    async def write(self, address: str, path: str, value: Any) -> None:
+        """Write (PUT) one CBOR value to `path` (SPEC §5.1). Raises as `request`."""
+        await self.request(Code.PUT, address, path, cbor2.dumps(value),
+                           content_format=lwm2m.CF_CBOR)
+
+    async def read(self, address: str, path: str) -> Any:
+        """Read (GET) one resource and return its decoded CBOR value. Raises as `request`,
+        or ValueError when the answer is not CBOR."""
+        resp = await self.request(Code.GET, address, path, accept=lwm2m.CF_CBOR)
+        try:
+            return cbor2.loads(resp.payload)
+        except Exception as exc:
+            raise ValueError(f"node answered {path} with undecodable CBOR: {exc}") from exc
+
+    async def execute(self, address: str, path: str) -> None:
+        """Execute (POST) a resource such as /3/0/4 (reboot). Raises as `request`."""
+        await self.request(Code.POST, address, path)
+
+    async def observe(self, address: str, path: str) -> AsyncIterator[Any]:
+        """Observe a resource (RFC 7641): yields each decoded notification until the node
+        ends the observation or the caller stops iterating (which cancels it)."""
+        msg = aiocoap.Message(code=Code.GET, uri=uri(address, path), observe=0)
+        req = self.context.request(msg)
+        try:
+            first = await asyncio.wait_for(req.response, self.timeout)
+            if not first.code.is_successful():
+                raise NodeRefused(_code_str(first.code))
+            yield cbor2.loads(first.payload)
+            async for note in req.observation:
+                yield cbor2.loads(note.payload)
+        except TimeoutError as exc:
+            raise NodeUnreachable(f"no answer within {self.timeout:g} s") from exc
+        finally:
+            if not req.observation.cancelled:
+                req.observation.cancel()

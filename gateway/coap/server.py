@@ -1,0 +1,289 @@
+"""The LwM2M server side: `/rd` (Register, Update, De-register, SPEC §2) and `/dp` (Send,
+SPEC §3-4), with every error of SPEC §8.
+
+One root resource dispatches on the whole path, so unknown paths and methods get the SPEC's
+4.04/4.05 rather than aiocoap's defaults, and every unexpected exception becomes a 5.00 and a
+log line instead of a traceback. Malformed datagrams never reach this code: aiocoap answers
+them with RST or drops them (SPEC §8, first row).
+
+What a Send costs: parse (protocol.report.parse_send), then `sink(ep, reports, attrs, now)`
+(the service's glue to gateway.ingest.Ingestor), which makes the pack durable before it
+returns and says what to answer (a gateway.ingest.Answer: 2.04, 4.00 for a value out of range,
+5.03 with Max-Age when the store cannot write, so the node keeps its outbox).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiocoap
+from aiocoap import resource
+from aiocoap.numbers.codes import Code
+
+from gateway.store import StoreUnavailable
+from protocol import linkformat, lwm2m, report
+
+log = logging.getLogger("slgw.coap")
+
+EP_RE = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+MIN_LIFETIME, MAX_LIFETIME = 60, 86400
+RETRY_AFTER_S = 30  # Max-Age of a 5.03: how long a node waits before resending
+
+
+class BadRequest(Exception):
+    """A request answered with a 4.xx; `code` is the aiocoap Code, `reason` a short text."""
+
+    def __init__(self, code: Code, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class RateLimitedLog:
+    """Log each kind of bad request once per `interval` seconds per source host.
+
+    A node sending garbage every second must not fill the journal: the first occurrence is
+    logged, later ones are counted and summarised when the interval has passed.
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [first time, suppressed]
+
+    def bad(self, host: str, code: str, reason: str) -> bool:
+        """Record one bad request; return True if it was logged."""
+        key = (host, code + " " + reason.split(":")[0])
+        now = self.clock()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return False
+        extra = ""
+        if entry is not None and entry[1]:
+            extra = (f" ({entry[1]} similar requests from this host suppressed in the last "
+                     f"{self.interval:.0f} s)")
+        self._seen[key] = [now, 0]
+        if len(self._seen) > 10000:  # a scan from many addresses: forget the oldest
+            for k in sorted(self._seen, key=lambda k: self._seen[k][0])[:5000]:
+                del self._seen[k]
+        log.warning("bad request from %s answered %s: %s%s; the request changed nothing. If "
+                    "this is one of our nodes, check its firmware version and config",
+                    host, code, reason, extra)
+        return True
+
+    def unavailable(self, reason: str, host: str) -> None:
+        """Log a 5.03 (store cannot write), at most once per interval."""
+        now = self.clock()
+        entry = self._seen.get(("", "5.03"))
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return
+        n = entry[1] if entry else 0
+        self._seen[("", "5.03")] = [now, 0]
+        log.error("the store cannot write (%s): Sends are answered 5.03 with Max-Age %d s, so "
+                  "nodes keep their reports and retry; nothing is lost. Free disk space or check "
+                  "the storage device [store] path (%d more 5.03 since the last message)",
+                  reason, RETRY_AFTER_S, n)
+
+
+def peer_address(remote: Any) -> str:
+    """"host:port" of a request's source ("[h]:port" for IPv6; v4-mapped shown as IPv4)."""
+    addr = getattr(remote, "sockaddr", None) or getattr(remote, "address", None)
+    if not addr:
+        return remote.hostinfo
+    host, port = addr[0], addr[1]
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+        if ip.version == 6 and ip.ipv4_mapped:
+            host = str(ip.ipv4_mapped)
+        elif ip.version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+def _query(request: aiocoap.Message) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in request.opt.uri_query:
+        k, _, v = item.partition("=")
+        if k in out:
+            raise BadRequest(Code.BAD_REQUEST, f"query parameter {k} given twice")
+        out[k] = v
+    return out
+
+
+def _lifetime(q: dict[str, str], default: int | None) -> int | None:
+    if "lt" not in q:
+        return default
+    lt = q["lt"]
+    if not lt.isdigit() or not MIN_LIFETIME <= int(lt) <= MAX_LIFETIME:
+        raise BadRequest(Code.BAD_REQUEST, f"lt must be {MIN_LIFETIME}-{MAX_LIFETIME} s")
+    return int(lt)
+
+
+def _reply(code: Code, text: str = "", **kw: Any) -> aiocoap.Message:
+    msg = aiocoap.Message(code=code, payload=text.encode("utf-8")[:64], **kw)
+    if text:
+        msg.opt.content_format = lwm2m.CF_TEXT
+    return msg
+
+
+SendSink = Callable[[str, list, dict, float], Awaitable[Any]]
+
+
+class LwM2MServer(resource.Resource):
+    """Root resource handling /rd, /rd/<reg-id> and /dp.
+
+    `registry` is a gateway.nodes.Registry; `sink` makes a Send durable (see module
+    docstring); `on_registered(ep)` and `on_reports(ep, reports)` are called after the
+    response is decided (command delivery, time sync), must not block, and are optional.
+    """
+
+    def __init__(self, registry: Any, sink: SendSink, clock: Any, *,
+                 on_registered: Callable[[str, bool], Any] | None = None,
+                 on_reports: Callable[[str, list], Any] | None = None,
+                 default_lifetime: int = lwm2m.DEFAULT_LIFETIME):
+        super().__init__()
+        self.registry = registry
+        self.sink = sink
+        self.clock = clock
+        self.on_registered = on_registered
+        self.on_reports = on_reports
+        self.default_lifetime = default_lifetime
+        self.badlog = RateLimitedLog()
+        self.stats = {"register": 0, "update": 0, "deregister": 0, "send": 0, "reports": 0,
+                      "bad": 0, "unavailable": 0, "error": 0}
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return False  # a larger payload is refused with 4.13 (SPEC §1), not reassembled
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        host = peer_address(request.remote)
+        try:
+            return await self._dispatch(request, host)
+        except BadRequest as exc:
+            self.stats["bad"] += 1
+            self.badlog.bad(host.rsplit(":", 1)[0], str(exc.code.dotted), exc.reason)
+            return _reply(exc.code, exc.reason)
+        except StoreUnavailable as exc:
+            self.stats["unavailable"] += 1
+            self.badlog.unavailable(str(exc), host)
+            return _reply(Code.SERVICE_UNAVAILABLE, "store unavailable", max_age=RETRY_AFTER_S)
+        except Exception:
+            self.stats["error"] += 1
+            log.exception("unexpected failure handling %s %s from %s: answered 5.00; please "
+                          "report this with the lines above", request.code,
+                          request.get_request_uri(), host)
+            return _reply(Code.INTERNAL_SERVER_ERROR, "internal error")
+
+    async def _dispatch(self, request: aiocoap.Message, host: str) -> aiocoap.Message:
+        if len(request.payload) > lwm2m.MAX_PAYLOAD:
+            raise BadRequest(Code.REQUEST_ENTITY_TOO_LARGE, f"payload over {lwm2m.MAX_PAYLOAD} bytes")
+        path = request.opt.uri_path
+        if path == ("rd",):
+            if request.code != Code.POST:
+                raise BadRequest(Code.METHOD_NOT_ALLOWED, "/rd takes POST (Register)")
+            return await self._register(request, host)
+        if len(path) == 2 and path[0] == "rd":
+            if request.code == Code.POST:
+                return await self._update(request, path[1], host)
+            if request.code == Code.DELETE:
+                return await self._deregister(path[1], host)
+            raise BadRequest(Code.METHOD_NOT_ALLOWED, "/rd/<id> takes POST or DELETE")
+        if path == ("dp",):
+            if request.code != Code.POST:
+                raise BadRequest(Code.METHOD_NOT_ALLOWED, "/dp takes POST (Send)")
+            return await self._send(request, host)
+        raise BadRequest(Code.NOT_FOUND, "no resource /{}".format("/".join(path)))
+
+    # --- /rd -----------------------------------------------------------------------------
+    async def _register(self, request: aiocoap.Message, host: str) -> aiocoap.Message:
+        q = _query(request)
+        ep = q.get("ep", "")
+        if not EP_RE.match(ep):
+            raise BadRequest(Code.BAD_REQUEST, "ep must be 1-63 of [A-Za-z0-9._-]")
+        if q.get("lwm2m") != lwm2m.LWM2M_VERSION:
+            raise BadRequest(Code.BAD_REQUEST, f"lwm2m={lwm2m.LWM2M_VERSION} required")
+        if q.get("b", "U") != "U":
+            raise BadRequest(Code.BAD_REQUEST, "binding must be U")
+        lifetime = _lifetime(q, self.default_lifetime)
+        cf = request.opt.content_format
+        if cf is not None and cf != lwm2m.CF_LINK_FORMAT:
+            raise BadRequest(Code.UNSUPPORTED_CONTENT_FORMAT, "Register body must be link-format (40)")
+        try:
+            links = linkformat.parse(request.payload)
+        except ValueError as exc:
+            raise BadRequest(Code.BAD_REQUEST, f"link-format: {exc}") from None
+        was = self.registry.is_registered(ep)
+        reg_id = await self.registry.register(ep, lifetime, host)
+        self.stats["register"] += 1
+        log.info("node %s registered from %s (reg-id %s, lifetime %d s, %d objects)%s", ep, host,
+                 reg_id, lifetime, len(links), " replacing its previous registration" if was else "")
+        if self.on_registered:
+            self.on_registered(ep, True)
+        return aiocoap.Message(code=Code.CREATED, location_path=("rd", reg_id))
+
+    async def _update(self, request: aiocoap.Message, reg_id: str, host: str) -> aiocoap.Message:
+        q = _query(request)
+        lifetime = _lifetime(q, None)
+        if q.get("b", "U") != "U":
+            raise BadRequest(Code.BAD_REQUEST, "binding must be U")
+        if request.payload:
+            try:
+                linkformat.parse(request.payload)
+            except ValueError as exc:
+                raise BadRequest(Code.BAD_REQUEST, f"link-format: {exc}") from None
+        ep = await self.registry.update(reg_id, host, lifetime)
+        if ep is None:
+            raise BadRequest(Code.NOT_FOUND, "unknown registration; Register again")
+        self.stats["update"] += 1
+        log.debug("node %s updated its registration from %s", ep, host)
+        if self.on_registered:
+            self.on_registered(ep, False)
+        return aiocoap.Message(code=Code.CHANGED)
+
+    async def _deregister(self, reg_id: str, host: str) -> aiocoap.Message:
+        ep = await self.registry.deregister(reg_id)
+        if ep is None:
+            raise BadRequest(Code.NOT_FOUND, "unknown registration")
+        self.stats["deregister"] += 1
+        log.info("node %s de-registered (from %s); it is offline until it registers again", ep, host)
+        return aiocoap.Message(code=Code.DELETED)
+
+    # --- /dp -----------------------------------------------------------------------------
+    async def _send(self, request: aiocoap.Message, host: str) -> aiocoap.Message:
+        if request.opt.content_format != lwm2m.CF_SENML_CBOR:
+            raise BadRequest(Code.UNSUPPORTED_CONTENT_FORMAT, "Send must be senml+cbor (112)")
+        q = _query(request)
+        ep = q.get("ep")
+        if ep is not None:
+            if not EP_RE.match(ep):
+                raise BadRequest(Code.BAD_REQUEST, "ep must be 1-63 of [A-Za-z0-9._-]")
+            if not self.registry.is_registered(ep):
+                raise BadRequest(Code.NOT_FOUND, "endpoint not registered; Register first")
+        else:
+            ep = self.registry.endpoint_at(host)
+            if ep is None:
+                raise BadRequest(Code.NOT_FOUND, "no registration at this address; Register first")
+        now = self.clock.now()
+        try:
+            reports, attrs = report.parse_send(bytes(request.payload), now)
+        except ValueError as exc:  # CBORError, SenMLError are ValueErrors (SPEC §8)
+            raise BadRequest(Code.BAD_REQUEST, f"report: {exc}") from None
+        try:
+            await self.sink(ep, reports, attrs, now)
+        except ValueError as exc:
+            raise BadRequest(Code.BAD_REQUEST, f"report: {exc}") from None
+        self.registry.seen(ep)
+        self.stats["send"] += 1
+        self.stats["reports"] += len(reports)
+        if self.on_reports and reports:
+            self.on_reports(ep, reports)
+        return aiocoap.Message(code=Code.CHANGED)

@@ -1,0 +1,59 @@
+"""Which aiocoap transports to use for an explicit bind address.
+
+aiocoap's default server transport (`udp6`) opens an AF_INET6 socket even for an IPv4 bind,
+and fails on hosts where IPv6 is disabled in the kernel (some Raspberry Pi images, see
+field-notes §2). So:
+
+- an IPv4 bind address (the default, and what a Pi on a town LAN uses) is served by
+  `simplesocketserver` (a plain AF_INET socket on exactly that address); requests to nodes go
+  out through a separate `simple6` client context (which, despite the name, opens a socket of
+  the peer's family and receives ICMP errors, so an unplugged node fails fast);
+- an IPv6 address, or a wildcard (`0.0.0.0`, `::`), needs `udp6`; on a host without IPv6 the
+  service refuses to start and the log says to bind to the gateway's own IPv4 address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+class TransportError(RuntimeError):
+    """The bind address cannot be served on this host; the message says what to change."""
+
+
+def ipv6_available() -> bool:
+    """Return True when this host can open an AF_INET6 UDP socket."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    s.close()
+    return True
+
+
+def choose(bind_host: str) -> tuple[list[str], list[str]]:
+    """Return (server transports, client transports) for serving on `bind_host`.
+
+    Raises TransportError when the address needs IPv6 and the host has none.
+    """
+    if bind_host not in WILDCARDS:
+        try:
+            addr = ipaddress.ip_address(bind_host)
+        except ValueError as exc:
+            raise TransportError(
+                f"[coap] bind = {bind_host!r} is not an IP address; give the gateway's own "
+                "address, e.g. 127.0.0.1 or 192.168.1.10"
+            ) from exc
+        if addr.version == 4:
+            return ["simplesocketserver"], ["simple6"]
+    if not ipv6_available():
+        raise TransportError(
+            f"[coap] bind = {bind_host!r} needs IPv6, which this host has disabled; set "
+            "[coap] bind to the gateway's own IPv4 address (e.g. 192.168.1.10)"
+        )
+    return ["udp6"], ["udp6"]

@@ -1,0 +1,78 @@
+"""Read a schedule file for `slgw schedule push` (SPEC §5.2 steps).
+
+Accepted forms (decided here; documented in docs/cli.md):
+
+JSON: a list of steps `[[1, 0, 100], [0, 1350, 40]]` or `{"steps": [...]}`.
+TOML:
+    [[steps]]
+    at = "sunset"      # or "sunrise", or a local time "22:30"
+    offset = 0         # minutes from sunset/sunrise (-720..720); not used with a time
+    level = 100
+or `steps = [[1, 0, 100], ...]`. Steps are validated by commands.model.validate_steps.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from gateway.commands.model import STEP_NAMES, CommandError, validate_steps
+from protocol import lwm2m
+
+
+def _step_from_table(i: int, t: dict[str, Any]) -> list[Any]:
+    if "kind" in t:  # the raw form in a table: kind/minutes/level
+        return [t["kind"], t.get("minutes", 0), t.get("level")]
+    at = t.get("at")
+    if not isinstance(at, str):
+        raise CommandError(f"step {i + 1}: 'at' must be \"sunset\", \"sunrise\" or \"HH:MM\"")
+    if at in STEP_NAMES and at != "fixed":
+        return [STEP_NAMES[at], t.get("offset", 0), t.get("level")]
+    try:
+        hh, mm = at.split(":")
+        minutes = int(hh) * 60 + int(mm)
+    except ValueError as exc:
+        raise CommandError(f"step {i + 1}: at = {at!r} is neither sunset/sunrise nor HH:MM") from exc
+    if not (0 <= int(hh) < 24 and 0 <= int(mm) < 60):
+        raise CommandError(f"step {i + 1}: at = {at!r} is not a time of day")
+    return [lwm2m.STEP_FIXED, minutes, t.get("level")]
+
+
+def parse_schedule(text: str, name: str = "schedule") -> list[list[int]]:
+    """Parse a schedule from JSON or TOML text. Raises CommandError naming what is wrong."""
+    stripped = text.lstrip()
+    if stripped.startswith("[") and not stripped.startswith("[["):
+        # JSON list, or TOML starting with a table header like "[site]" (tried next)
+        try:
+            doc: Any = json.loads(text)
+        except json.JSONDecodeError:
+            doc = None
+    elif stripped.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    else:
+        doc = None
+    if doc is None:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CommandError(f"{name}: neither JSON nor valid TOML: {exc}") from exc
+    steps = doc.get("steps") if isinstance(doc, dict) else doc
+    if steps is None:
+        raise CommandError(f"{name}: no 'steps' found")
+    if isinstance(steps, list) and steps and isinstance(steps[0], dict):
+        steps = [_step_from_table(i, t) for i, t in enumerate(steps)]
+    return validate_steps(steps)
+
+
+def load_schedule(path: str | Path) -> list[list[int]]:
+    """Read and parse a schedule file. Raises CommandError (also for an unreadable file)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read schedule file {path}: {exc}") from exc
+    return parse_schedule(text, str(path))

@@ -1,0 +1,225 @@
+"""Registrations of nodes (SPEC §2) and what the gateway knows about each node.
+
+The `nodes` table (store migration 1) is the durable truth; this class keeps a small in-memory
+index (reg-id -> endpoint, endpoint -> address/lifetime/last_seen) so that `/dp` and Update
+lookups cost no query. Registrations survive a gateway restart: the index is rebuilt from the
+table at start, so a node's Update after a restart is answered 2.04, not 4.04.
+
+Online (decision): a node is online while its registration is alive, i.e. its last Register,
+Update or Send is less than its lifetime old (or `[nodes] offline_after_s` when set); a
+De-register makes it offline at once. Active faults are the flags of its last report.
+Modbus slots are assigned max+1 at first registration and never change (issue 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from protocol import lwm2m
+
+log = logging.getLogger("slgw.nodes")
+
+
+def iso(t: float | None) -> str | None:
+    """Unix seconds -> "2026-01-15T17:00:00Z" (None stays None)."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Registry:
+    """Registrations and node metadata on top of the store.
+
+    `store` offers `await write(fn)` / `await read(fn)` with fn(conn); `clock` offers now().
+    """
+
+    def __init__(self, store: Any, clock: Any, *, offline_after_s: float = 0.0,
+                 default_lifetime: int = lwm2m.DEFAULT_LIFETIME):
+        self.store = store
+        self.clock = clock
+        self.offline_after_s = offline_after_s
+        self.default_lifetime = default_lifetime
+        self._by_reg: dict[str, str] = {}
+        self._info: dict[str, dict[str, Any]] = {}
+        self._by_addr: dict[str, str] = {}
+
+    async def load(self) -> None:
+        """Rebuild the in-memory index from the nodes table (call once at start)."""
+        def q(conn: sqlite3.Connection) -> list[tuple]:
+            return conn.execute("SELECT id, reg_id, address, lifetime, last_seen FROM nodes "
+                                "WHERE kind = 'node' AND reg_id IS NOT NULL").fetchall()
+        for ep, reg_id, address, lifetime, last_seen in await self.store.read(q):
+            self._remember(ep, reg_id, address, lifetime or self.default_lifetime, last_seen or 0)
+        log.info("registry loaded: %d registered nodes", len(self._by_reg))
+
+    def _remember(self, ep: str, reg_id: str, address: str, lifetime: int, seen: float) -> None:
+        old = self._info.get(ep)
+        if old:
+            self._by_reg.pop(old["reg_id"], None)
+            if self._by_addr.get(old["address"]) == ep:
+                self._by_addr.pop(old["address"], None)
+        self._info[ep] = {"reg_id": reg_id, "address": address, "lifetime": lifetime,
+                          "last_seen": seen}
+        self._by_reg[reg_id] = ep
+        if address:
+            self._by_addr[address] = ep
+
+    # --- registration interface (SPEC §2) --------------------------------------------------
+    async def register(self, ep: str, lifetime: int, address: str) -> str:
+        """Record a Register from `address`; return the new reg-id. Raises store errors."""
+        reg_id = secrets.token_hex(4)
+        now = self.clock.now()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO nodes (id, kind, address, reg_id, lifetime, registered_at, last_seen,"
+                " created_at, modbus_slot) VALUES (?, 'node', ?, ?, ?, ?, ?, ?,"
+                " (SELECT COALESCE(MAX(modbus_slot), -1) + 1 FROM nodes)) "
+                "ON CONFLICT(id) DO UPDATE SET address = excluded.address,"
+                " reg_id = excluded.reg_id, lifetime = excluded.lifetime,"
+                " registered_at = excluded.registered_at, last_seen = excluded.last_seen,"
+                " modbus_slot = COALESCE(nodes.modbus_slot, excluded.modbus_slot)",
+                (ep, address, reg_id, lifetime, now, now, now))
+
+        await self.store.write(tx)
+        self._remember(ep, reg_id, address, lifetime, now)
+        return reg_id
+
+    async def update(self, reg_id: str, address: str, lifetime: int | None) -> str | None:
+        """Record an Update; return the endpoint, or None for an unknown reg-id."""
+        ep = self._by_reg.get(reg_id)
+        if ep is None:
+            return None
+        info = self._info[ep]
+        lt = lifetime or info["lifetime"]
+        now = self.clock.now()
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE nodes SET address = ?, lifetime = ?, last_seen = ? WHERE id = ?",
+                         (address, lt, now, ep))
+
+        await self.store.write(tx)
+        self._remember(ep, reg_id, address, lt, now)
+        return ep
+
+    async def deregister(self, reg_id: str) -> str | None:
+        """Remove a registration; return the endpoint, or None for an unknown reg-id."""
+        ep = self._by_reg.get(reg_id)
+        if ep is None:
+            return None
+
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE nodes SET reg_id = NULL WHERE id = ?", (ep,))
+
+        await self.store.write(tx)
+        info = self._info.pop(ep)
+        self._by_reg.pop(reg_id, None)
+        if self._by_addr.get(info["address"]) == ep:
+            self._by_addr.pop(info["address"], None)
+        return ep
+
+    def seen(self, ep: str) -> None:
+        """Note traffic from a node (a Send) without a store write: keeps it online."""
+        info = self._info.get(ep)
+        if info:
+            info["last_seen"] = max(info["last_seen"], self.clock.now())
+
+    # --- lookups ------------------------------------------------------------------------------
+    def is_registered(self, ep: str) -> bool:
+        return ep in self._info
+
+    def endpoint_at(self, address: str) -> str | None:
+        """The endpoint registered from `address` (the standard LwM2M Send fallback)."""
+        return self._by_addr.get(address)
+
+    def address(self, ep: str) -> str | None:
+        info = self._info.get(ep)
+        return info["address"] if info else None
+
+    def is_online(self, ep: str, now: float | None = None) -> bool:
+        info = self._info.get(ep)
+        if not info:
+            return False
+        now = self.clock.now() if now is None else now
+        horizon = self.offline_after_s or info["lifetime"]
+        return now - info["last_seen"] <= horizon
+
+    def online_endpoints(self) -> list[str]:
+        now = self.clock.now()
+        return [ep for ep in self._info if self.is_online(ep, now)]
+
+    async def resolve_target(self, target: str) -> list[str]:
+        """Node ids for a target: an id, `group:NAME`, `cabinet:NAME` or `all`. May be []."""
+        if target == "all":
+            sql, args = "SELECT id FROM nodes WHERE kind = 'node' ORDER BY id", ()
+        elif target.startswith("group:"):
+            sql, args = "SELECT id FROM nodes WHERE kind = 'node' AND grp = ? ORDER BY id", (target[6:],)
+        elif target.startswith("cabinet:"):
+            sql, args = ("SELECT id FROM nodes WHERE kind = 'node' AND cabinet = ? ORDER BY id",
+                         (target[8:],))
+        else:
+            sql, args = "SELECT id FROM nodes WHERE kind = 'node' AND id = ?", (target,)
+        rows = await self.store.read(lambda conn: conn.execute(sql, args).fetchall())
+        return [r[0] for r in rows]
+
+    async def list_nodes(self, group: str | None = None, cabinet: str | None = None,
+                         ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every node (kind 'node') as a JSON-ready dict, sorted by id."""
+        sql = "SELECT * FROM nodes WHERE kind = 'node'"
+        args: list[Any] = []
+        if group is not None:
+            sql += " AND grp = ?"
+            args.append(group)
+        if cabinet is not None:
+            sql += " AND cabinet = ?"
+            args.append(cabinet)
+        if ids is not None:
+            sql += " AND id IN ({})".format(",".join("?" * len(ids)))
+            args += ids
+        sql += " ORDER BY id"
+
+        def q(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = conn.execute(sql, args)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+        now = self.clock.now()
+        return [node_json(r, self.is_online(r["id"], now)) for r in await self.store.read(q)]
+
+    async def show(self, ep: str) -> dict[str, Any] | None:
+        rows = await self.list_nodes(ids=[ep])
+        return rows[0] if rows else None
+
+
+def node_json(row: dict[str, Any], online: bool) -> dict[str, Any]:
+    """The public shape of one node (docs/cli.md, `slgw nodes --json`)."""
+    flags = int(row.get("faults") or 0)
+    return {
+        "id": row["id"],
+        "address": row.get("address"),
+        "online": online,
+        "registered": row.get("reg_id") is not None,
+        "lifetime": row.get("lifetime"),
+        "registered_at": iso(row.get("registered_at")),
+        "last_seen": iso(row.get("last_seen")),
+        "last_report": iso(row.get("last_report")),
+        "group": row.get("grp"),
+        "cabinet": row.get("cabinet"),
+        "lat": row.get("lat"),
+        "lon": row.get("lon"),
+        "rated_w": row.get("rated_w"),
+        "default_level": row.get("default_level"),
+        "fw": row.get("fw"),
+        "tz": row.get("tz"),
+        "level": row.get("level"),
+        "power_w": row.get("power_w"),
+        "wh": row.get("wh"),
+        "on_time": row.get("on_time"),
+        "faults": lwm2m.fault_names(flags),
+        "fault_flags": flags,
+        "modbus_slot": row.get("modbus_slot"),
+    }
