@@ -1,0 +1,222 @@
+"""The Modbus TCP bridge server: the gateway's nodes as registers, for SCADA.
+
+Map (unit id 1 by default; input registers, function 04; every value an IEEE-754 float32
+in two registers, high word first, i.e. big-endian word order):
+
+====  ============================================  ========================================
+reg   gateway totals                                 notes
+====  ============================================  ========================================
+0     total node power, W                            sum over online nodes
+2     total node energy, kWh                         sum of the nodes' cumulative energy
+4     nodes registered                               luminaire nodes known to the gateway
+6     nodes online
+8     nodes with an active fault                     any fault flag in the last report
+====  ============================================  ========================================
+
+Node block at ``100 + 10*slot`` (``slot`` = ``nodes.modbus_slot``, stable, shown by
+``slgw nodes --json``): +0 level %, +2 power W, +4 cumulative energy kWh, +6 status bits
+(1 online, 2 lamp fault, 4 meter fault), +8 seconds since the last report.
+
+Decisions: a value never reported reads 0, and "seconds since the last report" reads -1
+when there was none; an unused slot reads all zeros (status 0). Lamp fault = any of the
+lamp-monitor flags (lampFailure, powerTooHigh, powerTooLow, lampUnexpectedOn); meter fault =
+meterFailure. Slots up to 6542 fit in the 16-bit address space. The register image is
+rebuilt from the store when a request arrives and the image is older than ``refresh``
+(default 1 s), so an idle bridge costs nothing and a busy SCADA costs one query per second.
+
+Writes: only when ``writable = true``. Holding register ``100 + 10*slot`` (function 06, or
+16 with one or more such registers) takes a level 0..100 as an unsigned integer and queues a
+``level`` command for that node through the same command queue as the CLI
+(``submit_command``); reading it back (function 03) gives the node's current level.
+Refusals: writes when read-only -> exception 01; an address that is not a level register or
+a slot without a node -> 02; a level outside 0..100 -> 03; the queue refusing -> 04.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from protocol import lwm2m
+
+from .config import ServerConfig
+from .decode import encode
+
+log = logging.getLogger(__name__)
+
+NODE_BASE = 100
+BLOCK = 10
+MAX_SLOT = (0xFFFF - NODE_BASE - BLOCK + 1) // BLOCK   # 6542: the last block ends at 65529
+IMAGE_SIZE = NODE_BASE + BLOCK * (MAX_SLOT + 1)
+ST_ONLINE, ST_LAMP_FAULT, ST_METER_FAULT = 1, 2, 4
+LAMP_FLAGS = (lwm2m.FAULT_LAMP_FAILURE | lwm2m.FAULT_POWER_TOO_HIGH | lwm2m.FAULT_POWER_TOO_LOW
+              | lwm2m.FAULT_LAMP_UNEXPECTED_ON)
+
+SubmitCommand = Callable[[str, str, dict], Awaitable[Any]]
+NODE_QUERY = ("SELECT id, modbus_slot, level, power_w, wh, faults, last_report, last_seen, lifetime "
+              "FROM nodes WHERE kind = 'node' AND modbus_slot IS NOT NULL")
+
+
+def _f32(v: float | None) -> list[int]:
+    return encode(0.0 if v is None or not math.isfinite(v) else float(v), "float32")
+
+
+def build_image(rows: list[tuple], now: float, is_online: Callable[[tuple], bool]) -> tuple[array, dict[int, str]]:
+    """Build the input-register image and the slot -> node id map from node rows.
+
+    ``rows`` are NODE_QUERY rows. Pure: the tests check the map with it.
+    """
+    img = array("H", bytes(2 * IMAGE_SIZE))
+    slots: dict[int, str] = {}
+    total_w = total_kwh = 0.0
+    n_online = n_fault = 0
+    for row in rows:
+        node_id, slot, level, power_w, wh, faults, last_report, _seen, _lt = row
+        online = is_online(row)
+        faults = faults or 0
+        n_online += online
+        n_fault += bool(faults)
+        if online and power_w is not None and math.isfinite(power_w):
+            total_w += power_w
+        kwh = (wh or 0.0) / 1000.0
+        total_kwh += kwh
+        if not 0 <= slot <= MAX_SLOT:
+            continue
+        slots[slot] = node_id
+        status = (ST_ONLINE if online else 0) | (ST_LAMP_FAULT if faults & LAMP_FLAGS else 0) \
+            | (ST_METER_FAULT if faults & lwm2m.FAULT_METER_FAILURE else 0)
+        age = -1.0 if last_report is None else max(0.0, now - last_report)
+        base = NODE_BASE + BLOCK * slot
+        for off, val in ((0, level), (2, power_w), (4, kwh), (6, status), (8, age)):
+            img[base + off:base + off + 2] = array("H", _f32(val))
+    for off, val in ((0, total_w), (2, total_kwh), (4, len(rows)), (6, n_online), (8, n_fault)):
+        img[off:off + 2] = array("H", _f32(val))
+    return img, slots
+
+
+class Bridge:
+    """The bridge server: a pymodbus TCP server over a register image kept from the store."""
+
+    def __init__(self, cfg: ServerConfig, store: Any, submit_command: SubmitCommand | None,
+                 clock: Callable[[], float] = time.time, is_online: Callable[[str, float], bool] | None = None,
+                 offline_after_s: float = 0.0) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.submit_command = submit_command
+        self.clock = clock
+        self._is_online = is_online
+        self.offline_after_s = offline_after_s
+        self.image = array("H", bytes(2 * IMAGE_SIZE))
+        self.levels: dict[int, float] = {}
+        self.slots: dict[int, str] = {}
+        self._built = -math.inf
+        self.server: ModbusTcpServer | None = None
+        self.port = 0
+        self.counters = {"reads": 0, "writes": 0, "refused_writes": 0, "refreshes": 0, "refresh_errors": 0}
+
+    def _online(self, row: tuple, now: float) -> bool:
+        if self._is_online is not None:
+            return self._is_online(row[0], now)
+        # without the live registry: online while the last contact is younger than the
+        # registration lifetime (or [nodes] offline_after_s)
+        seen = max((t for t in (row[6], row[7]) if t is not None), default=None)
+        horizon = self.offline_after_s or row[8] or lwm2m.DEFAULT_LIFETIME
+        return seen is not None and now - seen <= horizon
+
+    async def refresh(self, force: bool = False) -> None:
+        """Rebuild the image from the store if it is older than ``refresh`` (or forced)."""
+        mono = time.monotonic()
+        if not force and mono - self._built < self.cfg.refresh:
+            return
+        self._built = mono
+
+        def q(conn: sqlite3.Connection) -> list[tuple]:
+            return [tuple(r) for r in conn.execute(NODE_QUERY).fetchall()]
+
+        try:
+            rows = await self.store.read(q)
+        except Exception:
+            self.counters["refresh_errors"] += 1
+            log.exception("modbus bridge: reading the store failed; serving the previous values")
+            return
+        now = self.clock()
+        self.image, self.slots = build_image(rows, now, lambda r: self._online(r, now))
+        self.levels = {r[1]: r[2] for r in rows if r[2] is not None}
+        self.counters["refreshes"] += 1
+
+    async def _action(self, function_code: int, start_address: int, address: int, count: int,
+                      registers: list[int], set_values: list | None) -> ExcCodes | None:
+        off = address - start_address
+        if set_values is None:
+            self.counters["reads"] += 1
+            await self.refresh()
+            if function_code == 4:
+                registers[off:off + count] = self.image[address:address + count].tolist()
+            else:
+                registers[off:off + count] = [self._level_reg(a) for a in range(address, address + count)]
+            return None
+        return await self._write(address, list(set_values))
+
+    def _level_reg(self, addr: int) -> int:
+        slot, rem = divmod(addr - NODE_BASE, BLOCK)
+        if addr < NODE_BASE or rem:
+            return 0
+        level = self.levels.get(slot)
+        return 0 if level is None else max(0, min(100, round(level)))
+
+    async def _write(self, address: int, values: list[int]) -> ExcCodes | None:
+        if not self.cfg.writable:
+            self.counters["refused_writes"] += 1
+            return ExcCodes.ILLEGAL_FUNCTION
+        await self.refresh()
+        targets = []
+        for k, value in enumerate(values):
+            addr = address + k
+            slot, rem = divmod(addr - NODE_BASE, BLOCK)
+            if addr < NODE_BASE or rem or slot not in self.slots:
+                self.counters["refused_writes"] += 1
+                return ExcCodes.ILLEGAL_ADDRESS
+            if not 0 <= value <= 100:
+                self.counters["refused_writes"] += 1
+                return ExcCodes.ILLEGAL_VALUE
+            targets.append((slot, self.slots[slot], value))
+        if self.submit_command is None:
+            return ExcCodes.DEVICE_FAILURE
+        for slot, node_id, value in targets:
+            try:
+                await self.submit_command(node_id, "level", {"level": value})
+            except Exception as exc:
+                self.counters["refused_writes"] += 1
+                log.warning("modbus bridge: level %d for node %s (slot %d) refused: %s", value, node_id, slot, exc)
+                return ExcCodes.DEVICE_FAILURE
+            self.counters["writes"] += 1
+            self.levels[slot] = value
+            log.info("modbus bridge: SCADA set node %s (slot %d) to level %d", node_id, slot, value)
+        return None
+
+    async def start(self) -> int:
+        """Listen on bind:port; returns the bound port (useful with port 0)."""
+        regs = [SimData(0, count=IMAGE_SIZE, values=0, datatype=DataType.REGISTERS)]
+        bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
+        device = SimDevice(id=self.cfg.unit, simdata=(bits, list(bits), regs, list(regs)), action=self._action)
+        self.server = ModbusTcpServer(device, address=(self.cfg.bind, self.cfg.port))
+        await self.server.serve_forever(background=True)
+        self.port = self.server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        log.info("modbus bridge: serving SCADA on %s:%d (unit %d, %s)", self.cfg.bind, self.port,
+                 self.cfg.unit, "writable" if self.cfg.writable else "read-only")
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and close client connections."""
+        if self.server is not None:
+            await self.server.shutdown()
+            self.server = None
