@@ -112,6 +112,7 @@ class Store:
         if not os.path.isdir(d):
             raise StoreUnavailable(f"directory {d} for the database does not exist; create it or "
                                    "set [store] path")
+        conn = None
         try:
             conn = _connect(self.path)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -120,7 +121,12 @@ class Store:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             schema.migrate(conn)
+        except RuntimeError as e:  # a database from a newer slgw
+            conn.close()
+            raise StoreError(f"{self.path}: {e}") from e
         except sqlite3.DatabaseError as e:
+            if conn is not None:
+                conn.close()
             err = _classify(e)
             if isinstance(err, StoreUnavailable):
                 raise err from e
