@@ -1,0 +1,180 @@
+"""slnode provision: config validation naming the field, littlefs images read back by
+littlefs-python and by MicroPython's own VfsLfs2 driver, batch CSV, geometry per board/firmware."""
+
+import json
+from pathlib import Path
+
+import pytest
+from slnode_support import ROOT, make_firmware, mount_in_micropython, slnode, slnode_json
+
+from tools.slnode import build, partitions, provision
+
+EXAMPLE = Path(ROOT) / "tools" / "examples" / "node.toml"
+GOOD = """
+id = "lamp-7"
+gateway = "coap://10.0.0.2:5683"
+lat = 48.85
+lon = 2.35
+wifi_ssid = "iot"
+wifi_password = "12345678"
+[meter]
+type = "modbus"
+unit = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    build.build(out, quiet=True)
+    return out
+
+
+def _toml(tmp_path, text, name="node.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_image_reads_back_and_matches_manifest(tmp_path, built):
+    cfg_path = _toml(tmp_path, GOOD)
+    img = tmp_path / "fs.bin"
+    code, res = slnode_json("provision", "--config", str(cfg_path), "--image", str(img), "--build", str(built))
+    assert code == 0, res
+    data = img.read_bytes()
+    assert len(data) == 0x200000 and res["fs_offset"] == "0x200000" and res["block_size"] == 4096
+    files = provision.read_image(data)
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["node"] == "lamp-7"
+    # every file in the image is in the manifest with its hash, and vice versa
+    assert set(files) - {"manifest.json"} == set(manifest["files"])
+    for rel, meta in manifest["files"].items():
+        assert build.sha256_hex(files[rel]) == meta["sha256"], rel
+    for rel in files:
+        if rel.endswith(".mpy"):
+            hdr = build.parse_mpy_header(files[rel])
+            assert hdr["version"] == 6 and hdr["arch_name"] in ("none", "xtensawin")
+    cfg = json.loads(files["config.json"])
+    assert cfg["id"] == "lamp-7" and cfg["meter"]["unit"] == 3 and cfg["meter"]["type"] == "modbus"
+    assert cfg["report_period"] == 900  # defaults filled in by the firmware's validator
+
+
+def test_real_micropython_mounts_the_image_and_imports_its_firmware(tmp_path, built):
+    img = tmp_path / "fs.bin"
+    r = slnode("provision", "--config", str(_toml(tmp_path, GOOD)), "--image", str(img), "--build", str(built))
+    assert r.returncode == 0, r.stderr
+    rep = mount_in_micropython(img, tmp_path)
+    assert rep["module"].startswith("/node/firmware/config.mpy")  # the compiled module from the image
+    assert rep["errors"] == [] and rep["config"]["id"] == "lamp-7" and rep["config"]["lat"] == 48.85
+    assert "main.py" not in rep["files"] or rep["files"]["main.py"] > 0
+    assert set(rep["files"]) == set(provision.read_image(img.read_bytes()))
+
+
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ('gateway = "coap://10.0.0.2"\n', "id: missing"),
+        ('id = "a"\ngateway = "coap://h:5683"\nlat = 95\n', "lat: 95 is out of range"),
+        ('id = "a"\ngateway = "coap://h:5683"\nlon = -181.5\n', "lon: -181.5 is out of range"),
+        ('id = "a"\ngateway = "http://h:5683"\n', "gateway: must start with coap://"),
+        ('id = "a"\ngateway = "coap://h:99999"\n', "gateway: port must be 1..65535"),
+        ('id = "a"\ngateway = "coap://h/x"\n', "gateway: must be coap://HOST:PORT without a path"),
+        ('id = "a"\n', "gateway: missing"),
+        ('id = "lamp 7"\ngateway = "coap://h"\n', "id: must be 1-63 characters"),
+        ('id = "a"\ngateway = "coap://h"\nlattitude = 4\n', "lattitude: unknown key"),
+        ('id = "a"\ngateway = "coap://h"\n[meter]\ntype = "mbus"\n', "meter.type: must be one of"),
+        ('id = "a"\ngateway = "coap://h"\nwifi_password = "short"\n', "wifi_password:"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field(tmp_path, built, text, field):
+    img = tmp_path / "fs.bin"
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, text)), "--image", str(img), "--build", str(built))
+    assert code == 2 and not res["ok"]
+    assert field in res["error"], res["error"]
+    assert not img.exists()
+
+
+def test_invalid_toml_names_the_line(tmp_path):
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, 'id = "a"\nlat = \n')), "--image", "x.bin")
+    assert code == 2 and "line 2" in res["error"]
+
+
+def test_example_config_is_valid_and_documented(tmp_path, built):
+    img = tmp_path / "ex.bin"
+    r = slnode("provision", "--config", str(EXAMPLE), "--image", str(img), "--build", str(built))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(provision.read_image(img.read_bytes())["config.json"])["id"] == "lamp-0001"
+
+
+def test_batch_csv_writes_one_image_per_node_with_overrides(tmp_path, built):
+    csv_path = tmp_path / "nodes.csv"
+    csv_path.write_text(
+        "# comment lines are skipped\n"
+        "id,lat,meter.type,meter.unit,cabinet\n"
+        "0042,45.5,modbus,7,C1\n"
+        "lamp-b,,,,\n"
+    )
+    out = tmp_path / "imgs"
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--csv", str(csv_path),
+                            "--out-dir", str(out), "--build", str(built))
+    assert code == 0, res
+    assert res["nodes"] == ["0042", "lamp-b"] and sorted(p.name for p in out.iterdir()) == ["0042.bin", "lamp-b.bin"]
+    a = json.loads(provision.read_image((out / "0042.bin").read_bytes())["config.json"])
+    b = json.loads(provision.read_image((out / "lamp-b.bin").read_bytes())["config.json"])
+    assert a["id"] == "0042" and a["lat"] == 45.5 and a["meter"]["unit"] == 7 and a["cabinet"] == "C1"
+    assert b["id"] == "lamp-b" and b["lat"] == 48.85 and b["meter"]["unit"] == 3  # base values kept
+
+
+def test_example_csv(tmp_path, built):
+    out = tmp_path / "imgs"
+    code, res = slnode_json("provision", "--config", str(EXAMPLE), "--csv", str(EXAMPLE.with_name("nodes.csv")),
+                            "--out-dir", str(out), "--build", str(built))
+    assert code == 0, res
+    assert len(res["images"]) == 4
+
+
+def test_batch_with_bad_rows_writes_nothing_and_names_each_line(tmp_path, built):
+    csv_path = tmp_path / "nodes.csv"
+    csv_path.write_text("id,lat,rated_w\nok-1,45,40\nbad-1,123,40\nbad-2,45,lots\nok-1,44,40\n")
+    out = tmp_path / "imgs"
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--csv", str(csv_path),
+                            "--out-dir", str(out), "--build", str(built))
+    assert code == 2
+    err = res["error"]
+    assert "nodes.csv line 3: lat: 123.0 is out of range" in err
+    assert "nodes.csv line 4: rated_w: 'lots' is not a number" in err
+    assert "nodes.csv line 5: id: 'ok-1' already used on line 2" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_files_too_large_for_the_partition(tmp_path, built):
+    tiny = partitions.FsGeometry(0x200000, 16 * 4096, source="tiny")
+    files = provision.image_files(built, provision.check_config({"id": "a", "gateway": "coap://h"}))
+    files["firmware/blob.bin"] = bytes(100 * 1024)
+    with pytest.raises(provision.ProvisionError, match="do not fit in the 65536-byte filesystem partition"):
+        provision.make_image(files, tiny)
+
+
+def test_geometry_comes_from_the_firmware_partition_table(tmp_path, built):
+    rows = [
+        ("nvs", 1, 2, 0x9000, 0x6000),
+        ("phy_init", 1, 1, 0xF000, 0x1000),
+        ("factory", 0, 0, 0x10000, 0x300000),
+        ("vfs", 1, 0x81, 0x310000, 0xF0000),
+    ]
+    fw = make_firmware(tmp_path, "esp32s3", rows)
+    img = tmp_path / "fs.bin"
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--image", str(img),
+                            "--firmware", str(fw), "--build", str(built))
+    assert code == 0, res
+    assert res["fs_offset"] == "0x310000" and img.stat().st_size == 0xF0000
+    assert json.loads(provision.read_image(img.read_bytes())["config.json"])["id"] == "lamp-7"
+
+
+@pytest.mark.parametrize("board,size", [("esp32", 0x200000), ("esp32c3", 0x200000), ("esp32s3", 0x600000)])
+def test_board_geometry(tmp_path, built, board, size):
+    img = tmp_path / "fs.bin"
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--image", str(img),
+                            "--board", board, "--build", str(built))
+    assert code == 0, res
+    assert img.stat().st_size == size and res["fs_offset"] == "0x200000"
