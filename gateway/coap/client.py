@@ -42,7 +42,7 @@ def uri(address: str, path: str) -> str:
 
 
 def _code_str(code: Code) -> str:
-    return f"{code.class_}.{code.detail:02d}"
+    return code.dotted
 
 
 class NodeClient:

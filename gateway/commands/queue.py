@@ -218,6 +218,9 @@ class CommandQueue:
                 reason = f"node unreachable ({exc}); will retry when it registers or updates"
                 out += [(r[0], "pending", reason) for r in rows[i:]]
                 break
+            except Exception as exc:  # never leave a command stuck in 'delivering'
+                log.exception("unexpected error delivering command %d to %s", cid, node)
+                out.append((cid, "pending", f"internal error ({type(exc).__name__}); will retry"))
         return out
 
     def _record(self, conn: sqlite3.Connection, outcomes: list[tuple[int, str, str | None]]) -> None:

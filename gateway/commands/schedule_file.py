@@ -42,25 +42,14 @@ def _step_from_table(i: int, t: dict[str, Any]) -> list[Any]:
 
 def parse_schedule(text: str, name: str = "schedule") -> list[list[int]]:
     """Parse a schedule from JSON or TOML text. Raises CommandError naming what is wrong."""
-    stripped = text.lstrip()
-    if stripped.startswith("[") and not stripped.startswith("[["):
-        # JSON list, or TOML starting with a table header like "[site]" (tried next)
-        try:
-            doc: Any = json.loads(text)
-        except json.JSONDecodeError:
-            doc = None
-    elif stripped.startswith("{"):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"{name}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
-    else:
-        doc = None
-    if doc is None:
+    try:
+        doc: Any = json.loads(text)
+    except json.JSONDecodeError as jexc:
         try:
             doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise CommandError(f"{name}: neither JSON nor valid TOML: {exc}") from exc
+        except tomllib.TOMLDecodeError as texc:
+            raise CommandError(f"{name}: neither JSON (line {jexc.lineno}: {jexc.msg}) nor TOML "
+                               f"({texc})") from None
     steps = doc.get("steps") if isinstance(doc, dict) else doc
     if steps is None:
         raise CommandError(f"{name}: no 'steps' found")
