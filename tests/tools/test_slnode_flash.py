@@ -1,0 +1,234 @@
+"""slnode flash: image checks and offsets per chip (no hardware), then the real esptool and
+mpremote driven up to the serial port: a pty that never answers, a missing port, a busy port,
+and a port this user may not open. No test claims a successful flash: there is no board."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import serial
+from slnode_support import make_firmware, slnode, slnode_json
+
+from tools.slnode import build, flash, partitions, provision
+from tools.slnode.partitions import ImageError
+
+
+@pytest.fixture(scope="module")
+def fs_image(tmp_path_factory):
+    d = tmp_path_factory.mktemp("img")
+    build.build(d / "b", quiet=True)
+    cfg = provision.check_config({"id": "lamp-1", "gateway": "coap://10.0.0.2"})
+    img = d / "fs.bin"
+    img.write_bytes(provision.make_image(provision.image_files(d / "b", cfg), partitions.board_geometry("esp32")))
+    return img
+
+
+@pytest.fixture
+def pty():
+    """A pseudo-terminal: a real serial device on which no ESP32 will ever answer."""
+    master, slave = os.openpty()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_chip_table_agrees_with_esptool():
+    from esptool.targets import CHIP_DEFS
+
+    for chip_id, (name, offset) in partitions.CHIPS.items():
+        assert CHIP_DEFS[name].IMAGE_CHIP_ID == chip_id
+        assert CHIP_DEFS[name].BOOTLOADER_FLASH_OFFSET == offset, name
+
+
+@pytest.mark.parametrize("chip,offset", [("esp32", 0x1000), ("esp32s3", 0x0), ("esp32c3", 0x0)])
+def test_offsets_per_chip(tmp_path, fs_image, chip, offset):
+    fw = make_firmware(tmp_path, chip)
+    p = flash.plan(fw, fs_image, "auto")
+    assert p.chip == chip
+    assert [(off, label) for off, _, label in p.regions] == [(offset, "MicroPython " + chip), (0x200000, "filesystem")]
+    assert p.regions[0][1] == fw.read_bytes() and p.regions[1][1] == fs_image.read_bytes()
+
+
+def test_whole_flash_image_from_offset_zero(tmp_path):
+    """esptool merge-bin without --target-offset pads an ESP32 image from 0x0."""
+    d = tmp_path
+    fw = make_firmware(d, "esp32")
+    padded = d / "padded.bin"
+    padded.write_bytes(b"\xff" * 0x1000 + fw.read_bytes())
+    info = partitions.inspect_firmware(padded)
+    assert (info.chip, info.offset, info.fs.offset, info.fs.size) == ("esp32", 0, 0x200000, 0x200000)
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        (b"", "an empty file"),
+        (b"\x7fELF" + bytes(60), "first byte 0x7F"),
+        (b":10000000" + bytes(60), "first byte 0x3A"),  # Intel hex
+        (b"UF2\n" + bytes(60), "first byte 0x55"),
+    ],
+)
+def test_refuses_a_file_that_is_not_an_esp_image(tmp_path, fs_image, content, why):
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(content)
+    code, res = slnode_json("flash", "--port", "/dev/null", "--firmware", str(fw), "--image", str(fs_image))
+    assert code == 2 and "is not an ESP firmware image" in res["error"] and why in res["error"]
+
+
+def test_refuses_an_app_only_image(tmp_path):
+    app = tmp_path / "app.bin"
+    from slnode_support import image_header
+
+    app.write_bytes(image_header(0) + bytes(0x9000))
+    with pytest.raises(ImageError, match="no partition table at 0x8000"):
+        flash.plan(app, None)
+
+
+def test_wrong_chip_option(tmp_path):
+    fw = make_firmware(tmp_path, "esp32s3")
+    with pytest.raises(ImageError, match="wrong chip: .* built for esp32s3 but --chip esp32c3"):
+        flash.plan(fw, None, "esp32c3")
+
+
+def test_unsupported_chip(tmp_path):
+    fw = make_firmware(tmp_path, "esp32c6")
+    with pytest.raises(ImageError, match="MicroPython for esp32c6"):
+        flash.plan(fw, None)
+
+
+def test_image_too_large_or_wrong_size_or_swapped(tmp_path, fs_image):
+    small = [r if r[0] != "vfs" else ("vfs", 1, 0x81, 0x310000, 0xF0000) for r in
+             [("nvs", 1, 2, 0x9000, 0x6000), ("factory", 0, 0, 0x10000, 0x300000), ("vfs", 0, 0, 0, 0)]]
+    fw = make_firmware(tmp_path, "esp32", small)
+    with pytest.raises(ImageError, match="too large for the filesystem partition"):
+        flash.plan(fw, fs_image)
+    half = tmp_path / "half.bin"
+    half.write_bytes(fs_image.read_bytes()[: 0x100000])
+    with pytest.raises(ImageError, match="MicroPython would reformat it"):
+        flash.plan(make_firmware(tmp_path, "esp32", name="ok.bin"), half)
+    with pytest.raises(ImageError, match="pass it as --firmware"):
+        flash.plan(None, fw)
+    blank = tmp_path / "blank.bin"
+    blank.write_bytes(b"\xff" * 0x200000)
+    with pytest.raises(ImageError, match="not a littlefs image"):
+        flash.plan(None, blank)
+
+
+def test_pty_that_never_answers_gives_no_esp32_answered(tmp_path, fs_image, pty):
+    fw = make_firmware(tmp_path, "esp32")
+    t0 = time.monotonic()
+    code, res = slnode_json("flash", "--port", pty, "--firmware", str(fw), "--image", str(fs_image),
+                            "--connect-attempts", "1")
+    assert code == 3 and not res["ok"]
+    assert res["error"].startswith(f"no ESP32 answered on {pty}") and "hold BOOT" in res["error"]
+    assert "verified" not in str(res)
+    assert time.monotonic() - t0 < 50
+
+
+def test_missing_port(tmp_path, fs_image):
+    r = slnode("flash", "--port", "/dev/ttyUSB-nonexistent", "--firmware", str(make_firmware(tmp_path, "esp32")))
+    assert r.returncode == 3
+    assert "no serial port /dev/ttyUSB-nonexistent" in r.stderr and "charge-only" in r.stderr
+
+
+def test_busy_port(tmp_path, pty):
+    holder = serial.Serial(pty, exclusive=True)  # another program holding the port
+    try:
+        code, res = slnode_json("flash", "--port", pty, "--firmware", str(make_firmware(tmp_path, "esp32")),
+                                "--connect-attempts", "1")
+        assert code == 3 and f"{pty} is busy" in res["error"]
+        code, res = slnode_json("flash", "--port", pty, "--mpremote", "--image", str(_img(tmp_path)))
+        assert code == 3 and f"{pty} is busy" in res["error"]
+    finally:
+        holder.close()
+
+
+def _img(tmp_path):
+    p = tmp_path / "img.bin"
+    if not p.exists():
+        build.build(tmp_path / "b", quiet=True)
+        cfg = provision.check_config({"id": "n", "gateway": "coap://h"})
+        p.write_bytes(provision.make_image(provision.image_files(tmp_path / "b", cfg), partitions.board_geometry("esp32")))
+    return p
+
+
+def test_permission_denied_as_an_unprivileged_user(tmp_path, pty):
+    """A forked child drops to `nobody` and runs the real esptool on a root-owned 0600 port."""
+    os.chmod(pty, 0o600)
+    import esptool.loader  # noqa: F401
+    from esptool import cmds  # noqa: F401 - imported before dropping privileges
+
+    fw = make_firmware(tmp_path, "esp32")
+    p = flash.plan(fw, None)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        msg = "no error"
+        signal.alarm(30)  # a hung child dies instead of hanging the test
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            flash.flash_esptool(p, pty, connect_attempts=1, quiet=True)
+        except flash.FlashError as e:
+            msg = str(e)
+        except BaseException as e:  # noqa: BLE001 - report anything to the parent
+            msg = f"unexpected {type(e).__name__}: {e}"
+        os.write(wfd, msg.encode())
+        os._exit(0)
+    os.close(wfd)
+    try:
+        data = b""
+        while chunk := os.read(rfd, 4096):
+            data += chunk
+    finally:
+        os.close(rfd)
+        os.waitpid(pid, 0)
+    msg = data.decode()
+    assert msg.startswith(f"permission denied on {pty}"), msg
+    assert "sudo usermod -aG dialout $USER" in msg and "log out" in msg
+
+
+@pytest.mark.parametrize(
+    "text,starts",
+    [
+        ("Could not open /dev/ttyUSB0, the port is busy or doesn't exist.\n([Errno 13] could not open port "
+         "/dev/ttyUSB0: [Errno 13] Permission denied: '/dev/ttyUSB0')", "permission denied on /dev/ttyUSB0"),
+        ("Could not open /dev/ttyUSB0, the port is busy or doesn't exist.\n(Could not exclusively lock port "
+         "/dev/ttyUSB0: [Errno 11] Resource temporarily unavailable)", "/dev/ttyUSB0 is busy"),
+        ("[Errno 16] could not open port /dev/ttyUSB0: [Errno 16] Device or resource busy: '/dev/ttyUSB0'",
+         "/dev/ttyUSB0 is busy"),
+        ("Could not open /dev/ttyUSB0, the port is busy or doesn't exist.\n([Errno 2] could not open port "
+         "/dev/ttyUSB0: [Errno 2] No such file or directory: '/dev/ttyUSB0')", "no serial port /dev/ttyUSB0"),
+        ("Failed to connect to ESP32: No serial data received.", "no ESP32 answered on /dev/ttyUSB0"),
+        ("Failed to connect to ESP32: Wrong boot mode detected (0x13)! The chip needs to be in download mode.",
+         "no ESP32 answered on /dev/ttyUSB0"),
+        ("This chip is ESP32-S3, not ESP32. Wrong chip argument?", "wrong chip on /dev/ttyUSB0"),
+        ("File md5 does not match data written to flash", "verification failed on /dev/ttyUSB0"),
+    ],
+)
+def test_error_mapping_of_esptool_texts(text, starts):
+    assert flash.explain(text, "/dev/ttyUSB0").startswith(starts)
+
+
+def test_mpremote_on_a_silent_port_is_a_clear_error(tmp_path, pty):
+    code, res = slnode_json("flash", "--port", pty, "--mpremote", "--image", str(_img(tmp_path)))
+    assert code == 3 and "did not give a MicroPython prompt" in res["error"]
+
+
+def test_mpremote_command_replaces_the_trees(tmp_path):
+    (tmp_path / "firmware").mkdir()
+    (tmp_path / "protocol").mkdir()
+    for n in ("main.py", "config.json", "manifest.json"):
+        (tmp_path / n).write_text("x")
+    cmd = flash.mpremote_command("/dev/ttyACM0", Path(tmp_path),
+                                 ["firmware/a.mpy", "protocol/b.mpy", "main.py", "config.json", "manifest.json"])
+    assert cmd[1:5] == ["-m", "mpremote", "connect", "/dev/ttyACM0"]
+    assert "rm(p)" in cmd[6] and "'firmware', 'protocol'" in cmd[6]
+    i = cmd.index("-r")
+    assert cmd[i + 1 : i + 4] == ["firmware", "protocol", ":"]
+    assert cmd[-9:] == ["+", "fs", "cp", "config.json", "main.py", "manifest.json", ":", "+", "reset"]
