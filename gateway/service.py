@@ -107,6 +107,8 @@ class Gateway:
                                     on_reports=self.timesync.after_reports,
                                     default_lifetime=cfg.nodes.default_lifetime)
             self._ctx.serversite = self.coap
+            transport.rst_unparsable(self._ctx, lambda host: self.coap.badlog.bad(
+                host, "RST", "datagram is not CoAP"))
             self.coap_address = f"{cfg.coap.bind}:{cfg.coap.port}"
             await self._start_modbus()
             self._runner = web.AppRunner(make_app(self), access_log=None)

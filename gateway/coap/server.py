@@ -33,6 +33,10 @@ log = logging.getLogger("slgw.coap")
 EP_RE = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 MIN_LIFETIME, MAX_LIFETIME = 60, 86400
 RETRY_AFTER_S = 30  # Max-Age of a 5.03: how long a node waits before resending
+# Critical options this server understands (RFC 7252 §5.4.1: any other critical one is 4.02):
+# If-Match 1, Uri-Host 3, If-None-Match 5, Uri-Port 7, Uri-Path 11, Uri-Query 15, Accept 17,
+# Block2 23, Block1 27.
+KNOWN_CRITICAL = frozenset((1, 3, 5, 7, 11, 15, 17, 23, 27))
 
 
 class BadRequest(Exception):
@@ -184,6 +188,10 @@ class LwM2MServer(resource.Resource):
             return _reply(Code.INTERNAL_SERVER_ERROR, "internal error")
 
     async def _dispatch(self, request: aiocoap.Message, host: str) -> aiocoap.Message:
+        for opt in request.opt.option_list():
+            num = int(opt.number)
+            if num & 1 and num not in KNOWN_CRITICAL:
+                raise BadRequest(Code.BAD_OPTION, f"unknown critical option {num}")
         if len(request.payload) > lwm2m.MAX_PAYLOAD:
             raise BadRequest(Code.REQUEST_ENTITY_TOO_LARGE, f"payload over {lwm2m.MAX_PAYLOAD} bytes")
         path = request.opt.uri_path
@@ -277,10 +285,12 @@ class LwM2MServer(resource.Resource):
             reports, attrs = report.parse_send(bytes(request.payload), now)
         except ValueError as exc:  # CBORError, SenMLError are ValueErrors (SPEC §8)
             raise BadRequest(Code.BAD_REQUEST, f"report: {exc}") from None
-        try:
-            await self.sink(ep, reports, attrs, now)
-        except ValueError as exc:
-            raise BadRequest(Code.BAD_REQUEST, f"report: {exc}") from None
+        answer = await self.sink(ep, reports, attrs, now)
+        if answer.code[0] == 4:
+            raise BadRequest(Code(answer.coap_code), answer.diagnostic or "bad report")
+        if answer.code[0] == 5:
+            self.stats["unavailable" if answer.code == (5, 3) else "error"] += 1
+            return _reply(Code(answer.coap_code), answer.diagnostic, max_age=answer.max_age)
         self.registry.seen(ep)
         self.stats["send"] += 1
         self.stats["reports"] += len(reports)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
+from typing import Any
 
 WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -57,3 +59,39 @@ def choose(bind_host: str) -> tuple[list[str], list[str]]:
             "[coap] bind to the gateway's own IPv4 address (e.g. 192.168.1.10)"
         )
     return ["udp6"], ["udp6"]
+
+
+def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int:
+    """Make the context answer a CON datagram that does not parse with RST (SPEC §8).
+
+    aiocoap drops unparsable datagrams silently; the contract wants an RST whenever the
+    4-byte header gave a Message ID and the type is CON, so a confused node stops
+    retransmitting at once. Applies to the datagram interfaces built on aiocoap's generic UDP
+    interface (simplesocketserver, our IPv4 path). Returns how many interfaces were wrapped.
+    `on_bad(host)` is called for each unparsable datagram (for rate-limited logging).
+    """
+    from aiocoap import error
+    from aiocoap.message import Message
+    from aiocoap.transports.generic_udp import GenericMessageInterface
+
+    wrapped = 0
+    for ri in getattr(ctx, "request_interfaces", []):
+        mi = getattr(getattr(ri, "token_interface", None), "message_interface", None)
+        if not isinstance(mi, GenericMessageInterface):
+            continue
+
+        def received(address: Any, datagram: bytes, mi: Any = mi) -> None:
+            try:
+                message = Message.decode(datagram, remote=address)
+            except error.UnparsableMessage:
+                if len(datagram) >= 4 and (datagram[0] >> 4) & 3 == 0:  # a CON: RST its MID
+                    address.send(bytes((0x70, 0, datagram[2], datagram[3])))
+                if on_bad is not None:
+                    on_bad(getattr(address, "hostinfo", str(address)))
+                return
+            if mi._mman is not None:
+                mi._mman.dispatch_message(message)
+
+        mi._received_datagram = received
+        wrapped += 1
+    return wrapped
