@@ -27,17 +27,34 @@ def _figures(baseline: float, actual: float) -> dict[str, Any]:
             "saved_pct": round(100.0 * saved / baseline, 2) if baseline > 0 else None}
 
 
-def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: float,
-            longitude: float, baseline: str = "dusk-to-dawn", reference_from: float | None = None,
-            reference_to: float | None = None, node: str | None = None, group: str | None = None,
-            cabinet: str | None = None) -> dict[str, Any]:
+def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: float | None = None,
+            longitude: float | None = None, baseline: str | None = None,
+            reference_from: float | None = None, reference_to: float | None = None,
+            node: str | None = None, group: str | None = None, cabinet: str | None = None,
+            config: Any = None) -> dict[str, Any]:
     """Savings of the selected luminaires over ``[start, end)``.
+
+    ``config`` (a gateway.config.Config) supplies the site position and the ``[savings]``
+    settings for any of latitude, longitude, baseline, reference_from/to not given.
 
     Returns ``{baseline, start, end, night_hours, site: {baseline_wh, actual_wh, saved_wh,
     saved_pct, nodes}, cabinets: [{cabinet, ...}], nodes: [{id, cabinet, group, rated_w,
     quality, ...}], without_baseline: [ids]}``. Raises ValueError for an unknown baseline or a
     reference baseline without its period.
     """
+    if config is not None:
+        from ..config import parse_time
+
+        latitude = config.site.latitude if latitude is None else latitude
+        longitude = config.site.longitude if longitude is None else longitude
+        baseline = baseline or config.savings.baseline
+        if reference_from is None and config.savings.reference_from:
+            reference_from = parse_time(config.savings.reference_from)
+        if reference_to is None and config.savings.reference_to:
+            reference_to = parse_time(config.savings.reference_to)
+    baseline = baseline or "dusk-to-dawn"
+    if latitude is None or longitude is None:
+        raise ValueError("savings need the site latitude and longitude")
     if baseline not in ("dusk-to-dawn", "reference"):
         raise ValueError('baseline must be "dusk-to-dawn" or "reference"')
     if end <= start:

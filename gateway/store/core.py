@@ -286,12 +286,21 @@ class Store:
                              received_at: float | None = None) -> IngestResult:
         """Store reports of one source, idempotent on (source, seq); durable when it returns.
 
+        ``received_at`` (Unix s, the gateway clock) resolves relative times and bounds
+        implausible ones (see readings.py); None trusts the reports' absolute times.
+
         Raises ValueError (nothing stored) if any report is invalid, StoreUnavailable if the
         store cannot write now.
         """
         if kind not in ("node", "meter"):
             raise ValueError("kind must be 'node' or 'meter'")
-        now = time.time() if received_at is None else received_at
+        if received_at is None:
+            # No receive time given (e.g. the gateway's own meter poller on a simulated
+            # clock): the reports' absolute times are trusted.
+            now = max([time.time()] + [r["t"] for r in reports if isinstance(r, dict)
+                                       and isinstance(r.get("t"), int | float) and r["t"] > 0])
+        else:
+            now = received_at
         rows = [validate_report(r, now) for r in reports]
         if not rows:
             return IngestResult(0, 0)

@@ -134,3 +134,12 @@ async def test_circuit_check_meter_against_nodes(town):
     assert cc["meters"][0]["id"] == "meterA" and cc["quality"] == "measured"
     no_meter = await town.read(lambda c: circuit_check(c, "B", start, end))
     assert no_meter["meter_wh"] is None and no_meter["unaccounted_wh"] is None
+
+
+async def test_savings_from_config(town):
+    from gateway.config import load_config
+
+    cfg = load_config(None, {"site.latitude": LAT, "site.longitude": LON})
+    a = await town.read(lambda c: savings(c, start=D0, end=D0 + 86400, config=cfg))
+    b = await town.read(lambda c: savings(c, start=D0, end=D0 + 86400, latitude=LAT, longitude=LON))
+    assert a["site"] == b["site"] and a["baseline"] == "dusk-to-dawn"

@@ -246,3 +246,11 @@ async def test_close_flushes_pending_writes_and_refuses_later_ones(tmp_path):
         assert await s2.read(lambda c: c.execute("SELECT COUNT(*) FROM dirty").fetchone()[0]) == 0
     finally:
         await s2.close()
+
+
+async def test_without_receive_time_absolute_times_are_trusted(store):
+    # a meter polled on a simulated clock running ahead of the real one
+    future = 4_000_000_000.0
+    await store.ingest_reports("m", [{"seq": 1, "t": future, "wh": 1.0}], kind="meter")
+    assert await store.read(lambda c: c.execute("SELECT t, rel_time FROM readings").fetchone()
+                            ) == (future, 0)
