@@ -107,7 +107,7 @@ class MeterPoller:
         self.last_error = why
         if not self.quarantined:
             log.warning("meter %s (%s unit %d): poll failed (%s); quarantined, probing with back-off "
-                        "up to %.0f s. Check wiring, power, unit id and line settings.",
+                        "up to %g s. Check wiring, power, unit id and line settings.",
                         self.cfg.name, self.bus.key, self.cfg.unit, why, self.cfg.backoff_max)
         else:
             log.debug("meter %s: probe failed (%s), next in %.1f s", self.cfg.name, why, self.backoff())
