@@ -1,0 +1,121 @@
+"""The service as systemd runs it: graceful SIGTERM, Type=notify READY/WATCHDOG/STOPPING,
+start-up without IPv6, and refusal (with the documented exit status) of a corrupt config."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from slgw_harness import AIOCOAP_CLIENT, SLGW, SlgwProcess
+
+
+def register(gw: SlgwProcess, ep: str) -> subprocess.CompletedProcess:
+    return subprocess.run([AIOCOAP_CLIENT, "-m", "POST",
+                           f"coap://127.0.0.1:{gw.coap_port}/rd?ep={ep}&lt=300&lwm2m=1.1&b=U",
+                           "--content-format", "application/link-format", "--payload", "</3/0>"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_sigterm_is_graceful_and_systemd_is_told(tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(10)
+    gw = SlgwProcess(tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "300000"})
+    try:
+        gw.start()
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while seen.count("WATCHDOG=1") < 2 and time.monotonic() < deadline:
+            seen.append(sock.recv(4096).decode())
+        assert "READY=1" in seen and seen.count("WATCHDOG=1") >= 2
+        assert seen.index("READY=1") < seen.index("WATCHDOG=1")
+        assert register(gw, "s1").returncode == 0
+        assert gw.terminate() == 0
+        while "STOPPING=1" not in seen:
+            seen.append(sock.recv(4096).decode())
+    finally:
+        gw.stop()
+        sock.close()
+    log = gw.log()
+    assert "slgw ready" in log and "slgw stopped" in log and "Traceback" not in log
+    con = sqlite3.connect(gw.store)  # registration flushed, WAL checkpointed by close()
+    assert con.execute("SELECT id FROM nodes").fetchall() == [("s1",)]
+    con.close()
+
+
+NO_IPV6 = r"""
+import errno, socket, sys
+_orig = socket.socket
+class NoV6(_orig):
+    def __init__(self, family=-1, *a, **k):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        super().__init__(family, *a, **k)
+socket.socket = NoV6
+socket.has_ipv6 = False
+from gateway.cli.main import main
+sys.argv[0] = "slgw"
+sys.exit(main())
+"""
+
+
+def test_starts_and_serves_on_a_host_without_ipv6(tmp_path):
+    # The kernel of some Raspberry Pi images has IPv6 disabled: socket(AF_INET6) fails.
+    gw = SlgwProcess(tmp_path, prefix=[sys.executable, "-c", NO_IPV6])
+    try:
+        gw.start()
+        assert register(gw, "v4only").returncode == 0
+        assert gw.api("GET", "/api/nodes")["nodes"][0]["id"] == "v4only"
+    finally:
+        gw.stop()
+    # a wildcard bind needs IPv6 here: refused with advice, exit 1
+    bad = SlgwProcess(tmp_path, "--coap-bind", "::", prefix=[sys.executable, "-c", NO_IPV6])
+    r = subprocess.run([*bad.args()[:-2], "--coap-bind", "::"], capture_output=True, text=True,
+                       timeout=30, cwd=tmp_path)
+    assert r.returncode == 1
+    assert "needs IPv6" in r.stdout and "IPv4 address" in r.stdout
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[coap]\nport = \"x\"\n", ["coap.port", "line 2"]),
+    ("[coap]\nprot = 5683\n", ["coap.prot", "line 2"]),
+    ("[api]\nbind = \"0.0.0.0\"\n", ["api.token"]),
+    ("[site\nlatitude = 1\n", ["TOML"]),
+])
+def test_corrupt_config_stops_startup_with_key_and_line(tmp_path, text, words):
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(text)
+    r = subprocess.run([SLGW, "serve", "--config", str(cfg), "--store-path", str(tmp_path / "x.db")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 5, r.stderr
+    for w in words:
+        assert w in r.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_bad_flag_value_and_corrupt_store(tmp_path):
+    r = subprocess.run([SLGW, "serve", "--coap-port", "99999"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 5 and "coap.port" in r.stderr
+    bad_db = tmp_path / "bad.db"
+    bad_db.write_bytes(b"this is not a database" * 100)
+    gw = SlgwProcess(tmp_path, store=bad_db)
+    r = subprocess.run(gw.args(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "not a usable SQLite database" in r.stdout
+    assert bad_db.read_bytes() == b"this is not a database" * 100  # nothing overwritten
+
+
+def test_sigint_also_stops_cleanly(tmp_path):
+    gw = SlgwProcess(tmp_path)
+    try:
+        gw.start()
+        gw.proc.send_signal(signal.SIGINT)
+        assert gw.proc.wait(20) == 0
+    finally:
+        gw.stop()
