@@ -92,6 +92,7 @@ def _finish(args, result, error, code) -> int:
             out["error"] = error
             out["exit_code"] = code
         if result:
+            result.pop("summary", None)  # the human rendering; the fields carry the same facts
             out.update(result)
         print(json.dumps(out, sort_keys=True))
     elif error is not None:
