@@ -72,6 +72,10 @@ def is_number(x):
     return (isinstance(x, int) or isinstance(x, float)) and not isinstance(x, bool)
 
 
+def _finite(x):
+    return not (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))
+
+
 def _check_record(rec, i):
     if not isinstance(rec, dict):
         raise SenMLError("record %d is not a map" % i)
@@ -84,7 +88,7 @@ def _check_record(rec, i):
         if kind == 0:
             ok = isinstance(val, str)
         elif kind == 1:
-            ok = is_number(val) and not (isinstance(val, float) and (math.isnan(val) or math.isinf(val)))
+            ok = is_number(val) and _finite(val)
         elif kind == 2:
             ok = isinstance(val, int) and not isinstance(val, bool)
         elif kind == 3:
@@ -180,11 +184,17 @@ def resolve(records, now=None):
             r["rel"] = True
             if now is not None:
                 t = now + t
+        if not _finite(t):
+            raise SenMLError("record %d (%s): time is not finite" % (i, name))
         r["t"] = t
         nvals = 0
         if SENML_V in rec:
             v = rec[SENML_V]
-            r["v"] = v if bv is None else bv + v
+            if bv is not None:
+                v = bv + v
+                if not _finite(v):
+                    raise SenMLError("record %d (%s): value is not finite" % (i, name))
+            r["v"] = v
             nvals += 1
         if SENML_VS in rec:
             r["vs"] = rec[SENML_VS]
@@ -199,7 +209,11 @@ def resolve(records, now=None):
             raise SenMLError("record %d (%s): more than one value" % (i, name))
         if SENML_S in rec:
             s = rec[SENML_S]
-            r["s"] = s if bs is None else bs + s
+            if bs is not None:
+                s = bs + s
+                if not _finite(s):
+                    raise SenMLError("record %d (%s): sum is not finite" % (i, name))
+            r["s"] = s
         elif nvals == 0:
             raise SenMLError("record %d (%s): no value" % (i, name))
         u = rec.get(SENML_U, bu)
