@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -232,9 +233,13 @@ async def backup(request: web.Request) -> web.Response:
     path = body.get("path")
     if not isinstance(path, str) or not path:
         raise ApiError(400, "bad_request", "path required")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise ApiError(400, "bad_request", f"cannot write backup to {path}: directory {d} does not "
+                       "exist on the gateway")
     try:
         return web.json_response(await gw.backup(path))
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise ApiError(400, "bad_request", f"cannot write backup to {path}: {exc}") from None
 
 
