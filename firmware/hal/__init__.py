@@ -1,0 +1,1 @@
+"""Hardware-abstraction layer: ``base`` (the interface), ``emulated`` and ``esp32`` back-ends."""
