@@ -225,20 +225,29 @@ class Gateway:
                      start: str | None, end: str | None, by: str) -> dict[str, Any]:
         """Energy of the selection; see gateway.energy. Raises ValueError on bad arguments."""
         from gateway.config import parse_time
-        from gateway.energy.query import energy
+        from gateway.energy.query import circuit_check, energy
         t0 = parse_time(start) if start else None
         t1 = parse_time(end) if end else None
         await self.store.refresh()
-        return await self.store.read(lambda conn: energy(conn, node=node, group=group,
-                                                         cabinet=cabinet, start=t0, end=t1, by=by))
 
-    async def savings(self, start: str | None, end: str | None) -> dict[str, Any]:
+        def q(conn: sqlite3.Connection) -> dict[str, Any]:
+            res = energy(conn, node=node, group=group, cabinet=cabinet, start=t0, end=t1, by=by)
+            if cabinet and res["rows"]:  # issue 5: the cabinet meter against its luminaires
+                res["circuit"] = circuit_check(conn, cabinet, res["start"], res["end"])
+            return res
+
+        return await self.store.read(q)
+
+    async def savings(self, start: str | None, end: str | None, node: str | None = None,
+                      group: str | None = None, cabinet: str | None = None) -> dict[str, Any]:
+        """Savings against the configured baseline; default period: the last 30 days."""
         from gateway.config import parse_time
-        from gateway.energy import savings
+        from gateway.energy.savings import savings
         t1 = parse_time(end) if end else self.clock.now()
         t0 = parse_time(start) if start else t1 - 30 * 86400
         await self.store.refresh()
-        return await self.store.read(lambda conn: savings(conn, start=t0, end=t1, config=self.config))
+        return await self.store.read(lambda conn: savings(
+            conn, start=t0, end=t1, node=node, group=group, cabinet=cabinet, config=self.config))
 
     async def backup(self, path: str) -> dict[str, Any]:
         path = os.path.abspath(path)

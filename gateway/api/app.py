@@ -215,7 +215,9 @@ async def energy(request: web.Request) -> web.Response:
 async def savings(request: web.Request) -> web.Response:
     gw = request.app[GW]
     try:
-        result = await gw.savings(start=request.query.get("from"), end=request.query.get("to"))
+        q = request.query
+        result = await gw.savings(start=q.get("from"), end=q.get("to"), node=q.get("node"),
+                                  group=q.get("group"), cabinet=q.get("cabinet"))
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
     return web.json_response(result)

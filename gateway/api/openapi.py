@@ -161,8 +161,11 @@ PATHS: dict[str, Any] = {
         [_q("node", "node id"), _q("group", "group"), _q("cabinet", "cabinet"), *RANGE,
          _q("by", "bucket size", {"type": "string", "enum": ["15min", "hour", "day", "month"]})],
         op_id="energy")},
-    "/api/savings": {"get": _op("Savings against the baseline, per luminaire, cabinet and site",
-                                _json({"type": "object"}), RANGE, op_id="savings")},
+    "/api/savings": {"get": _op(
+        "Savings against the baseline ([savings] in the config), per luminaire, cabinet and site; "
+        "default period: the last 30 days", _json({"type": "object"}),
+        [*RANGE, _q("node", "only this node"), _q("group", "only this group"),
+         _q("cabinet", "only this cabinet")], op_id="savings")},
     "/api/faults": {"get": _op(
         "Nodes with active faults (from their last report)",
         _json({"type": "object", "properties": {"faults": {"type": "array", "items": _ref("Node")}}}),

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("savings", help="savings against the baseline")
     sv.add_argument("--from", dest="start")
     sv.add_argument("--to", dest="end")
+    svsel = sv.add_mutually_exclusive_group()
+    svsel.add_argument("--node")
+    svsel.add_argument("--group")
+    svsel.add_argument("--cabinet")
     sub.add_parser("faults", help="nodes with active faults")
     sub.add_parser("backup", help="online backup of the store").add_argument("path")
     cm = sub.add_parser("commands", help="commands and their delivery state")
@@ -204,7 +208,9 @@ def run_client(args: argparse.Namespace) -> tuple[str, Any]:
                                               "to": args.end, "by": args.by})
         return ("energy_csv" if args.csv else "energy"), doc
     if cmd == "savings":
-        return "savings", api.call("GET", "/api/savings", {"from": args.start, "to": args.end})
+        return "savings", api.call("GET", "/api/savings", {
+            "from": args.start, "to": args.end, "node": args.node, "group": args.group,
+            "cabinet": args.cabinet})
     if cmd == "faults":
         return "faults", api.call("GET", "/api/faults")
     if cmd == "backup":

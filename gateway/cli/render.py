@@ -65,7 +65,19 @@ def human(kind: str, doc: Any, out: TextIO) -> None:
     elif kind == "energy":
         for r in doc.get("rows", []):
             out.write("  ".join(f"{k}={v}" for k, v in r.items()) + "\n")
-        out.write(f"total_wh {doc['total_wh']}\n")
+        out.write(f"total_wh {doc['total_wh']} ({doc.get('quality')})\n")
+        if doc.get("circuit"):
+            c = doc["circuit"]
+            out.write(f"circuit check {c.get('cabinet')}: meter {c.get('meter_wh')} Wh, nodes "
+                      f"{c.get('nodes_wh')} Wh, unaccounted {c.get('unaccounted_wh')} Wh\n")
+    elif kind == "savings":
+        site = doc.get("site", {})
+        out.write(f"baseline {doc.get('baseline')}  {doc.get('start')} .. {doc.get('end')}\n")
+        out.write(f"site: baseline {site.get('baseline_wh')} Wh, actual {site.get('actual_wh')} Wh, "
+                  f"saved {site.get('saved_wh')} Wh ({site.get('saved_pct')} %)\n")
+        for c in doc.get("cabinets", []):
+            out.write(f"cabinet {c.get('cabinet')}: saved {c.get('saved_wh')} Wh "
+                      f"({c.get('saved_pct')} %)\n")
     elif kind == "backup":
         out.write(f"backup written to {doc['path']} ({doc['bytes']} bytes)\n")
     elif kind == "meters":

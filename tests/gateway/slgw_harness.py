@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class SlgwProcess:
                 raise RuntimeError(f"slgw exited {self.proc.returncode}:\n{self.log()}")
             try:
                 self.api("GET", "/api/health", timeout=1)
+                return self
+            except urllib.error.HTTPError:  # it answers (e.g. 401 without the token): ready
                 return self
             except OSError:
                 time.sleep(0.1)

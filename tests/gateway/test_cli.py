@@ -1,0 +1,148 @@
+"""`slgw` as integrators script it: the real CLI against the real `slgw serve` (subprocesses),
+with --json documents, human output and the documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from slgw_harness import AIOCOAP_CLIENT, SLGW, SlgwProcess
+
+from protocol import report
+
+TOKEN = "t0ken-for-tests"
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    g = SlgwProcess(tmp, "--commands-timeout-s", "1", "--api-token", TOKEN)
+    try:
+        g.start()
+        base = f"coap://127.0.0.1:{g.coap_port}"
+        r = subprocess.run([AIOCOAP_CLIENT, "-m", "POST", f"{base}/rd?ep=c1&lt=300&lwm2m=1.1&b=U",
+                            "--content-format", "application/link-format", "--payload", "</3/0>"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        now = int(time.time())
+        for name, data in (("d", report.encode_descriptor("2.1", 45.0, 4.0, "north", "K1", 60.0, 100,
+                                                          "UTC")),
+                           ("r", report.encode_reports([(1, now - 7200, 5000, 60, 100, 0, 0),
+                                                        (2, now - 3600, 5060, 60, 100, 3600, 0x10)]))):
+            f = tmp / f"{name}.cbor"
+            f.write_bytes(data)
+            r = subprocess.run([AIOCOAP_CLIENT, "-m", "POST", f"{base}/dp?ep=c1", "--content-format",
+                                "application/senml+cbor", "--payload", f"@{f}"],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+        yield g
+    finally:
+        g.stop()
+
+
+def slgw(gw, *args, token=TOKEN):
+    extra = ["--token", token] if token else []
+    return subprocess.run([SLGW, "--url", gw.url, *extra, *args], capture_output=True, text=True,
+                          timeout=60, cwd=gw.workdir)
+
+
+def js(r):
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_nodes_json_shape(gw):
+    (n,) = js(slgw(gw, "nodes", "--json"))["nodes"]
+    for key in ("id", "address", "online", "last_report", "group", "cabinet", "lat", "lon", "level",
+                "power_w", "wh", "faults", "modbus_slot"):
+        assert key in n
+    assert n["id"] == "c1" and n["online"] and n["group"] == "north" and n["cabinet"] == "K1"
+    assert n["wh"] == 5060 and n["faults"] == ["meterFailure"] and n["modbus_slot"] == 0
+    assert js(slgw(gw, "--json", "node", "show", "c1"))["node"]["fw"] == "2.1"
+    assert [f["id"] for f in js(slgw(gw, "faults", "--json"))["faults"]] == ["c1"]
+    human = slgw(gw, "nodes")
+    assert human.returncode == 0 and human.stdout.startswith("ID") and "c1" in human.stdout
+
+
+def test_energy_json_and_csv(gw):
+    doc = js(slgw(gw, "energy", "--json"))
+    assert doc["total_wh"] == 60
+    assert js(slgw(gw, "energy", "--json", "--group", "north", "--by", "hour"))["total_wh"] == 60
+    doc = js(slgw(gw, "energy", "--json", "--cabinet", "K1"))
+    assert doc["total_wh"] == 60 and doc["circuit"]["nodes_wh"] == 60
+    csv = slgw(gw, "energy", "--csv", "--by", "15min")
+    assert csv.returncode == 0 and csv.stdout.splitlines()[0].startswith("start,end,local,wh")
+    assert js(slgw(gw, "energy", "--json", "--node", "nobody"))["total_wh"] == 0
+    sv = js(slgw(gw, "savings", "--json"))
+    assert "site" in sv
+
+
+def test_commands_queue_and_delivery_state(gw):
+    # aiocoap-client exited, so the node's address answers nothing: the command waits
+    doc = js(slgw(gw, "--json", "set-level", "group:north", "30", "--wait", "3"))
+    (cmd,) = doc["commands"]
+    assert cmd["state"] == "pending" and "unreachable" in cmd["reason"] and cmd["node"] == "c1"
+    doc2 = js(slgw(gw, "commands", "--json", "--batch", doc["batch"]))
+    assert doc2["commands"][0]["id"] == cmd["id"] and doc2["summary"] == {"pending": 1}
+    ov = js(slgw(gw, "--json", "override", "c1", "10", "--for", "1h30m", "--wait", "0"))
+    assert ov["commands"][0]["payload"] == {"level": 10, "seconds": 5400}
+    old = js(slgw(gw, "commands", "--json", "--batch", doc["batch"]))["commands"][0]
+    assert old["state"] == "cancelled"  # superseded by the override
+    human = slgw(gw, "commands", "--state", "pending")
+    assert human.returncode == 0 and "override" in human.stdout
+
+
+def test_schedule_push_and_show(gw):
+    f = gw.workdir / "winter.toml"
+    f.write_text('[[steps]]\nat = "sunset"\nlevel = 100\n[[steps]]\nat = "22:30"\nlevel = 40\n'
+                 '[[steps]]\nat = "sunrise"\nlevel = 0\n')
+    doc = js(slgw(gw, "--json", "schedule", "push", "group:north", str(f), "--wait", "0"))
+    assert doc["kind"] == "schedule" and doc["commands"][0]["payload"]["steps"][1] == [0, 1350, 40]
+    shown = js(slgw(gw, "schedule", "show", "group:north", "--json"))
+    assert shown["steps"] == [[1, 0, 100], [0, 1350, 40], [2, 0, 0]]
+
+
+def test_backup_and_meters(gw, tmp_path):
+    doc = js(slgw(gw, "backup", str(tmp_path / "b.db"), "--json"))
+    assert doc["bytes"] > 0 and (tmp_path / "b.db").exists()
+    assert js(slgw(gw, "meters", "--json")) == {"meters": []}
+
+
+@pytest.mark.parametrize("args, code", [
+    (["set-level", "c1", "101"], 2),
+    (["set-level", "c1", "high"], 2),
+    (["override", "c1", "50"], 2),
+    (["override", "c1", "50", "--for", "soon"], 2),
+    (["override", "c1", "50", "--for", "8d"], 2),
+    (["energy", "--by", "week"], 2),
+    (["energy", "--from", "yesterday"], 2),
+    (["frobnicate"], 2),
+    (["node", "show", "ghost"], 4),
+    (["set-level", "ghost", "10"], 4),
+    (["schedule", "show", "group:none"], 4),
+    (["commands", "--batch", "nope"], 4),
+    (["schedule", "push", "c1", "/nonexistent.toml"], 2),
+])
+def test_exit_codes(gw, args, code):
+    r = slgw(gw, "--json", *args)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert r.stderr.strip()
+    if code != 2 or args[0] not in ("frobnicate",) and "--by" not in args:
+        assert "error" in json.loads(r.stdout)
+
+
+def test_token_unreachable_and_config_exit_codes(gw, tmp_path):
+    r = slgw(gw, "nodes", "--json", token=None)
+    assert r.returncode == 6 and "token" in r.stderr
+    r = slgw(gw, "nodes", token="wrong")
+    assert r.returncode == 6
+    r = subprocess.run([SLGW, "--url", "http://127.0.0.1:9", "nodes", "--json"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 3 and json.loads(r.stdout)["error"]["code"] == "unreachable"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[api]\nport = -1\n")
+    r = subprocess.run([SLGW, "--config", str(bad), "nodes"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 5 and "api.port" in r.stderr and "line 2" in r.stderr
