@@ -158,7 +158,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--port", required=True, help="serial port of the node, e.g. /dev/ttyUSB0")
     parser.add_argument("--baud", type=int, default=115200, help="baud rate (MicroPython's REPL: 115200)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
-    parser.add_argument("command", nargs="?", choices=COMMANDS, help="run one command and exit")
+    parser.add_argument("action", nargs="?", choices=COMMANDS, help="run one command and exit")
     parser.add_argument("arg", nargs="?", help="argument of the command (gateway: coap://HOST:PORT)")
 
 
@@ -166,22 +166,22 @@ def run(args):
     ser = open_serial(args.port, args.baud)
     try:
         client = ConsoleClient(ser, args.port, args.timeout)
-        if args.command is None:
+        if args.action is None:
             if args.json:
                 raise ConsoleError("--json needs a command (status, identify, gateway URI, reboot)")
             return interactive(client)
-        if args.command == "gateway" and not args.arg:
+        if args.action == "gateway" and not args.arg:
             raise ConsoleError("gateway needs the address: slnode console --port P gateway coap://HOST:PORT")
-        resp = _one(client, args.command, args.arg)
+        resp = _one(client, args.action, args.arg)
         resp.pop("ok", None)
-        if args.command == "status":
+        if args.action == "status":
             resp["summary"] = format_status(resp)
         else:
             resp["summary"] = {
                 "identify": "the lamp is blinking",
                 "gateway": f"gateway set to {resp.get('gateway')} (saved in config.json)",
                 "reboot": "the node is rebooting",
-            }[args.command]
+            }[args.action]
         return resp
     finally:
         ser.close()

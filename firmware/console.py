@@ -1,0 +1,166 @@
+"""Diagnostic console, node side: a line protocol on the serial REPL (UART/USB) or stdin.
+
+The technician's laptop (``slnode console``, tools/slnode/console.py) writes one command per
+line; the node answers each with exactly one line ``@slnode {JSON}``. Other output on the same
+line (logs) is ignored by the host, so the console can share the REPL's serial port.
+
+    status                    -> ok, id, version, registered, location, gateway, level, wh, w,
+                                 faults (names, SPEC §7), error (last error or null)
+    identify                  -> blinks the lamp (the node's Execute /10250/0/9)
+    gateway coap://HOST:PORT  -> checked with firmware.config's rule, saved in config.json
+                                 (atomically: temp file + rename), then used by the node
+    reboot                    -> answers first, then the node's Execute /3/0/4
+
+Unknown commands and bad arguments get ``{"ok": false, "error": ...}``: the node's state is not
+touched. Lines longer than MAX_LINE are refused whole.
+
+The node is reached through the same calls resources.py uses (``res_get``/``res_exec`` by
+resource name) plus a few attributes of firmware/node.py, read defensively so the console
+still answers ``status`` on a node that is half-started. No module-level state: one Console
+object per node.
+"""
+
+import json
+
+from firmware import config as nodeconfig
+from protocol.lwm2m import FAULT_NAMES
+
+PREFIX = "@slnode "
+MAX_LINE = 200
+
+
+def fault_names(bits):
+    """Names (SPEC §7) of the bits set in the fault mask ``bits``."""
+    out = []
+    if not isinstance(bits, int):
+        return out
+    for bit, name in FAULT_NAMES:
+        if bits & bit:
+            out.append(name)
+    return out
+
+
+def save_gateway(path, uri):
+    """Set ``gateway`` in the config file at ``path``, keeping every other key.
+
+    Returns None, or an error string (unreadable or invalid file, write failure). The file is
+    replaced atomically (write ``path + ".tmp"``, then rename), so a power cut leaves either
+    the old or the new config, never a torn one.
+    """
+    import os
+
+    try:
+        with open(path) as f:
+            cfg = json.loads(f.read())
+    except OSError:
+        cfg = {}  # no config yet: the new one holds the gateway and the node's defaults
+    except ValueError:
+        return "config.json is corrupt; re-provision the node"
+    if not isinstance(cfg, dict):
+        return "config.json is corrupt; re-provision the node"
+    cfg["gateway"] = uri
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(cfg))
+        os.rename(tmp, path)
+    except OSError as e:
+        return "cannot write config.json: %s" % (e,)
+    return None
+
+
+class Console:
+    """The command interpreter for one node. ``handle(line)`` returns the answer line."""
+
+    def __init__(self, node, config_path="config.json"):
+        self.node = node
+        self.config_path = config_path
+        self.reboot_pending = False
+
+    def _get(self, name):
+        try:
+            return self.node.res_get(name)
+        except Exception:  # noqa: BLE001 - a half-started node still answers status
+            return None
+
+    def status(self):
+        n = self.node
+        cfg = getattr(n, "cfg", None) or {}
+        return {
+            "id": cfg.get("id"),
+            "version": self._get("fw"),
+            "registered": bool(getattr(n, "registered", False)),
+            "location": getattr(n, "location", None),
+            "gateway": cfg.get("gateway"),
+            "level": self._get("level"),
+            "wh": self._get("wh"),
+            "w": self._get("w"),
+            "faults": fault_names(self._get("faults")),
+            "error": getattr(n, "last_error", None),
+        }
+
+    def handle(self, line):
+        """Answer one command line. Returns the answer line (no newline), or None if blank."""
+        if isinstance(line, bytes):
+            try:
+                line = line.decode()
+            except UnicodeError:
+                return self._answer("?", False, error="not UTF-8 text")
+        line = line.strip()
+        if not line:
+            return None
+        if len(line) > MAX_LINE:
+            return self._answer("?", False, error="line too long")
+        cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
+        try:
+            if cmd == "status":
+                return self._answer(cmd, True, **self.status())
+            if cmd == "identify":
+                self.node.res_exec("identify")
+                return self._answer(cmd, True)
+            if cmd == "gateway":
+                return self._gateway(arg)
+            if cmd == "reboot":
+                self.reboot_pending = True
+                return self._answer(cmd, True)
+            if cmd == "help":
+                return self._answer(cmd, True, commands=["status", "identify", "gateway URI", "reboot"])
+        except Exception as e:  # noqa: BLE001 - a console command must never kill the node
+            return self._answer(cmd, False, error="%s: %s" % (type(e).__name__, e))
+        return self._answer(cmd, False, error="unknown command; try help")
+
+    def _gateway(self, uri):
+        try:
+            nodeconfig.parse_gateway(uri)
+        except ValueError as e:
+            return self._answer("gateway", False, error="gateway: %s" % (e,))
+        err = save_gateway(self.config_path, uri)
+        if err:
+            return self._answer("gateway", False, error=err)
+        setter = getattr(self.node, "set_gateway", None)
+        if setter is not None:
+            setter(uri)
+        return self._answer("gateway", True, gateway=uri)
+
+    def _answer(self, cmd, ok, **fields):
+        fields["cmd"] = cmd
+        fields["ok"] = ok
+        return PREFIX + json.dumps(fields)
+
+    def after_answer(self):
+        """Run what must wait until the answer is on the wire (the reboot)."""
+        if self.reboot_pending:
+            self.reboot_pending = False
+            self.node.res_exec("reboot")
+
+    async def serve(self, stream, write):
+        """Read command lines from an asyncio stream; ``write(str)`` sends each answer."""
+        while True:
+            line = await stream.readline()
+            if not line:
+                return  # end of input (the host closed the line)
+            out = self.handle(line)
+            if out is not None:
+                write(out + "\r\n")
+                self.after_answer()

@@ -1,0 +1,104 @@
+"""slnode console: the host client (pyserial) against firmware/console.py running in the real
+micropython, whose stdin/stdout are the far side of a pseudo-terminal, like a board's USB
+serial port. Every process started here is killed by its pid."""
+
+import json
+import os
+import subprocess
+import sys
+import tty
+
+import pytest
+from slnode_support import MICROPYTHON, ROOT, slnode, slnode_json
+
+SERVE = os.path.join(ROOT, "tests", "tools", "mp", "console_serve.py")
+
+
+class PtyNode:
+    """A micropython process serving the console on a pty; ``port`` is the host's device path."""
+
+    def __init__(self, mode, tmp_path):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # no echo back to the node, as on a real USB-serial line
+        self.port = os.ttyname(self.slave)
+        self.cfg = tmp_path / "config.json"
+        env = dict(os.environ, MICROPYPATH=ROOT + ":.frozen")
+        self.proc = subprocess.Popen(
+            [MICROPYTHON, SERVE, mode, str(self.cfg)],
+            stdin=self.master, stdout=self.master, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path),
+        )
+
+    def close(self):
+        try:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=10)
+        finally:
+            os.close(self.master)
+            os.close(self.slave)
+
+
+@pytest.fixture
+def app_node(tmp_path):
+    n = PtyNode("app", tmp_path)
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def test_status_over_the_pty(app_node):
+    code, res = slnode_json("console", "--port", app_node.port, "status")
+    assert code == 0, res
+    assert res["id"] == "bench-1" and res["version"] == "test" and res["level"] == 40
+    assert res["wh"] == 1234 and res["w"] == 21.5 and res["faults"] == ["meterFailure"]
+    assert res["registered"] is False and res["error"] == "meter: no answer"
+
+
+def test_human_status_panel(app_node):
+    r = slnode("console", "--port", app_node.port, "status")
+    assert r.returncode == 0, r.stderr
+    assert "node        bench-1" in r.stdout and "1234.0 Wh, 21.5 W now" in r.stdout
+    assert "faults      meterFailure" in r.stdout and "not registered" in r.stdout
+
+
+def test_set_gateway_is_validated_and_persisted(app_node):
+    app_node.cfg.write_text(json.dumps({"id": "bench-1", "gateway": "coap://127.0.0.1:5683", "lat": 1.5}))
+    code, res = slnode_json("console", "--port", app_node.port, "gateway", "http://10.0.0.9")
+    assert code == 3 and "gateway: must start with coap://" in res["error"]
+    assert json.loads(app_node.cfg.read_text())["gateway"] == "coap://127.0.0.1:5683"  # unchanged
+    code, res = slnode_json("console", "--port", app_node.port, "gateway", "coap://10.0.0.9:5684")
+    assert code == 0 and res["gateway"] == "coap://10.0.0.9:5684"
+    saved = json.loads(app_node.cfg.read_text())
+    assert saved == {"id": "bench-1", "gateway": "coap://10.0.0.9:5684", "lat": 1.5}
+
+
+def test_interactive_session(app_node):
+    r = subprocess.run(
+        [sys.executable, "-m", "tools.slnode.main", "console", "--port", app_node.port],
+        input="i\nbogus\ns\nq\n", capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("node        bench-1") == 2
+    assert "the lamp is blinking" in r.stdout and "unknown command 'bogus'" in r.stdout
+
+
+def test_reboot_answers_then_reboots(app_node):
+    code, res = slnode_json("console", "--port", app_node.port, "reboot")
+    assert code == 0 and res["command"] == "console"
+    assert app_node.proc.wait(timeout=20) == 0  # the node ran its reboot after answering
+
+
+def test_no_answer_is_a_clear_error(tmp_path):
+    master, slave = os.openpty()
+    try:
+        code, res = slnode_json("console", "--port", os.ttyname(slave), "--timeout", "1", "status")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert code == 3 and "no answer from the node console" in res["error"]
+
+
+def test_missing_port():
+    code, res = slnode_json("console", "--port", "/dev/ttyUSB-nonexistent", "status")
+    assert code == 3 and res["error"].startswith("no serial port /dev/ttyUSB-nonexistent")
