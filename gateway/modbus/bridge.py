@@ -27,7 +27,9 @@ rebuilt from the store when a request arrives and the image is older than ``refr
 Writes: only when ``writable = true``. Holding register ``100 + 10*slot`` (function 06, or
 16 with one or more such registers) takes a level 0..100 as an unsigned integer and queues a
 ``level`` command for that node through the same command queue as the CLI
-(``submit_command``); reading it back (function 03) gives the node's current level.
+(``submit_command``); reading it back (function 03) gives the level the node last
+reported, which changes once the node has applied the command (the write queues a
+command, it does not pretend the lamp already obeyed).
 Refusals: writes when read-only -> exception 01; an address that is not a level register or
 a slot without a node -> 02; a level outside 0..100 -> 03; the queue refusing -> 04.
 """
@@ -199,7 +201,6 @@ class Bridge:
                 log.warning("modbus bridge: level %d for node %s (slot %d) refused: %s", value, node_id, slot, exc)
                 return ExcCodes.DEVICE_FAILURE
             self.counters["writes"] += 1
-            self.levels[slot] = value
             log.info("modbus bridge: SCADA set node %s (slot %d) to level %d", node_id, slot, value)
         return None
 
