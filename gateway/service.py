@@ -135,7 +135,8 @@ class Gateway:
         cfg = self.config
         if cfg.modbus_raw.get("meters") or cfg.modbus_server_raw.get("enabled"):
             from gateway.modbus.service import start_modbus
-            self.modbus = await start_modbus(cfg, self.store, submit_command)
+            self.modbus = await start_modbus(cfg, self.store, submit_command,
+                                             registry=self.registry, clock=self.clock)
 
     async def stop(self) -> None:
         """Stop every started part; the store last, flushing all writes. Idempotent."""
@@ -269,10 +270,10 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await gw.start()
-    except (transport.TransportError, ValueError, OSError, sqlite3.Error) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    except Exception as exc:  # StoreCorrupt, StoreUnavailable and friends carry the advice
+    except Exception as exc:  # StoreCorrupt, TransportError, ... each message carries the advice
+        if type(exc).__name__ == "ModbusConfigError":  # [modbus] is part of the config: exit 5
+            log.error("cannot start: configuration error: %s", exc)
+            return 5
         log.error("cannot start: %s", exc)
         return 1
     await stop.wait()

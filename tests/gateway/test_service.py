@@ -119,3 +119,12 @@ def test_sigint_also_stops_cleanly(tmp_path):
         assert gw.proc.wait(20) == 0
     finally:
         gw.stop()
+
+
+def test_invalid_modbus_section_is_a_config_error(tmp_path):
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text('[[modbus.meters]]\nname = "m1"\nprofile = "no-such-profile"\ntransport = "tcp"\n'
+                   'host = "127.0.0.1"\nport = 1\nunit = 1\ncabinet = "A"\n')
+    gw = SlgwProcess(tmp_path, "--config", str(cfg))
+    r = subprocess.run(gw.args(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 5 and "no-such-profile" in r.stdout
