@@ -52,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod = _load(cmd)
         if mod is None:
             sp.set_defaults(_missing=True)
-            sp.add_argument("rest", nargs=argparse.REMAINDER)
         else:
             mod.add_arguments(sp)
     return p
@@ -64,7 +63,9 @@ def _error_code(exc: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_missing", False):
+        parser.error("unrecognized arguments: " + " ".join(extra))
     if getattr(args, "_missing", False):
         msg = (
             f"slnode {args.command} is not available in this checkout: tools/slnode/{COMMANDS[args.command][0]}.py is missing "
