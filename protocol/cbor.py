@@ -160,6 +160,12 @@ def _enc(buf, obj, depth):
                     _enc(buf, k, depth - 1)
                     _enc(buf, v, depth - 1)
                 return
+            keys = _int_keys_sorted(obj)
+            if keys is not None:
+                for k in keys:
+                    _enc(buf, k, depth - 1)
+                    _enc(buf, obj[k], depth - 1)
+                return
             items = []
             for k, v in obj.items():
                 kb = bytearray()
@@ -175,6 +181,29 @@ def _enc(buf, obj, depth):
 
 def _first(pair):
     return pair[0]
+
+
+def _int_keys_sorted(d):
+    """Keys of an all-int-keyed map in deterministic order, or None if any key is not an int.
+
+    For ints, bytewise order of the encodings is: non-negative ascending, then negative by
+    descending value (major type 1 encodes -1-k). This avoids encoding every key twice (SenML
+    records are int-keyed).
+    """
+    pos = []
+    neg = []
+    for k in d:
+        if not isinstance(k, int) or k is True or k is False:
+            return None
+        if k >= 0:
+            pos.append(k)
+        else:
+            neg.append(k)
+    pos.sort()
+    if neg:
+        neg.sort(reverse=True)
+        pos.extend(neg)
+    return pos
 
 
 def dumps(obj, max_depth=64):
@@ -294,7 +323,11 @@ def _dec(data, pos, end, depth):
         raise CBORError("unsupported simple value (ai %d) at byte %d" % (ai, pos - 1))
     if major == 6:
         raise CBORError("tags not supported (byte %d)" % pos)
-    n, pos = _arg(data, pos + 1, ai, end)
+    if ai < 24:  # fast path: the argument is in the initial byte
+        n = ai
+        pos += 1
+    else:
+        n, pos = _arg(data, pos + 1, ai, end)
     if major == 0:
         return n, pos
     if major == 1:

@@ -226,7 +226,7 @@ def parse_send(data, now=None):
     does not parse, an empty pack, a report without energy, or a value of the wrong type or
     out of range (SPEC §3.1, §8: answer 4.00).
     """
-    records = senml.resolve(senml.decode(data), now)
+    records = senml.resolve_valid(senml.decode(data), now)
     if not records:
         raise senml.SenMLError("empty pack")
     reports = []

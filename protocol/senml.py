@@ -157,6 +157,11 @@ def resolve(records, now=None):
     SenMLError for an invalid name, a record with no value or several, or a bad type.
     """
     validate(records)
+    return resolve_valid(records, now)
+
+
+def resolve_valid(records, now=None):
+    """``resolve`` for records that ``decode`` or ``validate`` already checked."""
     bn = ""
     bt = 0
     bu = None
