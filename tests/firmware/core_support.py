@@ -42,11 +42,7 @@ def run_mp(script, args=(), timeout=60, heap=None, stdin=None, env=None):
 def check_mp(script, args=(), timeout=60, heap=None, stdin=None, env=None):
     """Run a MicroPython script and assert it exited 0; return its stdout."""
     r = run_mp(script, args, timeout=timeout, heap=heap, stdin=stdin, env=env)
-    assert r.returncode == 0, "micropython failed (rc=%s)\nstdout:\n%s\nstderr:\n%s" % (
-        r.returncode,
-        r.stdout[-4000:],
-        r.stderr[-4000:],
-    )
+    assert r.returncode == 0, f"micropython failed (rc={r.returncode})\nstdout:\n{r.stdout[-4000:]}\nstderr:\n{r.stderr[-4000:]}"
     return r.stdout
 
 

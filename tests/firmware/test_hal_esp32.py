@@ -13,7 +13,7 @@ import sys
 import pytest
 from core_support import BIN, ROOT
 
-SITE = os.path.join(os.path.dirname(os.path.dirname(BIN)), "lib", "python%d.%d" % sys.version_info[:2], "site-packages")
+SITE = os.path.join(os.path.dirname(os.path.dirname(BIN)), "lib", "python{}.{}".format(*sys.version_info[:2]), "site-packages")
 STUBS = ("machine.pyi", "network.pyi", "esp32.pyi", "vfs.pyi", "time.pyi", "micropython.pyi", "_mpy_shed")
 MYPY_INI = """[mypy]
 check_untyped_defs = True
@@ -96,7 +96,7 @@ def test_every_firmware_module_compiles_for_xtensawin(tmp_path):
             timeout=60,
         )
         if r.returncode != 0 or not out.exists() or out.stat().st_size == 0:
-            failures.append("%s: %s" % (src, r.stderr.strip()))
+            failures.append(f"{src}: {r.stderr.strip()}")
         else:
             assert out.read_bytes()[0:1] == b"M"  # .mpy magic
     assert not failures, "\n".join(failures)
