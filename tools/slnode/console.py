@@ -109,6 +109,13 @@ def format_status(s: dict) -> str:
     return "\n".join(f"{k:<11} {v}" for k, v in rows)
 
 
+def _gateway_text(resp: dict) -> str:
+    txt = f"gateway set to {resp.get('gateway')} (saved in config.json)"
+    if resp.get("applied") is False:
+        txt += "; it applies after a reboot ([r]eboot, or slnode console ... reboot)"
+    return txt
+
+
 def _one(client: ConsoleClient, cmd: str, arg: str | None) -> dict:
     line = cmd if not arg else f"{cmd} {arg}"
     resp = client.request(line)
@@ -142,7 +149,7 @@ def interactive(client: ConsoleClient, inp=sys.stdin, out=sys.stdout) -> int:
                     print("give the address: g coap://HOST:PORT", file=out)
                     continue
                 r = _one(client, "gateway", arg.strip())
-                print(f"gateway set to {r.get('gateway')} (saved in config.json)", file=out)
+                print(_gateway_text(r), file=out)
             elif word in ("r", "reboot"):
                 print("reboot the node? [y/N] ", end="", file=out, flush=True)
                 if inp.readline().strip().lower() == "y":
@@ -179,7 +186,7 @@ def run(args):
         else:
             resp["summary"] = {
                 "identify": "the lamp is blinking",
-                "gateway": f"gateway set to {resp.get('gateway')} (saved in config.json)",
+                "gateway": _gateway_text(resp),
                 "reboot": "the node is rebooting",
             }[args.action]
         return resp

@@ -14,7 +14,10 @@ class App:
         self.values = {"fw": "test", "level": 40, "wh": 1234, "w": 21.5, "faults": 0x10}
         self.execs = []
         self.registered = False
-        self.last_error = "meter: no answer"
+        self.reg_path = None
+
+    def log(self, msg):
+        sys.stdout.write("app: " + msg + "\r\n")
 
     def res_get(self, name):
         return self.values[name]
@@ -31,6 +34,7 @@ async def main(mode, cfg_path):
     node = App()
     console = Console(node, cfg_path)
     sys.stdout.write("boot noise that the host must ignore\r\n")
+    node.log("meter: no answer")  # the node's last log line, as status shows it
     await console.serve(asyncio.StreamReader(sys.stdin.buffer), sys.stdout.write)
 
 
