@@ -1,0 +1,136 @@
+"""The gateway's CoAP client (Read, Write, Execute, Observe) against an aiocoap server that
+plays a node, plus its failure modes: refused, unreachable (ICMP) and silent (timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import aiocoap
+import cbor2
+import pytest
+from aiocoap import Code, resource
+from slgw_harness import free_port
+
+from gateway.coap.client import NodeClient, NodeRefused, NodeUnreachable
+
+
+class Level(resource.ObservableResource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 40
+
+    async def render_get(self, request):
+        return aiocoap.Message(payload=cbor2.dumps(self.value), content_format=60)
+
+    def set(self, v: int) -> None:
+        self.value = v
+        self.updated_state()
+
+
+class Reboot(resource.Resource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    async def render_post(self, request):
+        self.count += 1
+        return aiocoap.Message(code=Code.CHANGED)
+
+
+@pytest.fixture
+async def node():
+    site = resource.Site()
+    level, reboot = Level(), Reboot()
+    site.add_resource(["3311", "0", "5851"], level)
+    site.add_resource(["3", "0", "4"], reboot)
+    port = free_port(socket.SOCK_DGRAM)
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port),
+                                                      transports=["simplesocketserver"])
+    try:
+        yield f"127.0.0.1:{port}", level, reboot
+    finally:
+        await ctx.shutdown()
+
+
+@pytest.fixture
+async def client():
+    ctx = await aiocoap.Context.create_client_context(transports=["simple6"])
+    try:
+        yield NodeClient(ctx, limit=4, timeout=2.0)
+    finally:
+        await ctx.shutdown()
+
+
+async def test_read_execute_observe(node, client):
+    addr, level, reboot = node
+    assert await client.read(addr, "/3311/0/5851") == 40
+    await client.execute(addr, "/3/0/4")
+    assert reboot.count == 1
+    with pytest.raises(NodeRefused) as exc:
+        await client.write(addr, "/3/0/4", 1)  # Write to an execute-only resource
+    assert exc.value.code == "4.05"
+    with pytest.raises(NodeRefused) as exc:
+        await client.read(addr, "/9/9/9")
+    assert exc.value.code == "4.04"
+
+    seen = []
+    obs = client.observe(addr, "/3311/0/5851")
+    async for v in obs:
+        seen.append(v)
+        if len(seen) == 1:
+            level.set(70)
+        elif len(seen) == 2:
+            level.set(0)
+        else:
+            break
+    await obs.aclose()
+    assert seen == [40, 70, 0]
+
+
+async def test_unreachable_and_silent_nodes(client):
+    # nothing listens: the ICMP port-unreachable ends the request well before the timeout
+    closed = free_port(socket.SOCK_DGRAM)
+    t0 = time.monotonic()
+    with pytest.raises(NodeUnreachable):
+        await client.write(f"127.0.0.1:{closed}", "/3311/0/5851", 10)
+    assert time.monotonic() - t0 < 2.0
+    # a socket that never answers: the request is cancelled at the timeout
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(NodeUnreachable, match="no answer"):
+            await client.write(f"127.0.0.1:{silent.getsockname()[1]}", "/3311/0/5851", 10)
+    finally:
+        silent.close()
+    with pytest.raises(NodeUnreachable):
+        await client.write(None, "/3311/0/5851", 10)
+
+
+class Slow(resource.Resource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = self.peak = 0
+
+    async def render_put(self, request):
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(0.05)
+        self.active -= 1
+        return aiocoap.Message(code=Code.CHANGED)
+
+
+async def test_concurrency_is_bounded(client):
+    site = resource.Site()
+    slow = Slow()
+    site.add_resource(["3311", "0", "5851"], slow)
+    port = free_port(socket.SOCK_DGRAM)
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port),
+                                                      transports=["simplesocketserver"])
+    try:
+        await asyncio.gather(*(client.write(f"127.0.0.1:{port}", "/3311/0/5851", i)
+                               for i in range(12)))
+        assert slow.peak == 4  # the client's limit, reached and never passed
+    finally:
+        await ctx.shutdown()
