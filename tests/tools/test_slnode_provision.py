@@ -178,3 +178,67 @@ def test_board_geometry(tmp_path, built, board, size):
                             "--board", board, "--build", str(built))
     assert code == 0, res
     assert img.stat().st_size == size and res["fs_offset"] == "0x200000"
+
+
+def test_csv_line_numbers_count_comments_and_blank_lines(tmp_path, built):
+    csv_path = tmp_path / "nodes.csv"
+    csv_path.write_text("# header comment\n\nid,lat\n# a note\nok-1,45\n\nbad-1,95\n")
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--csv", str(csv_path),
+                            "--out-dir", str(tmp_path / "o"), "--build", str(built))
+    assert code == 2 and "nodes.csv line 7: lat: 95.0 is out of range" in res["error"]
+
+
+@pytest.mark.parametrize(
+    "name,content,expect",
+    [
+        ("latin1.csv", "id,cabinet\nlamp-1,Allée\n".encode("latin-1"), "is not UTF-8 text"),
+        ("noid.csv", b"name,lat\nx,1\n", "the header must have an 'id' column"),
+        ("empty.csv", b"id,lat\n", "has no node rows"),
+        ("extra.csv", b"id,lat\nlamp-1,45,oops\n", "more cells than the header"),
+        ("unknown.csv", b"id,colour\nlamp-1,red\n", "colour: unknown key"),
+    ],
+)
+def test_hostile_csv_files(tmp_path, built, name, content, expect):
+    p = tmp_path / name
+    p.write_bytes(content)
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--csv", str(p),
+                            "--out-dir", str(tmp_path / "o"), "--build", str(built))
+    assert code == 2 and expect in res["error"], res
+
+
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        ('id = "lamp-1"\ncabinet = "Allée"\n'.encode("latin-1"), "is not UTF-8 text"),
+        (b"\x00\x01\x02binary", "is not valid TOML"),
+        (b'id = "x"\nid = "y"\n', "is not valid TOML"),
+        (b'id = "x"\ngateway = "coap://h"\nrated_w = "40"\n', "rated_w: must be a number"),
+        (b'id = "x"\ngateway = "coap://h"\nmeter = 3\n', "meter: must be a table"),
+        (b'id = "x"\ngateway = "coap://h"\nlat = nan\n', "lat:"),
+    ],
+)
+def test_hostile_toml_files(tmp_path, content, expect):
+    p = tmp_path / "node.toml"
+    p.write_bytes(content)
+    code, res = slnode_json("provision", "--config", str(p), "--image", str(tmp_path / "x.bin"))
+    assert code == 2 and expect in res["error"], res
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_config_is_a_directory_and_unwritable_image(tmp_path, built):
+    code, res = slnode_json("provision", "--config", str(tmp_path), "--image", str(tmp_path / "x.bin"))
+    assert code == 2 and "cannot read config file" in res["error"]
+    dest = tmp_path / "no-such-dir" / "x.bin"
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--image", str(dest),
+                            "--build", str(built))
+    assert code == 2 and f"cannot write {dest}" in res["error"]
+
+
+def test_image_of_a_previous_good_run_is_not_destroyed_by_a_failed_one(tmp_path, built):
+    img = tmp_path / "fs.bin"
+    assert slnode("provision", "--config", str(_toml(tmp_path, GOOD)), "--image", str(img),
+                  "--build", str(built)).returncode == 0
+    before = img.read_bytes()
+    bad = _toml(tmp_path, GOOD.replace("lat = 48.85", "lat = 123"), "bad.toml")
+    assert slnode("provision", "--config", str(bad), "--image", str(img), "--build", str(built)).returncode == 2
+    assert img.read_bytes() == before

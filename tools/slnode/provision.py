@@ -60,6 +60,10 @@ def load_toml(path: Path) -> dict:
             return tomllib.load(f)
     except FileNotFoundError as e:
         raise ProvisionError(f"config file {path} not found") from e
+    except OSError as e:
+        raise ProvisionError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ProvisionError(f"{path} is not UTF-8 text (save it as UTF-8): {e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ProvisionError(f"{path} is not valid TOML: {e}") from e
 
@@ -136,28 +140,40 @@ def read_csv(path: Path, base: dict) -> list[dict]:
         f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
         raise ProvisionError(f"cannot read {path}: {e}") from e
+    try:
+        with f:
+            return _read_rows(f, path, base)
+    except UnicodeDecodeError as e:
+        raise ProvisionError(f"{path} is not UTF-8 text (export the CSV as UTF-8): {e}") from e
+    except csv.Error as e:
+        raise ProvisionError(f"{path} is not a readable CSV: {e}") from e
+
+
+def _read_rows(f, path: Path, base: dict) -> list[dict]:
+    # Skip comments and blank lines but keep each row's line number in the file for messages
+    # (a cell spanning lines is not supported: node configs have none).
+    lines = [(n, ln) for n, ln in enumerate(f, start=1) if ln.strip() and not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(ln for _, ln in lines)
+    if not reader.fieldnames or "id" not in [c.strip() for c in reader.fieldnames]:
+        raise ProvisionError(f"{path}: the header must have an 'id' column")
     problems, configs, seen = [], [], {}
-    with f:
-        reader = csv.DictReader(ln for ln in f if ln.strip() and not ln.lstrip().startswith("#"))
-        if not reader.fieldnames or "id" not in [c.strip() for c in reader.fieldnames]:
-            raise ProvisionError(f"{path}: the header must have an 'id' column")
-        for n, row in enumerate(reader, start=2):
-            cfg, errs = merge_row(base, row)
-            where = f"{Path(path).name} line {n}"
-            if not errs:
-                try:
-                    cfg = check_config(cfg, where)
-                except ProvisionError as e:
-                    problems.append(str(e).split("\n", 1)[1])
-                    continue
-            else:
-                problems.extend(f"  {where}: {e}" for e in errs)
-                continue
-            if cfg["id"] in seen:
-                problems.append(f"  {where}: id: {cfg['id']!r} already used on line {seen[cfg['id']]}")
-                continue
-            seen[cfg["id"]] = n
-            configs.append(cfg)
+    for i, row in enumerate(reader, start=1):
+        n = lines[i][0] if i < len(lines) else i + 1
+        cfg, errs = merge_row(base, row)
+        where = f"{Path(path).name} line {n}"
+        if errs:
+            problems.extend(f"  {where}: {e}" for e in errs)
+            continue
+        try:
+            cfg = check_config(cfg, where)
+        except ProvisionError as e:
+            problems.append(str(e).split("\n", 1)[1])
+            continue
+        if cfg["id"] in seen:
+            problems.append(f"  {where}: id: {cfg['id']!r} already used on line {seen[cfg['id']]}")
+            continue
+        seen[cfg["id"]] = n
+        configs.append(cfg)
     if problems:
         raise ProvisionError("invalid rows in {} (no image written):\n{}".format(path, "\n".join(problems)))
     if not configs:
@@ -239,7 +255,10 @@ def read_image(image: bytes, block_size: int = 4096) -> dict[str, bytes]:
 
 def _geometry(args) -> partitions.FsGeometry:
     if getattr(args, "firmware", None):
-        return partitions.inspect_firmware(Path(args.firmware)).fs
+        info = partitions.inspect_firmware(Path(args.firmware))
+        if info.fs is None:
+            raise ProvisionError(f"{args.firmware} has no filesystem partition in its table; use --board instead")
+        return info.fs
     return partitions.board_geometry(args.board)
 
 
@@ -289,8 +308,12 @@ def run(args) -> dict:
             image = make_image(image_files(build_dir, cfg), geometry)
             dest = args.image if args.csv is None else args.out_dir / (cfg["id"] + ".bin")
             tmpdest = Path(str(dest) + ".tmp")
-            tmpdest.write_bytes(image)
-            tmpdest.replace(dest)
+            try:
+                tmpdest.write_bytes(image)
+                tmpdest.replace(dest)
+            except OSError as e:
+                tmpdest.unlink(missing_ok=True)
+                raise ProvisionError(f"cannot write {dest}: {e.strerror or e}") from e
             written.append(str(dest))
     return {
         "images": written,
