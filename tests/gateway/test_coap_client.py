@@ -109,28 +109,36 @@ async def test_unreachable_and_silent_nodes(client):
 
 
 class Slow(resource.Resource):
-    def __init__(self) -> None:
+    """Counts Writes in progress across all the simulated nodes that share it."""
+
+    def __init__(self, counter: dict) -> None:
         super().__init__()
-        self.active = self.peak = 0
+        self.c = counter
 
     async def render_put(self, request):
-        self.active += 1
-        self.peak = max(self.peak, self.active)
+        self.c["active"] += 1
+        self.c["peak"] = max(self.c["peak"], self.c["active"])
         await asyncio.sleep(0.05)
-        self.active -= 1
+        self.c["active"] -= 1
         return aiocoap.Message(code=Code.CHANGED)
 
 
 async def test_concurrency_is_bounded(client):
-    site = resource.Site()
-    slow = Slow()
-    site.add_resource(["3311", "0", "5851"], slow)
-    port = free_port(socket.SOCK_DGRAM)
-    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port),
-                                                      transports=["simplesocketserver"])
+    # aiocoap keeps one request in flight per peer (NSTART = 1), so the bound that matters is
+    # across nodes: 8 nodes, a limit of 4.
+    counter = {"active": 0, "peak": 0}
+    ctxs, ports = [], []
     try:
-        await asyncio.gather(*(client.write(f"127.0.0.1:{port}", "/3311/0/5851", i)
-                               for i in range(12)))
-        assert slow.peak == 4  # the client's limit, reached and never passed
+        for _ in range(8):
+            site = resource.Site()
+            site.add_resource(["3311", "0", "5851"], Slow(counter))
+            port = free_port(socket.SOCK_DGRAM)
+            ctxs.append(await aiocoap.Context.create_server_context(
+                site, bind=("127.0.0.1", port), transports=["simplesocketserver"]))
+            ports.append(port)
+        await asyncio.gather(*(client.write(f"127.0.0.1:{p}", "/3311/0/5851", 1)
+                               for p in ports * 2))
+        assert counter["peak"] == 4  # the client's limit, reached and never passed
     finally:
-        await ctx.shutdown()
+        for ctx in ctxs:
+            await ctx.shutdown()
