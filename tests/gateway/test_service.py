@@ -128,3 +128,14 @@ def test_invalid_modbus_section_is_a_config_error(tmp_path):
     gw = SlgwProcess(tmp_path, "--config", str(cfg))
     r = subprocess.run(gw.args(), capture_output=True, text=True, timeout=30)
     assert r.returncode == 5 and "no-such-profile" in r.stdout
+
+
+def test_simulated_clock_flags(tmp_path):
+    gw = SlgwProcess(tmp_path, "--clock-start", "2030-01-01T00:00:00Z", "--clock-speed", "60")
+    try:
+        gw.start()
+        clock = gw.api("GET", "/api/health")["clock"]
+        assert clock["simulated"] and clock["trusted"]
+        assert 1_893_456_000 <= clock["now"] < 1_893_456_000 + 3600
+    finally:
+        gw.stop()
