@@ -186,7 +186,9 @@ class Message:
     def add_option(self, num, value):
         """Append an option after any others of the same number. int -> minimal uint bytes,
         str -> UTF-8, bytes as is."""
-        if isinstance(value, int) and not isinstance(value, bool):
+        if value is True or value is False or value is None:
+            raise CoAPError("option %d value must be int, str or bytes" % num)
+        if isinstance(value, int):
             value = uint_bytes(value)
         elif isinstance(value, str):
             value = value.encode("utf-8")

@@ -52,10 +52,11 @@ def build(links):
                 raise LinkFormatError("whitespace in link target %r" % (target,))
         s = "<" + target + ">"
         if attrs:
-            for name in sorted(attrs):
-                val = attrs[name]
+            for name in attrs:
                 if not isinstance(name, str) or not _name_ok(name):
                     raise LinkFormatError("bad parameter name %r" % (name,))
+            for name in sorted(attrs):
+                val = attrs[name]
                 if val is True:
                     s += ";" + name
                 elif val is False or val is None:

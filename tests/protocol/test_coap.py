@@ -138,6 +138,12 @@ def test_add_option_keeps_sorted_and_stable():
     assert m.observe() == 0 and m.accept() is None
 
 
+def test_add_option_rejects_bool_and_none():
+    for bad in (True, False, None):
+        with pytest.raises(coap.CoAPError):
+            coap.Message().add_option(coap.OBSERVE, bad)
+
+
 def test_path_query_location():
     m = coap.Message(coap.CON, coap.POST, 1, b"t")
     m.set_path("/rd/abc")

@@ -67,7 +67,14 @@ def test_register_body():
 
 
 def test_build_errors():
-    for bad in ([("a>b", {})], [("a b", {})], [(5, {})], [("a", {"bad name": 1})], [("a", {"x": 1.5})]):
+    for bad in (
+        [("a>b", {})],
+        [("a b", {})],
+        [(5, {})],
+        [("a", {"bad name": 1})],
+        [("a", {"x": 1.5})],
+        [("a", {1: 1, "b": 2})],
+    ):
         with pytest.raises(linkformat.LinkFormatError):
             linkformat.build(bad)
     assert linkformat.build([("a", {"x": False, "y": None})]) == "<a>"
