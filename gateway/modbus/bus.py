@@ -101,6 +101,13 @@ class Bus:
         if not ok or not self.client.connected:
             raise BusError("connection", f"{self.key}: cannot connect (device absent or peer down)")
         self.connects += 1
+        if self.transport == "rtu":
+            # bytes left in the port from before (an answer cut off by a restart) would be
+            # taken as the start of the next response
+            try:
+                self.client.ctx.transport.sync_serial.reset_input_buffer()  # type: ignore[union-attr]
+            except Exception:
+                log.debug("modbus %s: could not flush the serial input", self.key, exc_info=True)
         if self.connects > 1:
             log.info("modbus %s: reconnected (connection #%d)", self.key, self.connects)
 

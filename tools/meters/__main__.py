@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--tcp", metavar="HOST:PORT", help="serve Modbus TCP (port 0 = any free port)")
     where.add_argument("--rtu", metavar="PTY", help="serve Modbus RTU on this pty end, paced")
+    p.add_argument("--servers", type=int, default=1,
+                   help="TCP: run this many servers on consecutive free ports (port must be 0), "
+                        "each with its own meters: one process standing in for many meters' IPs")
     p.add_argument("--baud", type=int, default=9600, help="RTU baud rate for pacing (default 9600)")
     p.add_argument("--parity", choices="NEO", default="N")
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
@@ -67,20 +70,30 @@ async def run(args: argparse.Namespace) -> None:
     host, _, port = (args.tcp or "127.0.0.1:0").rpartition(":")
     server, bound, _ = await start_server(meters, host if not rtu else "127.0.0.1",
                                           int(port) if not rtu else 0, rtu=rtu)
+    servers, ports = [server], [bound]
+    extra_meters = []
+    for _ in range(1, args.servers if not rtu else 1):
+        more = {u: Meter(args.model, u, import_kwh=args.energy_kwh, load_w=args.load_w, speed=args.speed)
+                for u in meters}
+        extra_meters.append(more)
+        srv, p2, _ = await start_server(more, host, 0)
+        servers.append(srv)
+        ports.append(p2)
     tasks = []
     if rtu:
         bits = char_bits(8, args.parity, args.stopbits)
         tasks.append(asyncio.create_task(relay(args.rtu, "127.0.0.1", bound, args.baud, bits)))
         print(f"listening rtu {args.rtu}", flush=True)
     else:
-        print(f"listening tcp {host}:{bound}", flush=True)
+        print(f"listening tcp {host}:{','.join(map(str, ports))}", flush=True)
 
     async def housekeeping() -> None:
         while True:
             await asyncio.sleep(0.05)
             control.apply(meters)
-            for m in meters.values():
-                m.advance()
+            for group in (meters, *extra_meters):
+                for m in group.values():
+                    m.advance()
 
     async def saver() -> None:
         while True:
@@ -100,7 +113,8 @@ async def run(args: argparse.Namespace) -> None:
         stopper.cancel()
         for t in tasks:
             t.cancel()
-        await server.shutdown()
+        for srv in servers:
+            await srv.shutdown()
         if args.state:
             for m in meters.values():
                 m.advance()

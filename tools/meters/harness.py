@@ -47,9 +47,17 @@ def meter_argv(model: str = "sdm630", units: str = "1", *, load_w: float = 1000.
 
 def start_tcp_meter(group: Any, name: str, port: int = 0, timeout: float = 15.0, **kw: Any) -> tuple[Any, int]:
     """Start a TCP emulator; returns (proc, port)."""
-    proc = group.start(name, meter_argv(**kw) + ["--tcp", f"127.0.0.1:{port}"], stdout_pipe=True)
+    proc, ports = start_tcp_meters(group, name, port=port, timeout=timeout, **kw)
+    return proc, ports[0]
+
+
+def start_tcp_meters(group: Any, name: str, servers: int = 1, port: int = 0, timeout: float = 15.0,
+                     **kw: Any) -> tuple[Any, list[int]]:
+    """Start one emulator process with `servers` TCP servers; returns (proc, ports)."""
+    extra = list(kw.pop("extra", None) or []) + (["--servers", str(servers)] if servers > 1 else [])
+    proc = group.start(name, meter_argv(extra=extra, **kw) + ["--tcp", f"127.0.0.1:{port}"], stdout_pipe=True)
     line = _wait_line(proc, "listening tcp", timeout)
-    return proc, int(line.rsplit(":", 1)[1])
+    return proc, [int(p) for p in line.rsplit(":", 1)[1].split(",")]
 
 
 @dataclass

@@ -98,10 +98,17 @@ async def relay(pty_path: str, host: str, port: int, baudrate: int, bits_per_cha
             def on_pty(pipe: PacedPipe = to_slave) -> None:
                 try:
                     data = os.read(fd, 4096)
-                except (BlockingIOError, OSError):
+                except BlockingIOError:
                     return
+                except OSError:
+                    data = b""
                 if data:
                     pipe.feed(data)
+                    return
+                # EOF/EIO: the master closed its end of the pair. Stop watching for a while
+                # instead of spinning on a descriptor that is always "readable".
+                loop.remove_reader(fd)
+                loop.call_later(0.05, loop.add_reader, fd, on_pty)
 
             loop.add_reader(fd, on_pty)
             try:
