@@ -2,9 +2,12 @@
 mpremote driven up to the serial port: a pty that never answers, a missing port, a busy port,
 and a port this user may not open. No test claims a successful flash: there is no board."""
 
+import json
 import os
 import signal
+import subprocess
 import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -225,10 +228,48 @@ def test_mpremote_command_replaces_the_trees(tmp_path):
     (tmp_path / "protocol").mkdir()
     for n in ("main.py", "config.json", "manifest.json"):
         (tmp_path / n).write_text("x")
-    cmd = flash.mpremote_command("/dev/ttyACM0", Path(tmp_path),
-                                 ["firmware/a.mpy", "protocol/b.mpy", "main.py", "config.json", "manifest.json"])
-    assert cmd[1:5] == ["-m", "mpremote", "connect", "/dev/ttyACM0"]
-    assert "rm(p)" in cmd[6] and "'firmware', 'protocol'" in cmd[6]
+    cmd = flash.mpremote_command(
+        "/dev/ttyACM0", Path(tmp_path), ["firmware/a.mpy", "protocol/b.mpy", "main.py", "config.json", "manifest.json"]
+    )
+    assert cmd[1:6] == ["-m", "mpremote", "connect", "/dev/ttyACM0", "resume"]
+    assert cmd[6] == "exec" and "rm(p)" in cmd[7] and "'firmware', 'protocol'" in cmd[7]
     i = cmd.index("-r")
-    assert cmd[i + 1 : i + 4] == ["firmware", "protocol", ":"]
-    assert cmd[-9:] == ["+", "fs", "cp", "config.json", "main.py", "manifest.json", ":", "+", "reset"]
+    assert cmd[i + 1 : i + 4] == ["firmware", "protocol", ":./"]
+    j = cmd.index("config.json")
+    assert cmd[j - 3 : j + 4] == ["+", "fs", "cp", "config.json", "main.py", "manifest.json", ":./"]
+    assert cmd[-2] == "exec" and "hashlib.sha256" in cmd[-1]
+
+
+@pytest.fixture
+def repl_board(tmp_path):
+    """The MicroPython Unix port's REPL on a pty: a board already running MicroPython, whose
+    flash is a directory (with a stale firmware module and a data file of the node's own)."""
+    flash_dir = tmp_path / "board"
+    (flash_dir / "firmware").mkdir(parents=True)
+    (flash_dir / "firmware" / "node.py").write_text("STALE = True\n")  # would shadow node.mpy
+    (flash_dir / "energy.dat").write_bytes(b"\x01\x02")
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    from slnode_support import MICROPYTHON
+
+    proc = subprocess.Popen([MICROPYTHON], stdin=master, stdout=master, stderr=master, cwd=flash_dir)
+    try:
+        yield os.ttyname(slave), flash_dir
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        os.close(master)
+        os.close(slave)
+
+
+def test_mpremote_mode_copies_and_verifies_on_a_micropython_repl(tmp_path, fs_image, repl_board):
+    port, flash_dir = repl_board
+    code, res = slnode_json("flash", "--port", port, "--mpremote", "--image", str(fs_image), "--no-reset")
+    assert code == 0, res
+    files = provision.read_image(fs_image.read_bytes())
+    on_board = {p.relative_to(flash_dir).as_posix(): p.read_bytes() for p in flash_dir.rglob("*") if p.is_file()}
+    assert on_board == {**files, "energy.dat": b"\x01\x02"}  # stale node.py gone, node data kept
+    assert res["verified"] == len(json.loads(files["manifest.json"])["files"]) and res["reset"] is False
+    # a second run over the same board works (the trees are replaced, not merged)
+    code, res = slnode_json("flash", "--port", port, "--mpremote", "--image", str(fs_image))
+    assert code == 0 and res["reset"] is True, res

@@ -19,6 +19,7 @@ Nothing here claims a flash succeeded unless esptool read the data back.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -316,17 +317,60 @@ _RM_TREES = (
 )
 
 
+_VERIFY = (
+    "import json, hashlib, binascii\n"
+    "m = json.load(open('manifest.json'))\n"
+    "bad = []\n"
+    "for p, meta in m['files'].items():\n"
+    "    h = hashlib.sha256()\n"
+    "    try:\n"
+    "        with open(p, 'rb') as f:\n"
+    "            while True:\n"
+    "                b = f.read(512)\n"
+    "                if not b:\n"
+    "                    break\n"
+    "                h.update(b)\n"
+    "        if binascii.hexlify(h.digest()).decode() != meta['sha256']:\n"
+    "            bad.append(p)\n"
+    "    except OSError:\n"
+    "        bad.append(p)\n"
+    "print('@slnode-verify ' + json.dumps({'n': len(m['files']), 'bad': bad}))\n"
+)
+
+
 def mpremote_command(port: str, stage: Path, names: list[str]) -> list[str]:
-    """The mpremote command line that replaces the node's files with those in ``stage``."""
+    """The mpremote command line that replaces the node's files with those in ``stage``
+    and has the board hash every file of the manifest (the verification).
+
+    ``resume``: the probe already stopped the running program at the REPL, so mpremote need
+    not soft-reset the board (which also keeps it working with boards that are slow to boot).
+    """
     tops = sorted({n.split("/", 1)[0] for n in names})
     dirs = [t for t in tops if (stage / t).is_dir()]
     files = [t for t in tops if (stage / t).is_file()]
-    cmd = [sys.executable, "-m", "mpremote", "connect", port, "exec", _RM_TREES]
+    cmd = [sys.executable, "-m", "mpremote", "connect", port, "resume", "exec", _RM_TREES]
     if dirs:
-        cmd += ["+", "fs", "cp", "-r", *dirs, ":"]
+        cmd += ["+", "fs", "cp", "-r", *dirs, ":./"]
     if files:
-        cmd += ["+", "fs", "cp", *files, ":"]
-    return cmd + ["+", "reset"]
+        cmd += ["+", "fs", "cp", *files, ":./"]
+    return cmd + ["+", "exec", _VERIFY]
+
+
+def _mpremote(cmd: list[str], port: str, timeout: float, cwd=None) -> str:
+    try:
+        r = subprocess.run(
+            cmd,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    except subprocess.TimeoutExpired as e:
+        raise FlashError(explain("could not enter raw repl (timed out)", port)) from e
+    if r.returncode != 0:
+        raise FlashError(explain(r.stderr or r.stdout or f"mpremote exited with {r.returncode}", port))
+    return r.stdout
 
 
 def open_port(port: str, baud: int = 115200, timeout: float = 0.2):
@@ -361,11 +405,13 @@ def probe_repl(port: str, wait: float = 3.0) -> None:
 
 
 def flash_mpremote(
-    image: Path, port: str, block_size: int = partitions.BLOCK_SIZE, timeout: float = 120
+    image: Path, port: str, block_size: int = partitions.BLOCK_SIZE, timeout: float = 120, reset: bool = True
 ) -> dict:
-    """Copy the files inside ``image`` to a board running MicroPython, with mpremote.
+    """Copy the files inside ``image`` to a board running MicroPython, with mpremote, have
+    the board hash each of them against the manifest, then reset it (unless ``reset`` is False).
 
-    Returns {"copied": [...]}. Raises FlashError with mpremote's error explained.
+    Returns {"copied": [...], "verified": N, "reset": bool}. Raises FlashError with mpremote's
+    error explained, or naming the files whose hash on the board differs.
     """
     from tools.slnode.provision import read_image
 
@@ -383,20 +429,28 @@ def flash_mpremote(
             dest.write_bytes(data)
         cmd = mpremote_command(port, stage, list(files))
         probe_repl(port)
+        out = _mpremote(cmd, port, timeout, cwd=stage)
+    verdict = None
+    for line in out.splitlines():
+        if line.startswith("@slnode-verify "):
+            verdict = json.loads(line[len("@slnode-verify ") :])
+    if verdict is None:
+        raise FlashError(f"{port}: the files were copied but the board did not report their hashes; retry")
+    if verdict["bad"]:
+        raise FlashError(
+            f"verification failed on {port}: {', '.join(verdict['bad'])} differ from the image "
+            "(flash full or worn?). Retry; if it persists, erase and flash with --firmware."
+        )
+    res = {"copied": sorted(files), "verified": verdict["n"], "reset": False}
+    if reset:
         try:
-            r = subprocess.run(
-                cmd,
-                cwd=stage,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        except subprocess.TimeoutExpired as e:
-            raise FlashError(explain("could not enter raw repl (timed out)", port)) from e
-    if r.returncode != 0:
-        raise FlashError(explain(r.stderr or r.stdout or f"mpremote exited with {r.returncode}", port))
-    return {"copied": sorted(files)}
+            _mpremote([sys.executable, "-m", "mpremote", "connect", port, "resume", "reset"], port, 30)
+        except FlashError as e:
+            raise FlashError(
+                f"the files were copied and verified, but the reset failed ({e}): press RESET"
+            ) from e
+        res["reset"] = True
+    return res
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -425,6 +479,9 @@ def add_arguments(parser) -> None:
         "--connect-attempts", type=int, default=7, help="esptool connection attempts (default 7)"
     )
     parser.add_argument(
+        "--no-reset", action="store_true", help="leave the board at the REPL afterwards (--mpremote)"
+    )
+    parser.add_argument(
         "--mpremote",
         action="store_true",
         help="copy the files in --image with mpremote to a board already running MicroPython",
@@ -435,8 +492,11 @@ def run(args) -> dict:
     if args.mpremote:
         if args.image is None:
             raise ImageError("--mpremote copies the files of a provisioned image: give --image fs.bin")
-        res = flash_mpremote(args.image, args.port)
-        res["summary"] = f"copied {len(res['copied'])} files to {args.port} and reset the board"
+        res = flash_mpremote(args.image, args.port, reset=not args.no_reset)
+        res["summary"] = (
+            f"copied {len(res['copied'])} files to {args.port}, {res['verified']} verified by hash"
+            + (", reset requested" if res["reset"] else " (not reset: press RESET to start the node)")
+        )
         return res
     p = plan(args.firmware, args.image, args.chip, args.board)
     res = flash_esptool(p, args.port, args.baud, args.erase, args.connect_attempts, args.quiet)
