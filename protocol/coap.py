@@ -502,6 +502,18 @@ class Dedup:
     ``now_ms`` must be a monotonic millisecond count that does not wrap (on MicroPython,
     extend ``time.ticks_ms()`` with ``ticks_diff``); an entry that seems to come from the
     future (a clock that went backwards) counts as expired.
+
+    Receiver pattern::
+
+        cached = dedup.lookup(peer, msg.mid, now_ms)
+        if cached is not None:          # a duplicate
+            if cached:                  # its answer is known: send it again
+                send(cached, peer)
+            return                      # PENDING (b""): still being processed, drop it
+        dedup.remember(peer, msg.mid, None, now_ms)        # optional: mark in progress
+        out = encode(handle(msg))
+        dedup.remember(peer, msg.mid, out, now_ms)
+        send(out, peer)
     """
 
     def __init__(self, capacity=32, lifetime_ms=EXCHANGE_LIFETIME_S * 1000):

@@ -98,7 +98,7 @@ def test_every_float16_bit_pattern_decodes_like_struct():
             assert cbor.dumps(got) == data  # every finite float16 value re-encodes to itself
 
 
-@SETTINGS
+@settings(max_examples=50, deadline=None)
 @given(values)
 def test_deterministic_map_order(v):
     """Map keys come out in bytewise order of their encodings (RFC 8949 §4.2.1)."""

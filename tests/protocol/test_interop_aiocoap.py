@@ -114,9 +114,11 @@ class MiniServer(asyncio.DatagramProtocol):
         if not req.is_request():
             return
         cached = self.dedup.lookup(addr, req.mid, self.now_ms)
-        if cached:
-            self.transport.sendto(cached, addr)
+        if cached is not None:
+            if cached:  # else PENDING: still being handled, drop the duplicate
+                self.transport.sendto(cached, addr)
             return
+        self.dedup.remember(addr, req.mid, None, self.now_ms)
         self.handled += 1
         self.next_mid += 1
         if req.path() != ["3311", "0", "5851"]:

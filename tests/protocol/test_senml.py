@@ -173,7 +173,7 @@ json_like = st.recursive(
 )
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(json_like)
 def test_arbitrary_cbor_raises_only_senml_error(obj):
     try:
