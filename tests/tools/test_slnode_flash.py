@@ -111,7 +111,7 @@ def test_image_too_large_or_wrong_size_or_swapped(tmp_path, fs_image):
         flash.plan(fw, fs_image)
     half = tmp_path / "half.bin"
     half.write_bytes(fs_image.read_bytes()[: 0x100000])
-    with pytest.raises(ImageError, match="MicroPython would reformat it"):
+    with pytest.raises(ImageError, match="MicroPython could not mount it"):
         flash.plan(make_firmware(tmp_path, "esp32", name="ok.bin"), half)
     with pytest.raises(ImageError, match="pass it as --firmware"):
         flash.plan(None, fw)

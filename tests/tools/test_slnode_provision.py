@@ -242,3 +242,22 @@ def test_image_of_a_previous_good_run_is_not_destroyed_by_a_failed_one(tmp_path,
     bad = _toml(tmp_path, GOOD.replace("lat = 48.85", "lat = 123"), "bad.toml")
     assert slnode("provision", "--config", str(bad), "--image", str(img), "--build", str(built)).returncode == 2
     assert img.read_bytes() == before
+
+
+def test_micropython_refuses_an_image_of_another_size(tmp_path, built):
+    """Why flash insists on the exact partition size: MicroPython's littlefs driver will not
+    mount an image whose block count differs from the partition's."""
+    img = tmp_path / "fs.bin"
+    assert slnode("provision", "--config", str(_toml(tmp_path, GOOD)), "--image", str(img),
+                  "--build", str(built)).returncode == 0
+    big = tmp_path / "big.bin"
+    big.write_bytes(img.read_bytes() + b"\xff" * 0x100000)
+    import subprocess
+
+    from slnode_support import MICROPYTHON, MP_MOUNT
+
+    script = tmp_path / "m.py"
+    script.write_text(MP_MOUNT)
+    r = subprocess.run([MICROPYTHON, str(script), str(big)], capture_output=True, text=True, timeout=60,
+                       cwd=str(tmp_path))
+    assert r.returncode != 0 and "EINVAL" in r.stdout + r.stderr

@@ -54,8 +54,9 @@ def _norm_chip(name: str) -> str:
 def check_fs_image(data: bytes, geometry: partitions.FsGeometry, what: str = "image") -> None:
     """Refuse a filesystem image that is not littlefs or does not match the partition.
 
-    Raises ImageError: too large, wrong size (MicroPython would reformat the partition and
-    lose the files), an ESP firmware given as --image, or no littlefs superblock.
+    Raises ImageError: too large, wrong size (littlefs refuses to mount a different block
+    count, and MicroPython then stops at boot with "The filesystem appears to be corrupted"),
+    an ESP firmware given as --image, or no littlefs superblock.
     """
     if data[:1] == bytes([partitions.ESP_IMAGE_MAGIC]):
         raise ImageError(f"{what} is an ESP firmware image, not a filesystem image: pass it as --firmware")
@@ -68,7 +69,7 @@ def check_fs_image(data: bytes, geometry: partitions.FsGeometry, what: str = "im
     if len(data) != geometry.size:
         raise ImageError(
             f"{what} is {len(data)} bytes but the filesystem partition is 0x{geometry.size:x} bytes "
-            f"({geometry.source}); MicroPython would reformat it. Re-run slnode provision with "
+            f"({geometry.source}); MicroPython could not mount it. Re-run slnode provision with "
             "--firmware FIRMWARE.bin (or the matching --board)."
         )
     bs = geometry.block_size
