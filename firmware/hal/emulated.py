@@ -303,6 +303,23 @@ class EmulatedHal(Hal):
         self._advance()
         return self._truth_wh
 
+    def lamp_level(self):
+        """The light output the lamp really gives, as a level 0..100 (0 if off or failed).
+
+        The emulated driver is linear in light output above its minimum (light.py gamma 1.0).
+        """
+        if not (self._powered and self._relay) or self._lamp_failed or self._duty <= 0.0:
+            return 0
+        x = self._duty if self._duty > self.driver_min else self.driver_min
+        return int(x * 100.0 + 0.5)
+
+    # names the emulator launcher uses
+    def true_wh(self):
+        return self.truth_wh()
+
+    def true_w(self):
+        return self.power_w()
+
     def duty(self):
         return self._duty
 
