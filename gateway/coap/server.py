@@ -102,14 +102,14 @@ def peer_address(remote: Any) -> str:
     if not addr:
         return remote.hostinfo
     host, port = addr[0], addr[1]
-    try:
-        ip = ipaddress.ip_address(host.split("%")[0])
-        if ip.version == 6 and ip.ipv4_mapped:
-            host = str(ip.ipv4_mapped)
-        elif ip.version == 6:
+    if ":" in host:  # IPv6 (the common IPv4 case costs no parsing: this runs per request)
+        try:
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
             return f"[{host}]:{port}"
-    except ValueError:
-        pass
+        if ip.version == 6 and ip.ipv4_mapped:
+            return f"{ip.ipv4_mapped}:{port}"
+        return f"[{host}]:{port}"
     return f"{host}:{port}"
 
 
