@@ -102,3 +102,18 @@ def test_no_answer_is_a_clear_error(tmp_path):
 def test_missing_port():
     code, res = slnode_json("console", "--port", "/dev/ttyUSB-nonexistent", "status")
     assert code == 3 and res["error"].startswith("no serial port /dev/ttyUSB-nonexistent")
+
+
+def test_a_board_at_the_repl_is_recognised(tmp_path):
+    """A board whose main.py stopped shows the MicroPython prompt, not the node console."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    proc = subprocess.Popen([MICROPYTHON], stdin=master, stdout=master, stderr=master, cwd=str(tmp_path))
+    try:
+        code, res = slnode_json("console", "--port", os.ttyname(slave), "--timeout", "2", "status")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        os.close(master)
+        os.close(slave)
+    assert code == 3 and "is at the MicroPython prompt" in res["error"] and "NameError" in res["error"]

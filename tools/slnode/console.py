@@ -69,6 +69,13 @@ class ConsoleClient:
                     continue  # a line garbled on the wire: wait for the next
                 if resp.get("cmd") == cmd:
                     return resp
+        seen = "\n".join(self.noise[-5:] + [self._buf.decode("utf-8", "replace")])
+        if ">>>" in seen or "Traceback" in seen:
+            raise ConsoleError(
+                f"the board on {self.port} is at the MicroPython prompt: the node firmware is not "
+                "running (main.py stopped or missing). Last output:\n" + seen.strip()
+                + "\nPress RESET; if it comes back, re-flash with slnode flash."
+            )
         raise ConsoleError(
             f"no answer from the node console on {self.port} within {self.timeout:g} s. Is the node "
             "firmware running? Press RESET and retry; a board without firmware needs slnode flash."
