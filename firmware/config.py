@@ -141,7 +141,7 @@ def _check_tz(tz):
         from firmware import tzrule
     except ImportError:
         tzrule = None
-    parse = getattr(tzrule, "parse", None) if tzrule else None
+    parse = getattr(tzrule, "TZ", None) if tzrule else None
     if parse is not None:
         try:
             parse(tz)

@@ -1,0 +1,609 @@
+"""The Node: one luminaire controller, wiring config, lamp, meter, schedule, flash and CoAP.
+
+Owns the application behaviour of SPEC §2-§7 on the node side:
+* boot: load config.json (bad -> safe defaults + configError), the durable counters, the
+  outbox and the schedule; apply the level the schedule wants *now* (no valid time ->
+  the default level + timeInvalid);
+* registration with a random start delay in [0, jitter), Update at 2/3 of the lifetime,
+  Register again on 4.04 or after the gateway was unreachable (it may have restarted and lost
+  us); the descriptor Send after every Register (SPEC §4);
+* a report every ``report_period`` into the outbox; the outbox is sent oldest first, packed
+  up to 1024 payload bytes (protocol.report.pack_reports), one pack in flight at a time, after
+  a random delay in [0, jitter) when a backlog built up; a report leaves the outbox only on
+  2.04; 5.03 waits Max-Age; 4.04 registers again;
+* the schedule tick, override expiry, fault flags (SPEC §7), time from Write /3/0/13 (§6),
+  Observe notifications (§5.4), the watchdog.
+
+The parts come from the firmware core (firmware/hal, light, meter, schedule, durable, outbox);
+this module only talks to them through the ``_part`` methods near the end, so the HAL and the
+application meet in one place. No module-level state: many Nodes run in one interpreter.
+
+Decisions:
+* Application time (report period, schedule, override) is the HAL clock, which the emulator
+  runs faster than real time; CoAP timers are real time (firmware/endpoint.py). The back-off
+  after a failed exchange scales with ACK_TIMEOUT (15x, doubling up to 150x, +-50 % jitter),
+  so a node does not hammer an absent gateway.
+* A report taken without valid time stores ``t`` as minus the monotonic time it was taken
+  (this boot); at send time it becomes relative (``t - now``, SPEC §3.1), or absolute if time
+  became valid since. A report from an earlier boot taken without time is sent with an age
+  estimated from its seq distance times the report period.
+* A 4.00 on a pack of several reports makes the node resend them one per pack; a single
+  report the gateway refuses with 4.00 is dropped (and counted), so one bad record never
+  blocks the queue forever.
+"""
+
+import asyncio
+
+from firmware import config as config_mod
+from firmware.endpoint import Endpoint
+from firmware.resources import Resources
+from protocol import coap, report
+from protocol.lwm2m import (
+    CF_LINK_FORMAT,
+    CF_SENML_CBOR,
+    FAULT_CONFIG_ERROR,
+    FAULT_LAMP_FAILURE,
+    FAULT_LAMP_UNEXPECTED_ON,
+    FAULT_METER_FAILURE,
+    FAULT_POWER_TOO_HIGH,
+    FAULT_POWER_TOO_LOW,
+    FAULT_SUPPLY_LOSS,
+    FAULT_TIME_INVALID,
+    LWM2M_VERSION,
+    MAX_PAYLOAD,
+)
+
+FW_VERSION = "0.1.0"
+OBJECT_LINKS = "</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</10250/0>"
+
+
+class Node:
+    """One emulated or real luminaire controller. ``parts`` is built by main.py/emulator.py."""
+
+    def __init__(self, hal, make_parts, ack_timeout_ms=coap.ACK_TIMEOUT_MS, port=0, log=None):
+        """``make_parts(hal, cfg, log)`` builds the firmware-core parts once the config is
+        known (firmware/parts.py); ``port`` 0 binds an ephemeral UDP port."""
+        self.hal = hal
+        self.make_parts = make_parts
+        self.p = None
+        self.ack_timeout_ms = ack_timeout_ms
+        self.port = port
+        self.log = log or _print
+        self.cfg = None
+        self.cfg_errors = []
+        self.faults = 0
+        self.seq = 0
+        self.first_seq = 1
+        self.ep = None
+        self.res = Resources(self)
+        self.peer = None
+        self.reg_path = None
+        self.registered = False
+        self.reboot_at = None
+        self.identify_until = 0
+        self.level_changed_at = 0
+        self.wake = asyncio.Event()
+        self.retry_at = 0  # monotonic (real, ms) before which no Send (5.03 Max-Age)
+        self.single = False
+        self.stats = {"sent_packs": 0, "acked_reports": 0, "dropped": 0, "registers": 0, "updates": 0}
+        self.stopping = False
+        self.last_report_mono = None
+        self.truth = None  # callback(node) the emulator sets
+
+    # -- boot -----------------------------------------------------------------------------
+    def boot(self):
+        """Load config and durable state, and light the lamp as the schedule wants now."""
+        cfg, errs = config_mod.load_file(self._part_path("config.json"))
+        self.cfg = cfg
+        self.cfg_errors = errs
+        if errs:
+            self.log("config: " + "; ".join(errs) + " -- using safe defaults for those fields")
+            self.faults |= FAULT_CONFIG_ERROR
+        if not cfg["id"]:
+            cfg["id"] = self._part_uid()
+        self._part_boot()
+        self.faults |= FAULT_SUPPLY_LOSS  # reported once (first report after boot)
+        self.first_seq = self._part_peek_seq()
+        self.apply_level()
+
+    # -- levels ---------------------------------------------------------------------------
+    def wanted_level(self):
+        """The level in force now: override, else schedule, else default (SPEC §5.2, §6)."""
+        now = self._part_unix()
+        lvl = self._part_override_level()
+        if lvl is not None:
+            return lvl
+        if now is None:
+            return self.cfg["default_level"]
+        lvl = self._part_schedule_level(now)
+        return self.cfg["default_level"] if lvl is None else lvl
+
+    def apply_level(self):
+        lvl = self.wanted_level()
+        if self.identify_until and self._part_mono() < self.identify_until:
+            return
+        if lvl != self._part_target_level():
+            self._part_set_level(lvl)
+            self.level_changed_at = self._part_mono()
+
+    def check_faults(self):
+        """Recompute fault flags from the meter and the level (SPEC §7)."""
+        f = self.faults & (FAULT_CONFIG_ERROR | FAULT_SUPPLY_LOSS)
+        if self._part_unix() is None:
+            f |= FAULT_TIME_INVALID
+        if not self._part_meter_ok():
+            f |= FAULT_METER_FAILURE
+        elif self._part_settled():
+            level = self._part_actual_level()
+            w = self._part_power()
+            standby = self._part_standby_w()
+            if level > 0:
+                exp = self._part_expected_w(level)
+                if w < standby + 0.1 * (exp - standby):
+                    f |= FAULT_LAMP_FAILURE
+                elif w > 1.2 * exp + 2:
+                    f |= FAULT_POWER_TOO_HIGH
+                elif w < 0.7 * exp - 2:
+                    f |= FAULT_POWER_TOO_LOW
+            elif w > standby + 5:
+                f |= FAULT_LAMP_UNEXPECTED_ON
+        self.faults = f
+
+    # -- reports --------------------------------------------------------------------------
+    def take_report(self):
+        """Take one report (SPEC §3.1) into the outbox. Returns the report tuple."""
+        self.check_faults()
+        seq = self._part_next_seq()
+        now = self._part_unix()
+        t = int(now) if now is not None else -max(1, int(self._part_mono()))
+        r = (seq, t, self._part_wh(), self._part_power(), self._part_actual_level(), self._part_on_time(),
+             self.faults)
+        self._part_outbox_put(r)
+        self.seq = seq
+        self.faults &= ~FAULT_SUPPLY_LOSS
+        self.last_report_mono = self._part_mono()
+        self.wake.set()
+        return r
+
+    def wire_report(self, r):
+        """The report as sent: time made relative or absolute (see the module docstring)."""
+        t = r[1]
+        if t >= 0:
+            return r
+        mono = self._part_mono()
+        if r[0] >= self.first_seq:
+            age = mono - (-t)
+        else:
+            age = mono + (self.first_seq - r[0]) * self.cfg["report_period"]
+        now = self._part_unix()
+        t = int(now - age) if now is not None else -max(1, int(age))
+        return (r[0], t) + tuple(r[2:])
+
+    # -- resources (called by firmware/resources.py) --------------------------------------
+    def now(self):
+        return self._part_mono()
+
+    def res_get(self, name):
+        c = self.cfg
+        if name == "level":
+            return self._part_actual_level()
+        if name == "w":
+            return report.round_power(self._part_power())
+        if name == "wh":
+            return self._part_wh()
+        if name == "on":
+            return self._part_target_level() > 0
+        if name == "on_time":
+            return self._part_on_time()
+        if name == "time":
+            t = self._part_unix()
+            return int(t) if t is not None else 0
+        if name == "time_valid":
+            return self._part_unix() is not None
+        if name == "faults" or name == "err":
+            self.check_faults()
+            return self.faults
+        if name == "seq":
+            return self.seq
+        if name == "schedule":
+            return self._part_schedule_get()
+        if name == "override":
+            return self._part_override_get()
+        if name == "override_left":
+            return self._part_override_get()[1]
+        if name == "default":
+            return c["default_level"]
+        if name == "rated":
+            return c["rated_w"]
+        if name == "pf":
+            return 0.95 if self._part_actual_level() > 0 else 0.0
+        if name == "lifetime":
+            return c["lifetime"]
+        return {
+            "srv_id": 1, "binding": "U", "mfr": "streetlight-edge", "model": self._part_model(),
+            "serial": c["id"], "fw": FW_VERSION, "tz": c["tz"], "lat": c["lat"], "lon": c["lon"],
+            "group": c["group"], "cabinet": c["cabinet"],
+        }[name]
+
+    def res_set(self, name, v):
+        """Apply a checked value. Returns None, or a reason to answer 4.00 (state unchanged)."""
+        c = self.cfg
+        if name == "level":
+            self._part_override_set(v, 86400)  # SPEC §5.3: a manual level is a day's override
+        elif name == "on":
+            if not v:
+                self._part_override_set(0, 86400)
+            else:
+                last = self._part_last_on_level() or c["default_level"] or 100
+                self._part_override_set(last, 86400)
+        elif name == "override":
+            if v[0] is None:
+                self._part_override_cancel()
+            else:
+                self._part_override_set(v[0], v[1])
+        elif name == "time":
+            self._part_set_unix(v)
+            self.log("time set to %d" % v)
+        elif name == "schedule":
+            err = self._part_schedule_set(v)
+            if err:
+                return err
+        elif name == "tz":
+            why = config_mod._check_tz(v)
+            if why:
+                return why
+            c["tz"] = v
+            self._part_config_changed()
+        elif name == "default":
+            if 0 < v < c["min_level"]:
+                return "below the driver's minimum level %d" % c["min_level"]
+            c["default_level"] = v
+            self._part_config_changed()
+        elif name in ("lat", "lon", "group", "cabinet"):
+            c[name] = v
+            self._part_config_changed()
+        else:
+            return "not writable"
+        self.apply_level()
+        self.wake.set()
+        return None
+
+    def res_exec(self, name):
+        if name == "reboot":
+            self.reboot_at = self._part_mono()
+            self.wake.set()
+        elif name == "identify":
+            self.identify_until = self._part_mono() + 10 * self._part_speed()
+            self._part_identify()
+
+    # -- network --------------------------------------------------------------------------
+    async def request(self, method, path, query=(), payload=b"", cf=None):
+        m = coap.Message(code=method)
+        m.set_path(path)
+        for q in query:
+            m.add_option(coap.URI_QUERY, q)
+        if cf is not None:
+            m.add_option(coap.CONTENT_FORMAT, cf)
+        m.payload = payload
+        return await self.ep.request(m, self.peer)
+
+    async def register(self):
+        """Register (SPEC §2). Returns True on 2.01 (and sends the descriptor)."""
+        c = self.cfg
+        q = ("ep=" + c["id"], "lt=%d" % c["lifetime"], "lwm2m=" + LWM2M_VERSION, "b=U")
+        self.stats["registers"] += 1
+        r = await self.request(coap.POST, "/rd", q, OBJECT_LINKS.encode(), CF_LINK_FORMAT)
+        if r is None or r.code != coap.CREATED:
+            self.log("register: %s" % ("no answer" if r is None else r.code_str()))
+            return False if r is None else None
+        loc = r.location_path()
+        self.reg_path = "/" + "/".join(loc) if loc else None
+        self.registered = True
+        self.update_due = self._part_mono() + c["lifetime"] * 2 // 3
+        self.log("registered as %s" % self.reg_path)
+        d = report.encode_descriptor(FW_VERSION, c["lat"], c["lon"], c["group"], c["cabinet"], c["rated_w"],
+                                     c["default_level"], c["tz"])
+        r = await self.request(coap.POST, "/dp", ("ep=" + c["id"],), d, CF_SENML_CBOR)
+        return r is not None
+
+    async def update(self):
+        """Update (SPEC §2). Returns True on 2.04; a 4.04 or no answer drops the registration."""
+        self.stats["updates"] += 1
+        r = await self.request(coap.POST, self.reg_path or "/rd", ("lt=%d" % self.cfg["lifetime"],))
+        if r is not None and r.code == coap.CHANGED:
+            self.update_due = self._part_mono() + self.cfg["lifetime"] * 2 // 3
+            return True
+        self.registered = False
+        return False if r is None else None
+
+    async def send_pack(self):
+        """Send the oldest pack of the outbox. Returns True (sent or nothing to send),
+        False (no answer: the gateway is unreachable) or None (answered, but not 2.04)."""
+        pending = self._part_outbox_peek(12)
+        if not pending:
+            return True
+        packs = report.pack_reports([self.wire_report(r) for r in pending], MAX_PAYLOAD)
+        pack = packs[0][:1] if self.single else packs[0]
+        r = await self.request(coap.POST, "/dp", ("ep=" + self.cfg["id"],), report.encode_reports(pack),
+                               CF_SENML_CBOR)
+        if r is None:
+            return False
+        self.stats["sent_packs"] += 1
+        if r.code == coap.CHANGED:
+            self._part_outbox_remove(len(pack))
+            self.stats["acked_reports"] += len(pack)
+            self.single = False
+            return True
+        if r.code == coap.NOT_FOUND:
+            self.registered = False
+        elif r.code == coap.SERVICE_UNAVAILABLE:
+            self.retry_at = self._part_mono() + r.max_age()
+        elif r.code == coap.BAD_REQUEST:
+            if len(pack) > 1:
+                self.single = True
+            else:
+                self.log("gateway refused report seq %d (4.00): dropped" % pack[0][0])
+                self._part_outbox_remove(1)
+                self.stats["dropped"] += 1
+        else:
+            self.retry_at = self._part_mono() + 10 * self.ack_timeout_ms / 1000
+        return None
+
+    async def net_loop(self):
+        c = self.cfg
+        host, port = config_mod.parse_gateway(c["gateway"]) if c["gateway"] else (None, None)
+        if host is None:
+            self.log("no gateway configured: running the schedule alone")
+            return
+        await self._part_sleep(self._rand01() * c["jitter"])
+        backoff = 15 * self.ack_timeout_ms / 1000
+        while not self.stopping:
+            if self.peer is None:
+                try:
+                    self.peer = Endpoint.resolve(host, port)
+                except OSError:
+                    await asyncio.sleep(backoff)
+                    continue
+            ok = True
+            if not self.registered:
+                ok = await self.register()
+                if ok and self._part_outbox_len() > 1:
+                    await self._part_sleep(self._rand01() * c["jitter"])  # mass restore: spread the flush
+            elif self._part_mono() >= self.update_due:
+                ok = await self.update()
+            elif self._part_outbox_len() and self._part_mono() >= self.retry_at:
+                ok = await self.send_pack()
+                if ok and self._part_outbox_len():
+                    await asyncio.sleep_ms(10)  # pacing between backlog packs
+                    continue
+            else:
+                await self._wait_wake(min(self.update_due, self.retry_at if self.retry_at > self._part_mono()
+                                      else self.update_due) - self._part_mono())
+                continue
+            if ok is False:  # no answer: back off, then start again with a Register
+                self.registered = False
+                self.peer = None
+                await asyncio.sleep(backoff * (0.5 + self._rand01()))
+                backoff = min(backoff * 2, 150 * self.ack_timeout_ms / 1000)
+            elif ok is None:
+                await asyncio.sleep(self.ack_timeout_ms / 1000)
+            else:
+                backoff = 15 * self.ack_timeout_ms / 1000
+
+    async def _wait_wake(self, sim_seconds):
+        """Wait for ``wake`` (a new report, a Write) or ``sim_seconds`` of application time."""
+        self.wake.clear()
+        if sim_seconds <= 0:
+            return
+        try:
+            await asyncio.wait_for(self.wake.wait(), sim_seconds / self._part_speed())
+        except asyncio.TimeoutError:
+            pass
+
+    # -- control --------------------------------------------------------------------------
+    async def control_loop(self):
+        period = self.cfg["report_period"]
+        next_report = self._next_boundary(period)
+        while not self.stopping:
+            self._part_feed()
+            await self._part_poll()
+            self.apply_level()
+            mono = self._part_mono()
+            if mono >= next_report:
+                self.take_report()
+                next_report = self._next_boundary(period)
+                if self.truth:
+                    self.truth(self)
+            for ob, msg, con in self.res.due_notifications(mono):
+                ok = await self.ep.send_notification(msg, ob[0], con)
+                ob[7] = msg.mid
+                if not ok:
+                    self.res.cancel(ob[0], ob[1])
+            if self.reboot_at is not None:
+                self.log("reboot requested")
+                await asyncio.sleep_ms(200)  # let the 2.04 go out first
+                self._part_reset()
+                return
+            await self._part_tick_sleep(next_report - self._part_mono())
+
+    def _next_boundary(self, period):
+        """Next report time (monotonic): aligned to wall-clock multiples of the period when
+        time is valid (15-min reports at :00, :15...), else one period from now."""
+        mono = self._part_mono()
+        now = self._part_unix()
+        if now is None:
+            return mono + period
+        return mono + (period - now % period)
+
+    async def run(self):
+        """Boot and run until ``stop()``; the caller builds the parts."""
+        self.boot()
+        self.ep = Endpoint(self.res.handle, self._part_urandom, port=self.port, ack_timeout_ms=self.ack_timeout_ms)
+        self.ep.on_reset = self.res.on_reset
+        self.ep.start()
+        net = asyncio.create_task(self.net_loop())
+        try:
+            await self.control_loop()
+        finally:
+            net.cancel()
+            self.ep.close()
+
+    def stop(self):
+        """Persist what must survive and stop the loops (a clean shutdown)."""
+        self.stopping = True
+        self._part_shutdown()
+        self.wake.set()
+
+    def _rand01(self):
+        b = self._part_urandom(2)
+        return ((b[0] << 8) | b[1]) / 65536
+
+    # -- the parts (firmware core) ----------------------------------------------------------
+    # Every call into the HAL and the core modules goes through these methods.
+    def _part_boot(self):
+        self.p = self.make_parts(self.hal, self.cfg, self.log)
+        self.faults |= self.p.faults  # e.g. a schedule or outbox record found corrupt
+
+    def _part_path(self, name):
+        return self.hal.path(name)
+
+    def _part_uid(self):
+        return "node-" + "".join("%02x" % b for b in self.hal.unique_id())
+
+    def _part_model(self):
+        return "emulated" if self.cfg["meter"]["type"] == "emulated" else "esp32"
+
+    def _part_mono(self):
+        """Application monotonic time, s (simulated in the emulator)."""
+        return self.p.mono()
+
+    def _part_speed(self):
+        return getattr(self.hal, "speed", 1.0)
+
+    def _part_unix(self):
+        return self.hal.rtc_get()
+
+    def _part_set_unix(self, t):
+        self.hal.rtc_set(t)
+
+    async def _part_sleep(self, sim_s):
+        await self.hal.sleep_ms(int(sim_s * 1000))
+
+    async def _part_tick_sleep(self, until_report_s):
+        """Sleep until the next control tick: 1 s of node time (50 ms while a fade runs), but
+        never less than 20 real ms, and not past the next report."""
+        step = 0.05 if self.p.light.fading() else 1.0
+        floor = 0.02 * self._part_speed()
+        if step < floor:
+            step = floor
+        if 0 < until_report_s < step:
+            step = until_report_s
+        await self.hal.sleep_ms(int(step * 1000) or 1)
+
+    def _part_urandom(self, n):
+        import os
+
+        return os.urandom(n)
+
+    def _part_feed(self):
+        self.hal.watchdog_feed()
+
+    def _part_reset(self):
+        self.p.shutdown(self)
+        self.hal.reset()
+
+    def _part_shutdown(self):
+        self.p.shutdown(self)
+
+    async def _part_poll(self):
+        await self.p.poll(self)
+
+    def _part_config_changed(self):
+        self.p.save_config(self.cfg)
+
+    # lamp
+    def _part_set_level(self, lvl):
+        self.p.light.set_level(lvl)
+
+    def _part_target_level(self):
+        return self.p.light.target_level
+
+    def _part_actual_level(self):
+        return self.p.light.actual_level
+
+    def _part_fading(self):
+        return self.p.light.fading()
+
+    def _part_on_time(self):
+        return self.p.light.on_time_s()
+
+    def _part_last_on_level(self):
+        return self.p.last_on_level
+
+    def _part_identify(self):
+        self.p.light.identify(10000)
+
+    # meter
+    def _part_wh(self):
+        return self.p.meter.wh()
+
+    def _part_power(self):
+        return self.p.meter.power_w()
+
+    def _part_meter_ok(self):
+        return self.p.meter.ok()
+
+    def _part_standby_w(self):
+        return 1.0
+
+    def _part_expected_w(self, level):
+        return 1.0 + self.cfg["rated_w"] * level / 100
+
+    def _part_settled(self):
+        """Long enough since the last level change for the meter to show the new power."""
+        return self.p.settled(self)
+
+    # seq / outbox
+    def _part_next_seq(self):
+        return self.p.seq.next()
+
+    def _part_peek_seq(self):
+        return self.p.seq.peek()
+
+    def _part_outbox_put(self, r):
+        self.p.outbox.put(r)
+
+    def _part_outbox_peek(self, n):
+        return self.p.outbox.peek(n)
+
+    def _part_outbox_remove(self, n):
+        self.p.outbox.remove(n)
+
+    def _part_outbox_len(self):
+        return len(self.p.outbox)
+
+    # schedule / override
+    def _part_schedule_level(self, now):
+        return self.p.schedule_level(now, self.cfg)
+
+    def _part_schedule_get(self):
+        return self.p.schedule_get()
+
+    def _part_schedule_set(self, steps):
+        return self.p.schedule_set(steps)
+
+    def _part_override_level(self):
+        return self.p.override_level(self._part_mono())
+
+    def _part_override_get(self):
+        return self.p.override_get(self._part_mono())
+
+    def _part_override_set(self, level, secs):
+        self.p.override_set(level, secs, self._part_mono())
+
+    def _part_override_cancel(self):
+        self.p.override_cancel()
+
+
+def _print(msg):
+    print(msg)
