@@ -35,6 +35,7 @@ Decisions:
 import asyncio
 
 from firmware import config as config_mod
+from firmware import faults as faults_mod
 from firmware.endpoint import Endpoint
 from firmware.resources import Resources
 from protocol import coap, report
@@ -42,11 +43,7 @@ from protocol.lwm2m import (
     CF_LINK_FORMAT,
     CF_SENML_CBOR,
     FAULT_CONFIG_ERROR,
-    FAULT_LAMP_FAILURE,
-    FAULT_LAMP_UNEXPECTED_ON,
     FAULT_METER_FAILURE,
-    FAULT_POWER_TOO_HIGH,
-    FAULT_POWER_TOO_LOW,
     FAULT_SUPPLY_LOSS,
     FAULT_TIME_INVALID,
     LWM2M_VERSION,
@@ -135,18 +132,8 @@ class Node:
             f |= FAULT_METER_FAILURE
         elif self._part_settled():
             level = self._part_actual_level()
-            w = self._part_power()
-            standby = self._part_standby_w()
-            if level > 0:
-                exp = self._part_expected_w(level)
-                if w < standby + 0.1 * (exp - standby):
-                    f |= FAULT_LAMP_FAILURE
-                elif w > 1.2 * exp + 2:
-                    f |= FAULT_POWER_TOO_HIGH
-                elif w < 0.7 * exp - 2:
-                    f |= FAULT_POWER_TOO_LOW
-            elif w > standby + 5:
-                f |= FAULT_LAMP_UNEXPECTED_ON
+            f |= faults_mod.power_flags(level, self._part_power(), self._part_expected_w(level),
+                                        self._part_standby_w())
         self.faults = f
 
     # -- reports --------------------------------------------------------------------------
@@ -253,6 +240,7 @@ class Node:
             if why:
                 return why
             c["tz"] = v
+            self.p.set_tz(v)
             self._part_config_changed()
         elif name == "default":
             if 0 < v < c["min_level"]:
@@ -261,6 +249,8 @@ class Node:
             self._part_config_changed()
         elif name in ("lat", "lon", "group", "cabinet"):
             c[name] = v
+            if name in ("lat", "lon"):
+                self.p.set_position(c["lat"], c["lon"])
             self._part_config_changed()
         else:
             return "not writable"
@@ -554,10 +544,10 @@ class Node:
         return self.p.meter.ok()
 
     def _part_standby_w(self):
-        return 1.0
+        return 0.7
 
     def _part_expected_w(self, level):
-        return 1.0 + self.cfg["rated_w"] * level / 100
+        return faults_mod.expected_w(level, self.cfg["rated_w"], self._part_standby_w(), self.cfg["min_level"])
 
     def _part_settled(self):
         """Long enough since the last level change for the meter to show the new power."""

@@ -11,6 +11,7 @@ No module-level state.
 from firmware.durable import Record, SeqAllocator
 from firmware.light import Light
 from firmware.meter import PulseMeter, Sdm120Meter, open_counters
+from firmware.schedule import Override
 from protocol import cbor
 from protocol.lwm2m import FAULT_CONFIG_ERROR
 
@@ -32,12 +33,16 @@ class Parts:
         self.meter = self._meter(hal, cfg)
         self._mono_ms = 0
         self._last_ticks = hal.ticks_ms()
-        self._ov_level = None
-        self._ov_until = 0
+        self.override = Override(hal)
         self._sched_rec = Record(hal.path("schedule"))
-        self.steps = self._load_schedule()
-        self.engine = _schedule_engine(cfg, self.steps)
+        self.engine = _schedule_engine(cfg, self._load_schedule(), log)
         self.outbox = _make_outbox(hal, cfg)
+        if self.outbox.corrupt:
+            log("outbox: %d corrupt slots skipped" % self.outbox.corrupt)
+        last = self.outbox.last_seq()
+        if self.seq.peek() <= last:  # counters lost but reports survived: never reuse a seq
+            self.counters.set("seq_hw", last + 1)
+            self.seq = SeqAllocator(self.counters)
         self._settle_from = 0
         self._last_target = None
 
@@ -92,8 +97,6 @@ class Parts:
         self.counters.set("on_s", self.light.on_time_s())
         self.meter.flush()
         self.counters.flush()
-        if hasattr(self.outbox, "flush"):
-            self.outbox.flush()
 
     def save_config(self, cfg):
         from firmware import config as config_mod
@@ -124,48 +127,64 @@ class Parts:
         return steps if isinstance(steps, list) else []
 
     def schedule_get(self):
-        return self.steps
+        return [list(x) for x in self.engine.steps]
 
     def schedule_set(self, steps):
+        """Validate, persist (atomic record) and apply new steps. Returns None or an error."""
+        try:
+            self.engine.set_steps(steps)
+        except ValueError as e:
+            return str(e)
         self._sched_rec.save(cbor.dumps(steps))
-        self.steps = steps
-        self.engine.set_steps(steps)
         return None
 
     def schedule_level(self, now, cfg):
         return self.engine.level_at(now)
 
+    def set_tz(self, tz):
+        self.engine.set_tz(_tz(tz, self.log))
+
+    def set_position(self, lat, lon):
+        self.engine.set_position(lat, lon)
+
     def override_level(self, mono):
-        if self._ov_level is not None and mono >= self._ov_until:
-            self._ov_level = None
-        return self._ov_level
+        return self.override.active_level()
 
     def override_get(self, mono):
-        lvl = self.override_level(mono)
-        if lvl is None:
-            return [None, 0]
-        return [lvl, int(self._ov_until - mono + 0.999)]
+        return self.override.state()
 
     def override_set(self, level, secs, mono):
-        self._ov_level = level
-        self._ov_until = mono + secs
+        self.override.set(level, secs)
 
     def override_cancel(self):
-        self._ov_level = None
+        self.override.cancel()
 
 
-def _schedule_engine(cfg, steps):
+def _tz(spec, log):
+    from firmware.tzrule import TZ
+
+    try:
+        return TZ(spec)
+    except ValueError as e:
+        log("tz %r not usable (%s): using UTC" % (spec, e))
+        return None
+
+
+def _schedule_engine(cfg, steps, log):
     from firmware.schedule import Schedule
 
-    s = Schedule(cfg["lat"], cfg["lon"], cfg["tz"])
-    s.set_steps(steps)
-    return s
+    try:
+        return Schedule(steps, cfg["lat"], cfg["lon"], _tz(cfg["tz"], log))
+    except ValueError as e:
+        log("stored schedule invalid (%s): holding the default level" % (e,))
+        return Schedule((), cfg["lat"], cfg["lon"], _tz(cfg["tz"], log))
 
 
 def _make_outbox(hal, cfg):
     from firmware.outbox import Outbox
 
-    return Outbox(hal.path("outbox"))
+    root = hal.flash_root
+    return Outbox(root[:-1] if root.endswith("/") else root)
 
 
 def make_emulated(flash, node_id, spec, truth_wh=0.0):
