@@ -6,7 +6,7 @@ line (logs) is ignored by the host, so the console can share the REPL's serial p
 
     status                    -> ok, id, version, registered, location, gateway, level, wh, w,
                                  faults (names, SPEC §7), error (the node's last log line, or
-                                 its config errors, or null)
+                                 its config errors, or null), identifying (lamp blinking)
     identify                  -> blinks the lamp (the node's Execute /10250/0/9)
     gateway coap://HOST:PORT  -> checked with firmware.config's rule, saved in config.json
                                  (atomically: temp file + rename); used live if the node has
@@ -118,7 +118,18 @@ class Console:
             "w": self._get("w"),
             "faults": fault_names(self._get("faults")),
             "error": self.last_log or _config_errors(n),
+            "identifying": self._identifying(),
         }
+
+    def _identifying(self):
+        until = getattr(self.node, "identify_until", 0)
+        mono = getattr(self.node, "_part_mono", None)
+        if not until or mono is None:
+            return False
+        try:
+            return mono() < until
+        except Exception:  # noqa: BLE001 - parts not built yet (node still booting)
+            return False
 
     def handle(self, line):
         """Answer one command line. Returns the answer line (no newline), or None if blank."""

@@ -117,3 +117,110 @@ def test_a_board_at_the_repl_is_recognised(tmp_path):
         os.close(master)
         os.close(slave)
     assert code == 3 and "is at the MicroPython prompt" in res["error"] and "NameError" in res["error"]
+
+
+# --- the real node ---------------------------------------------------------------------------
+
+
+class _RD:
+    """A minimal LwM2M server on aiocoap (a real CoAP peer, not the gateway's code):
+    Register -> 2.01 Location /rd/5, Update -> 2.04, Send -> 2.04."""
+
+    def __init__(self):
+        self.registrations = []
+        self.ctx = None
+
+    async def start(self):
+        import aiocoap
+        from aiocoap import resource
+
+        rd = self
+
+        class Register(resource.Resource):
+            async def render_post(self, request):
+                rd.registrations.append(request.opt.uri_query)
+                return aiocoap.Message(code=aiocoap.CREATED, location_path=("rd", "5"))
+
+        class Changed(resource.Resource):
+            async def render_post(self, request):
+                return aiocoap.Message(code=aiocoap.CHANGED)
+
+        site = resource.Site()
+        site.add_resource(["rd"], Register())
+        site.add_resource(["rd", "5"], Changed())
+        site.add_resource(["dp"], Changed())
+        sock = __import__("socket").socket(2, 2)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", self.port))
+
+    async def stop(self):
+        if self.ctx is not None:
+            await self.ctx.shutdown()
+
+
+async def test_console_against_the_real_node_firmware(tmp_path):
+    """firmware/node.py on the emulated HAL registers with an aiocoap server; the technician's
+    console reads its state over a pty, makes the lamp blink, changes the gateway and reboots it."""
+    import asyncio
+
+    rd = _RD()
+    await rd.start()
+    flash_dir = tmp_path / "flash"
+    flash_dir.mkdir()
+    (flash_dir / "config.json").write_text(json.dumps({
+        "id": "lamp-77", "gateway": f"coap://127.0.0.1:{rd.port}", "jitter": 0, "rated_w": 40.0,
+        "default_level": 80, "meter": {"type": "emulated"},
+    }))
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = os.ttyname(slave)
+    env = dict(os.environ, MICROPYPATH=ROOT + ":.frozen")
+    proc = subprocess.Popen([MICROPYTHON, SERVE, "node", str(flash_dir)], stdin=master, stdout=master,
+                            stderr=subprocess.PIPE, env=env, cwd=str(tmp_path))
+
+    def console(*args):
+        return slnode_json("console", "--port", port, *args)
+
+    try:
+        status = None
+        for _ in range(50):  # registration takes a moment (real CoAP over UDP)
+            code, status = await asyncio.to_thread(console, "status")
+            assert code == 0, status
+            if status["registered"]:
+                break
+            await asyncio.sleep(0.2)
+        assert status["registered"] is True and status["location"] == "/rd/5", status
+        assert status["id"] == "lamp-77" and status["version"] == "0.1.0"
+        assert status["gateway"] == f"coap://127.0.0.1:{rd.port}"
+        assert "timeInvalid" in status["faults"]
+        for _ in range(50):  # the lamp fades up to the default level (no valid time yet)
+            if status["level"] == 80:
+                break
+            await asyncio.sleep(0.2)
+            code, status = await asyncio.to_thread(console, "status")
+        assert status["level"] == 80, status
+        assert any("ep=lamp-77" in q for q in rd.registrations[0])
+
+        code, res = await asyncio.to_thread(console, "identify")
+        assert code == 0, res
+        assert status["identifying"] is False
+        code, after = await asyncio.to_thread(console, "status")
+        assert after["identifying"] is True  # the node is blinking its lamp (10 s)
+
+        code, res = await asyncio.to_thread(console, "gateway", "coap://127.0.0.1:5999")
+        assert code == 0 and res["gateway"] == "coap://127.0.0.1:5999"
+        saved = json.loads((flash_dir / "config.json").read_text())
+        assert saved["gateway"] == "coap://127.0.0.1:5999" and saved["id"] == "lamp-77"
+
+        code, res = await asyncio.to_thread(console, "reboot")
+        assert code == 0, res
+        assert await asyncio.to_thread(proc.wait, 20) == 0  # the node reset after answering
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        os.close(master)
+        os.close(slave)
+        await rd.stop()

@@ -108,7 +108,7 @@ def format_status(s: dict) -> str:
         ("node", s.get("id") or "(no id: not provisioned)"),
         ("firmware", s.get("version", "?")),
         ("gateway", f"{s.get('gateway') or '(none)'}: {reg_txt}"),
-        ("level", f"{s.get('level', '?')} %"),
+        ("level", f"{s.get('level', '?')} %" + (" (identify: blinking)" if s.get("identifying") else "")),
         ("meter", meter),
         ("faults", ", ".join(faults) if faults else "none"),
         ("last error", s.get("error") or "none"),

@@ -30,7 +30,7 @@ class App:
             sys.exit(0)
 
 
-async def main(mode, cfg_path):
+async def serve_app(cfg_path):
     node = App()
     console = Console(node, cfg_path)
     sys.stdout.write("boot noise that the host must ignore\r\n")
@@ -38,4 +38,31 @@ async def main(mode, cfg_path):
     await console.serve(asyncio.StreamReader(sys.stdin.buffer), sys.stdout.write)
 
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+async def serve_node(flash):
+    """The real node (firmware/node.py + parts on the emulated HAL), as main.py would run it,
+    with the console on this process's stdin/stdout."""
+    from firmware.hal.base import ResetRequested
+    from firmware.node import Node
+    from firmware.parts import make_emulated
+
+    hal, make_parts = make_emulated(flash, "bench-node", {"clock_speed": 1.0})
+    node = Node(hal, make_parts, ack_timeout_ms=200)
+    console = Console(node)  # config.json found through the node's flash path
+    node_task = asyncio.create_task(node.run())
+    console_task = asyncio.create_task(
+        console.serve(asyncio.StreamReader(sys.stdin.buffer), sys.stdout.write))
+    while not node_task.done() and not console_task.done():
+        await asyncio.sleep_ms(20)
+    if node_task.done():
+        try:
+            node_task.result() if hasattr(node_task, "result") else await node_task
+        except ResetRequested:
+            sys.stdout.write("node: reset\r\n")
+            sys.exit(0)
+    sys.exit(3)
+
+
+if sys.argv[1] == "node":
+    asyncio.run(serve_node(sys.argv[2]))
+else:
+    asyncio.run(serve_app(sys.argv[2]))
