@@ -160,24 +160,48 @@ class _RD:
             await self.ctx.shutdown()
 
 
-async def test_console_against_the_real_node_firmware(tmp_path):
+@pytest.mark.parametrize("source", ["tree", "image"])
+async def test_console_against_the_real_node_firmware(tmp_path, source):
     """firmware/node.py on the emulated HAL registers with an aiocoap server; the technician's
-    console reads its state over a pty, makes the lamp blink, changes the gateway and reboots it."""
+    console reads its state over a pty, makes the lamp blink, changes the gateway and reboots it.
+    ``image``: the node runs from the image `slnode provision` wrote (compiled .mpy only,
+    mounted with MicroPython's VfsLfs2): what a flashed board would run."""
     import asyncio
 
     rd = _RD()
     await rd.start()
-    flash_dir = tmp_path / "flash"
-    flash_dir.mkdir()
-    (flash_dir / "config.json").write_text(json.dumps({
+    node_cfg = {
         "id": "lamp-77", "gateway": f"coap://127.0.0.1:{rd.port}", "jitter": 0, "rated_w": 40.0,
         "default_level": 80, "meter": {"type": "emulated"},
-    }))
+    }
+    env = dict(os.environ, MICROPYPATH=ROOT + ":.frozen")
+    if source == "tree":
+        flash_dir = tmp_path / "flash"
+        flash_dir.mkdir()
+        (flash_dir / "config.json").write_text(json.dumps(node_cfg))
+        args = ["node", str(flash_dir)]
+
+        def saved_config():
+            return json.loads((flash_dir / "config.json").read_text())
+    else:
+        toml = tmp_path / "node.toml"
+        toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in node_cfg.items() if k != "meter")
+                        + '[meter]\ntype = "emulated"\n')
+        image = tmp_path / "fs.bin"
+        r = slnode("provision", "--config", str(toml), "--image", str(image))
+        assert r.returncode == 0, r.stderr
+        env["MICROPYPATH"] = ".frozen"  # no source tree: only the image's compiled firmware
+        args = ["image", str(image)]
+
+        def saved_config():
+            from tools.slnode.provision import read_image
+
+            return json.loads(read_image(image.read_bytes())["config.json"])
     master, slave = os.openpty()
     tty.setraw(slave)
     port = os.ttyname(slave)
     env = dict(os.environ, MICROPYPATH=ROOT + ":.frozen")
-    proc = subprocess.Popen([MICROPYTHON, SERVE, "node", str(flash_dir)], stdin=master, stdout=master,
+    proc = subprocess.Popen([MICROPYTHON, SERVE, *args], stdin=master, stdout=master,
                             stderr=subprocess.PIPE, env=env, cwd=str(tmp_path))
 
     def console(*args):
@@ -211,7 +235,7 @@ async def test_console_against_the_real_node_firmware(tmp_path):
 
         code, res = await asyncio.to_thread(console, "gateway", "coap://127.0.0.1:5999")
         assert code == 0 and res["gateway"] == "coap://127.0.0.1:5999"
-        saved = json.loads((flash_dir / "config.json").read_text())
+        saved = saved_config()
         assert saved["gateway"] == "coap://127.0.0.1:5999" and saved["id"] == "lamp-77"
 
         code, res = await asyncio.to_thread(console, "reboot")

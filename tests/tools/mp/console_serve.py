@@ -1,11 +1,11 @@
 # Runs firmware/console.py under the real micropython with stdin/stdout on a pseudo-terminal.
-# argv: MODE CONFIG_PATH [FLASH_DIR]
-#   MODE "app": a minimal application object answering res_get/res_exec (protocol tests);
-#   MODE "node": the real firmware node (firmware/node.py) on the emulated HAL.
+# argv: MODE PATH
+#   "app CONFIG_PATH": a minimal application object answering res_get/res_exec (protocol tests);
+#   "node FLASH_DIR": the real firmware node (firmware/node.py) on the emulated HAL;
+#   "image IMAGE": the same, run from a provisioned littlefs image mounted with VfsLfs2 (the
+#                  compiled .mpy firmware and config.json of `slnode provision`).
 import asyncio
 import sys
-
-from firmware.console import Console
 
 
 class App:
@@ -31,6 +31,8 @@ class App:
 
 
 async def serve_app(cfg_path):
+    from firmware.console import Console
+
     node = App()
     console = Console(node, cfg_path)
     sys.stdout.write("boot noise that the host must ignore\r\n")
@@ -41,6 +43,7 @@ async def serve_app(cfg_path):
 async def serve_node(flash):
     """The real node (firmware/node.py + parts on the emulated HAL), as main.py would run it,
     with the console on this process's stdin/stdout."""
+    from firmware.console import Console
     from firmware.hal.base import ResetRequested
     from firmware.node import Node
     from firmware.parts import make_emulated
@@ -62,7 +65,49 @@ async def serve_node(flash):
     sys.exit(3)
 
 
-if sys.argv[1] == "node":
+class FileBdev:
+    """A littlefs image file as a writable block device (the node's flash partition)."""
+
+    def __init__(self, path, bs=4096):
+        self.f = open(path, "r+b")
+        self.bs = bs
+        self.f.seek(0, 2)
+        self.n = self.f.tell() // bs
+
+    def readblocks(self, n, buf, off=0):
+        self.f.seek(n * self.bs + off)
+        self.f.readinto(buf)
+
+    def writeblocks(self, n, buf, off=None):
+        if off is None:  # erase-and-write of whole blocks
+            off = 0
+        self.f.seek(n * self.bs + off)
+        self.f.write(buf)
+        self.f.flush()
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.n
+        if op == 5:
+            return self.bs
+        if op == 6:  # erase: littlefs rewrites the block next
+            return 0
+        return 0
+
+
+def mount_image(path):
+    """Mount a provisioned image at /flash and import the firmware from it alone, as the
+    ESP32 mounts its vfs partition at / (MICROPYPATH holds no source tree)."""
+    import os
+
+    os.mount(os.VfsLfs2(FileBdev(path), readsize=32, progsize=32, lookahead=32), "/flash")
+    sys.path.insert(0, "/flash")
+    return "/flash"
+
+
+if sys.argv[1] == "image":
+    asyncio.run(serve_node(mount_image(sys.argv[2])))
+elif sys.argv[1] == "node":
     asyncio.run(serve_node(sys.argv[2]))
 else:
     asyncio.run(serve_app(sys.argv[2]))
