@@ -261,3 +261,14 @@ def test_micropython_refuses_an_image_of_another_size(tmp_path, built):
     r = subprocess.run([MICROPYTHON, str(script), str(big)], capture_output=True, text=True, timeout=60,
                        cwd=str(tmp_path))
     assert r.returncode != 0 and "EINVAL" in r.stdout + r.stderr
+
+
+def test_example_toml_documents_every_config_key():
+    """The commented example stays in step with the firmware's schema."""
+    from firmware.config import defaults, meter_defaults
+
+    text = EXAMPLE.read_text()
+    for key in defaults():
+        assert f"\n{key} = " in text or f"\n# {key} = " in text or f"[{key}]" in text, key
+    for key in meter_defaults():
+        assert f"\n{key} = " in text or f"\n# {key} = " in text, f"meter.{key}"
