@@ -15,6 +15,7 @@ restarted. All of this is skipped when NOTIFY_SOCKET is not set.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -274,6 +275,12 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
         if type(exc).__name__ == "ModbusConfigError":  # [modbus] is part of the config: exit 5
             log.error("cannot start: configuration error: %s", exc)
             return 5
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            log.error("cannot start: an address is already in use (%s): another slgw (or another "
+                      "program) is listening on [coap] %s:%d or [api] %s:%d; stop it or change "
+                      "the port", exc, config.coap.bind, config.coap.port, config.api.bind,
+                      config.api.port)
+            return 1
         log.error("cannot start: %s", exc)
         return 1
     await stop.wait()

@@ -230,7 +230,10 @@ class LwM2MServer(resource.Resource):
         except ValueError as exc:
             raise BadRequest(Code.BAD_REQUEST, f"link-format: {exc}") from None
         was = self.registry.is_registered(ep)
-        reg_id = await self.registry.register(ep, lifetime, host)
+        try:
+            reg_id = await self.registry.register(ep, lifetime, host)
+        except ValueError as exc:
+            raise BadRequest(Code.BAD_REQUEST, str(exc)) from None
         self.stats["register"] += 1
         log.info("node %s registered from %s (reg-id %s, lifetime %d s, %d objects)%s", ep, host,
                  reg_id, lifetime, len(links), " replacing its previous registration" if was else "")

@@ -109,7 +109,7 @@ class CommandQueue:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                await self.deliver(self.registry.online_endpoints())
+                await self.deliver(None)
             except Exception:
                 log.exception("command sweep failed; will retry in %.0f s", self.sweep_interval)
 
@@ -164,18 +164,23 @@ class CommandQueue:
         """A node Registered or Updated: deliver what waits for it (in the background)."""
         self._spawn(self.deliver([ep]))
 
-    async def deliver(self, nodes: list[str]) -> int:
-        """Deliver every pending command of `nodes`; return how many were attempted."""
-        if not nodes:
+    async def deliver(self, nodes: list[str] | None) -> int:
+        """Deliver every pending command of `nodes` (None: of every online node); return how
+        many were attempted."""
+        if nodes is not None and not nodes:
             return 0
-        marks = ",".join("?" * len(nodes))
-
-        def q(conn: sqlite3.Connection) -> list[tuple]:
-            return conn.execute(
-                f"SELECT id, node, kind, payload, created_at, attempts FROM commands "
-                f"WHERE state = 'pending' AND node IN ({marks}) ORDER BY id", nodes).fetchall()
-
-        rows = [r for r in await self.store.read(q) if r[0] not in self._in_flight]
+        if nodes is None or len(nodes) > 500:  # the sweep: pending is small, nodes may be many
+            sql, args = ("SELECT id, node, kind, payload, created_at, attempts FROM commands "
+                         "WHERE state = 'pending' ORDER BY id"), []
+        else:
+            sql = ("SELECT id, node, kind, payload, created_at, attempts FROM commands WHERE "
+                   f"state = 'pending' AND node IN ({','.join('?' * len(nodes))}) ORDER BY id")
+            args = list(nodes)
+        wanted = set(nodes) if nodes is not None else None
+        now = self.clock.now()
+        rows = [r for r in await self.store.read(lambda conn: conn.execute(sql, args).fetchall())
+                if r[0] not in self._in_flight and (r[1] in wanted if wanted is not None
+                                                    else self.registry.is_online(r[1], now))]
         if not rows:
             return 0
         ids = [r[0] for r in rows]

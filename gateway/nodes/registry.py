@@ -70,11 +70,17 @@ class Registry:
 
     # --- registration interface (SPEC §2) --------------------------------------------------
     async def register(self, ep: str, lifetime: int, address: str) -> str:
-        """Record a Register from `address`; return the new reg-id. Raises store errors."""
+        """Record a Register from `address`; return the new reg-id.
+
+        Raises ValueError when the name belongs to a meter, and the store's errors.
+        """
         reg_id = secrets.token_hex(4)
         now = self.clock.now()
 
         def tx(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT kind FROM nodes WHERE id = ?", (ep,)).fetchone()
+            if row is not None and row[0] != "node":
+                raise ValueError(f"endpoint name {ep!r} is taken by a {row[0]}")
             conn.execute(
                 "INSERT INTO nodes (id, kind, address, reg_id, lifetime, registered_at, last_seen,"
                 " created_at, modbus_slot) VALUES (?, 'node', ?, ?, ?, ?, ?, ?,"
