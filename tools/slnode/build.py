@@ -250,6 +250,7 @@ def load_build(out: Path) -> dict:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="build/slnode", help="output directory (default: build/slnode)")
+    parser.add_argument("--src", type=Path, default=REPO, help=f"checkout holding firmware/ and protocol/ (default: {REPO})")
     parser.add_argument(
         "--march",
         default=DEFAULT_MARCH,
@@ -258,7 +259,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
-    res = build(Path(args.out), march=args.march, quiet=args.quiet)
+    res = build(Path(args.out), root=args.src, march=args.march, quiet=args.quiet)
     return {
         "out": str(res.out),
         "version": res.version,

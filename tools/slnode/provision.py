@@ -268,6 +268,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--csv", type=Path, help="batch: one node per row, columns override --config")
     parser.add_argument("--out-dir", type=Path, help="batch: directory for the images, one <id>.bin per node")
     parser.add_argument("--build", type=Path, help="use this `slnode build` output instead of building now")
+    parser.add_argument("--src", type=Path, default=buildmod.REPO, help="checkout to build from (default: this one)")
     parser.add_argument(
         "--board",
         default="esp32",
@@ -298,7 +299,7 @@ def run(args) -> dict:
         build_dir = args.build
         if build_dir is None:
             build_dir = Path(tmp)
-            buildmod.build(build_dir, quiet=args.quiet)
+            buildmod.build(build_dir, root=args.src, quiet=args.quiet)
         written = []
         if args.csv is not None:
             args.out_dir.mkdir(parents=True, exist_ok=True)
