@@ -214,3 +214,40 @@ level = 0
     for bad in ("[[steps]]\nat = \"25:00\"\nlevel = 1", "{\"steps\": [[0, 0, 101]]}", "nonsense ="):
         with pytest.raises(CommandError):
             parse_schedule(bad)
+
+
+async def test_sweep_delivers_pending_commands_of_online_nodes_only(tmp_path):
+    async with gateway(tmp_path) as gw:
+        up = await AiocoapNode("up", gw.config.coap.port).start()
+        down = await AiocoapNode("down", gw.config.coap.port).start()
+        try:
+            await up.register()
+            await down.register()
+            await gw.store.write(lambda c: c.execute("UPDATE nodes SET last_seen = 0 WHERE id = 'down'"))
+            gw.registry._info["down"]["last_seen"] = 0  # its registration expired long ago
+            now = time.time()
+            for node in ("up", "down"):
+                await gw.store.write(lambda c, node=node: c.execute(
+                    "INSERT INTO commands (batch, target, node, kind, payload, state, attempts,"
+                    " created_at, updated_at) VALUES ('sw', ?, ?, 'level', '{\"level\": 5}',"
+                    " 'pending', 0, ?, ?)", (node, node, now, now)))
+            assert await gw.commands.deliver(None) == 1
+            states = {c["node"]: c["state"] for c in await gw.commands.list(batch="sw")}
+            assert states == {"up": "delivered", "down": "pending"}
+            assert ("/3311/0/5851", 60, 5) in up.writes and down.writes == []
+        finally:
+            await up.stop()
+            await down.stop()
+
+
+async def test_register_cannot_take_a_meters_name(tmp_path):
+    async with gateway(tmp_path) as gw:
+        await gw.store.write(lambda c: c.execute(
+            "INSERT INTO nodes (id, kind, cabinet) VALUES ('cab-A', 'meter', 'A')"))
+        node = await AiocoapNode("cab-A", gw.config.coap.port).start()
+        try:
+            r = await node.request(Code.POST, "/rd?ep=cab-A&lt=300&lwm2m=1.1&b=U", b"</3/0>", 40)
+            assert r.code == Code.BAD_REQUEST and b"meter" in r.payload
+            assert await gw.registry.list_nodes() == []
+        finally:
+            await node.stop()
