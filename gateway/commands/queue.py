@@ -66,6 +66,7 @@ class CommandQueue:
         self.max_attempts = max_attempts
         self.sweep_interval = sweep_interval
         self._in_flight: set[int] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
 
@@ -187,11 +188,18 @@ class CommandQueue:
         self._in_flight.update(ids)
         try:
             now = self.clock.now()
-            await self.store.write(lambda conn: conn.executemany(
-                "UPDATE commands SET state = 'delivering', attempts = attempts + 1,"
-                " updated_at = ? WHERE id = ? AND state = 'pending'", [(now, i) for i in ids]))
+
+            def claim(conn: sqlite3.Connection) -> set[int]:
+                # only rows still pending (a newer command may have cancelled one meanwhile)
+                return {i for i in ids if conn.execute(
+                    "UPDATE commands SET state = 'delivering', attempts = attempts + 1,"
+                    " updated_at = ? WHERE id = ? AND state = 'pending'", (now, i)).rowcount}
+
+            claimed = await self.store.write(claim)
             per_node: dict[str, list[tuple]] = {}
             for r in rows:
+                if r[0] not in claimed:
+                    continue
                 per_node.setdefault(r[1], []).append(r)
             results = await asyncio.gather(*(self._deliver_node(n, rs) for n, rs in per_node.items()))
             outcomes = [o for rs in results for o in rs]
@@ -204,6 +212,12 @@ class CommandQueue:
         return len(rows)
 
     async def _deliver_node(self, node: str, rows: list[tuple]) -> list[tuple[int, str, str | None]]:
+        # One node's commands go out in order, even when two deliveries overlap.
+        async with self._locks.setdefault(node, asyncio.Lock()):
+            return await self._deliver_node_locked(node, rows)
+
+    async def _deliver_node_locked(self, node: str, rows: list[tuple]
+                                   ) -> list[tuple[int, str, str | None]]:
         out: list[tuple[int, str, str | None]] = []
         address = self.registry.address(node)
         for i, (cid, _node, kind, body, created_at, attempts) in enumerate(rows):
@@ -234,7 +248,7 @@ class CommandQueue:
             conn.execute(
                 "UPDATE commands SET state = ?, reason = ?, updated_at = ?,"
                 " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END "
-                "WHERE id = ?", (state, reason, now, state, now, cid))
+                "WHERE id = ? AND state = 'delivering'", (state, reason, now, state, now, cid))
 
     # --- queries ----------------------------------------------------------------------------
     async def list(self, batch: str | None = None, node: str | None = None,
