@@ -3,6 +3,7 @@
 Both meters expose the same small interface to the node::
 
     wh()          cumulative active energy, int Wh, never decreasing
+    report_wh()   the same, persisted first: use it for every report (see below)
     power_w()     active power now, float W
     ok()          False once the meter stopped answering (SPEC §7 meterFailure)
     await poll()  read the meter (Modbus) / account pulses; persist when due
@@ -25,6 +26,11 @@ energy of ``flush_ms`` plus one poll interval: ``loss < min(10 Wh, E(15 min)) + 
 With the node polling every second that is under 10 Wh + 0.05 Wh for a 150 W lamp. It is never
 counted twice: a reboot restarts from the persisted value, and pulses seen after it are new.
 Flash wear: at most one write per 10 Wh or 15 min (a 60 W lamp: one write per 10 min at night).
+
+A report must never carry energy that a power cut could take back (the gateway would see the
+counter run backwards, and count the difference twice once it grows again). So a report takes
+its ``wh`` from ``report_wh()``, which persists first: with 15-min reports that is one more
+write per report at most.
 
 Modbus meter (Eastron SDM120)
 -----------------------------
@@ -117,6 +123,12 @@ class PulseMeter:
     def wh(self):
         return self.base_wh + self._acc() // self.ppk
 
+    def report_wh(self):
+        """Persist, then return the energy for a report (never ahead of flash)."""
+        if self.wh() != self.batch.saved_wh or self.hal.pulse_count() != self.ref or self.c.dirty():
+            self.flush()
+        return self.base_wh + self.rem // self.ppk
+
     def ok(self):
         # A silent pulse meter cannot be told from a dark lamp: its silence shows as power 0
         # (lampFailure when the lamp should be on). See docs in the module docstring.
@@ -197,6 +209,12 @@ class Sdm120Meter:
 
     def power_w(self):
         return self._w
+
+    def report_wh(self):
+        """Persist the counter state if needed, then return the energy for a report."""
+        if self.c.dirty():
+            self.flush()
+        return self._wh
 
     def ok(self):
         return self._ok

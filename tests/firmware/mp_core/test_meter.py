@@ -80,6 +80,16 @@ def test_restart_never_double_counts():
     assert m2.wh() == 30
 
 
+def test_report_wh_is_persisted_first():
+    d = fresh("rep")
+    h = FakeClock()
+    m = PulseMeter(h, counters(d))
+    h.pulses = 4
+    assert m.report_wh() == 4 and counters(d).get("wh") == 4  # on flash before it is reported
+    w = m.c.writes
+    assert m.report_wh() == 4 and m.c.writes == w  # nothing new: no write
+
+
 def test_fractional_pulse_constants():
     for ppk, pulses, wh in ((800, 8, 10), (3200, 3201, 1000), (3200, 16, 5)):
         d = fresh("f")
