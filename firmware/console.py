@@ -193,12 +193,32 @@ class Console:
             self.node.res_exec("reboot")
 
     async def serve(self, stream, write):
-        """Read command lines from an asyncio stream; ``write(str)`` sends each answer."""
+        """Read command lines from an asyncio stream; ``write(str)`` sends each answer.
+
+        Reads one byte per wake-up of the asyncio poller, never a blocking ``readline``: a
+        technician typing slowly in a terminal must not stall the node's control loop (and its
+        watchdog). CR, LF or CRLF end a line; a line longer than MAX_LINE is dropped whole and
+        answered with an error, so garbage on the line cannot grow the heap.
+        """
+        buf = bytearray()
+        overflow = False
         while True:
-            line = await stream.readline()
-            if not line:
+            b = await stream.read(1)
+            if not b:
                 return  # end of input (the host closed the line)
-            out = self.handle(line)
+            c = b[0]
+            if c != 10 and c != 13:
+                if len(buf) < MAX_LINE:
+                    buf.append(c)
+                else:
+                    overflow = True
+                continue
+            if overflow:
+                out = self._answer("?", False, error="line too long")
+                overflow = False
+            else:
+                out = self.handle(bytes(buf))
+            buf = bytearray()
             if out is not None:
                 write(out + "\r\n")
                 self.after_answer()

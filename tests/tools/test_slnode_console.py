@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 import tty
 
 import pytest
+import serial
 from slnode_support import MICROPYTHON, ROOT, slnode, slnode_json
 
 SERVE = os.path.join(ROOT, "tests", "tools", "mp", "console_serve.py")
@@ -248,3 +250,24 @@ async def test_console_against_the_real_node_firmware(tmp_path, source):
         os.close(master)
         os.close(slave)
         await rd.stop()
+
+
+def test_hostile_input_on_the_line_never_stops_the_console(app_node):
+    from tools.slnode.console import ConsoleClient
+
+    ser = serial.Serial(app_node.port, 115200, timeout=0.1)
+    try:
+        client = ConsoleClient(ser, app_node.port, timeout=10)
+        ser.write(b"\xff\xfe\x00garbage\n")  # binary junk: refused, not fatal
+        ser.write(b"A" * 5000 + b"\r\n")  # an endless line is dropped whole
+        answers = []
+        deadline = time.monotonic() + 10
+        while len(answers) < 2 and time.monotonic() < deadline:
+            answers += [ln for ln in ser.read(4096).split(b"\n") if ln.startswith(b"@slnode ")]
+        errors = [json.loads(a[8:])["error"] for a in answers]
+        assert errors == ["not UTF-8 text", "line too long"], answers
+        ser.write(b"identify\r")  # CR alone ends a line too (a terminal's Enter)
+        resp = client.request("status")  # and the node still answers
+        assert resp["ok"] and resp["id"] == "bench-1"
+    finally:
+        ser.close()
