@@ -16,6 +16,14 @@ line (logs) is ignored by the host, so the console can share the REPL's serial p
 Unknown commands and bad arguments get ``{"ok": false, "error": ...}``: the node's state is not
 touched. Lines longer than MAX_LINE are refused whole.
 
+Started by the device's main.py next to the node (the REPL's UART/USB line is stdin/stdout)::
+
+    console = Console(node)  # config.json found through node._part_path
+    asyncio.create_task(console.serve(asyncio.StreamReader(sys.stdin.buffer), sys.stdout.write))
+
+Ctrl-C still interrupts main.py (MicroPython intercepts it below stdin), so mpremote and the
+REPL keep working on a node that runs the console.
+
 The node is reached through the same calls resources.py uses (``res_get``/``res_exec`` by
 resource name) plus a few attributes of firmware/node.py, read defensively so the console
 still answers ``status`` on a node that is half-started. No module-level state: one Console
