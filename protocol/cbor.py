@@ -21,7 +21,8 @@ Design decisions (the node is small, the gateway faces the network):
   - tags (major type 6): no tag is part of the contract;
   - simple values other than false/true/null, including ``undefined``;
   - reserved additional info 28-30;
-  - nesting deeper than ``max_depth`` (default 16) arrays/maps;
+  - nesting deeper than ``max_depth`` (default 16) arrays/maps, and (optionally) more than
+    ``max_items`` elements in all;
   - a declared length larger than the bytes that remain (a byte/text string needs n bytes,
     an array n bytes, a map 2n bytes), so hostile input never makes us allocate more than
     the datagram's size;
@@ -292,7 +293,7 @@ def _arg(data, pos, ai, end):
     raise CBORError("reserved additional info %d at byte %d" % (ai, pos - 1))
 
 
-def _dec(data, pos, end, depth):
+def _dec(data, pos, end, depth, budget):
     if pos >= end:
         raise CBORError("truncated: item expected at byte %d" % pos)
     ib = data[pos]
@@ -351,39 +352,56 @@ def _dec(data, pos, end, depth):
     if major == 4:
         if n > left:
             raise CBORError("array of %d items cannot fit the %d bytes left" % (n, left))
-        out = []
-        for _ in range(n):
-            item, pos = _dec(data, pos, end, depth - 1)
-            out.append(item)
+        if budget is not None:
+            _spend(budget, n)
+        if n == 0:
+            return [], pos
+        out = [None] * n  # one allocation, bounded by the bytes left
+        for i in range(n):
+            out[i], pos = _dec(data, pos, end, depth - 1, budget)
         return out, pos
     # major 5: map
     if 2 * n > left:
         raise CBORError("map of %d pairs cannot fit the %d bytes left" % (n, left))
+    if budget is not None:
+        _spend(budget, 2 * n)
     out = {}
     for _ in range(n):
         kpos = pos
-        k, pos = _dec(data, pos, end, depth - 1)
+        k, pos = _dec(data, pos, end, depth - 1, budget)
         if isinstance(k, (list, dict)):
             raise CBORError("unhashable map key at byte %d" % kpos)
-        v, pos = _dec(data, pos, end, depth - 1)
+        v, pos = _dec(data, pos, end, depth - 1, budget)
         if k in out:
             raise CBORError("duplicate map key at byte %d" % kpos)
         out[k] = v
     return out, pos
 
 
-def loads(data, max_depth=_DEFAULT_DEPTH):
+def _spend(budget, n):
+    budget[0] -= n
+    if budget[0] < 0:
+        raise CBORError("more items than the limit")
+
+
+def loads(data, max_depth=_DEFAULT_DEPTH, max_items=None):
     """Decode exactly one CBOR item from ``data`` (bytes, bytearray or memoryview).
 
+    ``max_items`` (default: no limit beyond the input's length) caps the number of array
+    elements plus map keys and values, which bounds the heap a hostile input can cost: each
+    input byte can become an object (a 1 KB array of empty maps is ~70 KB of heap on the
+    64-bit Unix port). A small node should pass a small limit for small resources.
+
     Returns the value (see the module docstring for the mapping). Raises CBORError for
-    malformed, truncated, trailing, unsupported or too deeply nested input (RFC 8949 §3, §5).
+    malformed, truncated, trailing, unsupported, too large or too deeply nested input
+    (RFC 8949 §3, §5).
     """
     if not isinstance(data, bytes):
         if not isinstance(data, (bytearray, memoryview)):
             raise CBORError("loads needs bytes, not %s" % type(data).__name__)
         data = bytes(data)
     end = len(data)
-    obj, pos = _dec(data, 0, end, max_depth)
+    obj, pos = _dec(data, 0, end, max_depth, None if max_items is None else [max_items])
     if pos != end:
         raise CBORError("%d trailing bytes after the item" % (end - pos))
     return obj

@@ -136,6 +136,18 @@ def test_depth_limit_is_configurable():
     assert cbor.loads(b"\x81" * 40 + b"\x00", max_depth=40)
 
 
+def test_max_items_caps_elements_in_all_containers():
+    data = bytes.fromhex("8301820203a10102")  # [1, [2, 3], {1: 2}]: 3 + 2 + 2 elements
+    assert cbor.loads(data, max_items=7) == [1, [2, 3], {1: 2}]
+    with pytest.raises(cbor.CBORError, match="limit"):
+        cbor.loads(data, max_items=6)
+    hostile = b"\x99\x03\xe8" + b"\xa0" * 1000  # 1000 empty maps in 1003 bytes
+    assert len(cbor.loads(hostile)) == 1000
+    with pytest.raises(cbor.CBORError, match="limit"):
+        cbor.loads(hostile, max_items=64)
+    assert cbor.loads(b"\x05", max_items=0) == 5
+
+
 def test_error_messages_are_clear():
     cases = {
         "18": "truncated",
