@@ -273,3 +273,114 @@ def test_mpremote_mode_copies_and_verifies_on_a_micropython_repl(tmp_path, fs_im
     # a second run over the same board works (the trees are replaced, not merged)
     code, res = slnode_json("flash", "--port", port, "--mpremote", "--image", str(fs_image))
     assert code == 0 and res["reset"] is True, res
+
+
+# --- the esptool API boundary -----------------------------------------------------------------
+# Without a board, the calls slnode makes into esptool's Python API are checked against that
+# API's real signatures (inspect.signature(...).bind), and the board's answers are stand-ins.
+
+
+class _Board:
+    def __init__(self, chip_name="ESP32", flash="4MB"):
+        self.CHIP_NAME = chip_name
+        self.flash = flash
+        self.baud = None
+        self.closed = False
+
+    def change_baud(self, baud):
+        import inspect
+
+        from esptool.loader import ESPLoader
+
+        inspect.signature(ESPLoader.change_baud).bind(self, baud)
+        self.baud = baud
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+
+
+@pytest.fixture
+def esptool_api(monkeypatch):
+    """Replace the esptool calls that need a board; record each call after binding its
+    arguments to the real function's signature."""
+    import inspect
+
+    from esptool import cmds
+
+    state = {"calls": [], "board": _Board(), "fail": {}}
+
+    def stand_in(name, result):
+        sig = inspect.signature(getattr(cmds, name))
+
+        def f(*args, **kwargs):
+            sig.bind(*args, **kwargs)  # a wrong call into esptool fails here, as it would live
+            state["calls"].append((name, args, kwargs))
+            if name in state["fail"]:
+                raise state["fail"][name]
+            return result(state) if callable(result) else result
+
+        monkeypatch.setattr(cmds, name, f)
+
+    stand_in("detect_chip", lambda s: s["board"])
+    stand_in("run_stub", lambda s: s["board"])
+    stand_in("attach_flash", None)
+    stand_in("detect_flash_size", lambda s: s["board"].flash)
+    stand_in("erase_flash", None)
+    stand_in("write_flash", None)
+    stand_in("verify_flash", None)
+    stand_in("reset_chip", None)
+    return state
+
+
+def _names(state):
+    return [c[0] for c in state["calls"]]
+
+
+def test_esptool_sequence_offsets_verify_and_reset(tmp_path, fs_image, esptool_api):
+    fw = make_firmware(tmp_path, "esp32")
+    res = flash.flash_esptool(flash.plan(fw, fs_image), "/dev/ttyUSB0", baud=921600, quiet=True)
+    assert _names(esptool_api) == ["detect_chip", "run_stub", "attach_flash", "detect_flash_size",
+                                   "write_flash", "verify_flash", "reset_chip"]
+    calls = {c[0]: c for c in esptool_api["calls"]}
+    written = calls["write_flash"][1][1]
+    assert [(off, len(d)) for off, d in written] == [(0x1000, fw.stat().st_size), (0x200000, 0x200000)]
+    assert written[0][1] == fw.read_bytes() and written[1][1] == fs_image.read_bytes()
+    assert calls["verify_flash"][1][1] == written  # the same regions read back
+    assert calls["reset_chip"][1][1] == "hard-reset"
+    assert esptool_api["board"].baud == 921600 and esptool_api["board"].closed
+    assert res["chip"] == "esp32" and all("verified" in w for w in res["written"])
+
+
+def test_esptool_s3_at_offset_zero_with_erase(tmp_path, fs_image, esptool_api):
+    esptool_api["board"] = _Board("ESP32-S3")
+    flash.flash_esptool(flash.plan(make_firmware(tmp_path, "esp32s3"), fs_image), "/dev/ttyACM0",
+                        erase=True, quiet=True)
+    assert "erase_flash" in _names(esptool_api)
+    written = [c for c in esptool_api["calls"] if c[0] == "write_flash"][0][1][1]
+    assert [off for off, _ in written] == [0x0, 0x200000]
+
+
+def test_esptool_wrong_chip_on_the_board_writes_nothing(tmp_path, fs_image, esptool_api):
+    esptool_api["board"] = _Board("ESP32-C3")
+    with pytest.raises(flash.FlashError, match="wrong chip: the board on /dev/ttyUSB0 is an ESP32-C3 but the firmware is for esp32"):
+        flash.flash_esptool(flash.plan(make_firmware(tmp_path, "esp32"), fs_image), "/dev/ttyUSB0", quiet=True)
+    assert "write_flash" not in _names(esptool_api)
+
+
+def test_esptool_flash_too_small_writes_nothing(tmp_path, fs_image, esptool_api):
+    esptool_api["board"] = _Board("ESP32", flash="2MB")
+    with pytest.raises(flash.FlashError, match=r"the board's flash \(2MB\) is too small"):
+        flash.flash_esptool(flash.plan(make_firmware(tmp_path, "esp32"), fs_image), "/dev/ttyUSB0", quiet=True)
+    assert "write_flash" not in _names(esptool_api)
+
+
+def test_esptool_failed_verification_is_reported_and_no_reset(tmp_path, fs_image, esptool_api):
+    from esptool.util import FatalError
+
+    esptool_api["fail"]["write_flash"] = FatalError("MD5 of file does not match data in flash!")
+    with pytest.raises(flash.FlashError, match="verification failed on /dev/ttyUSB0"):
+        flash.flash_esptool(flash.plan(make_firmware(tmp_path, "esp32"), fs_image), "/dev/ttyUSB0", quiet=True)
+    assert "reset_chip" not in _names(esptool_api)
