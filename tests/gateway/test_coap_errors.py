@@ -173,3 +173,17 @@ async def test_store_full_answers_503_with_max_age_and_recovers(tmp_path):
             "SELECT COUNT(*) FROM readings").fetchone()[0])
         assert stored == 8 * len(sent)  # every acknowledged pack, and the retried one
         c.transport.close()
+
+
+async def test_unexpected_failure_is_500_and_logged_not_a_crash(tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="slgw.coap")
+    async with gateway(tmp_path) as gw:
+        c = await RawClient.open(gw.config.coap.port)
+        await gw.store.close()  # the store vanishes under the server (a bug elsewhere, say)
+        r = await c.req(pc.POST, "/rd", REG, b"</3/0>", lwm2m.CF_LINK_FORMAT)
+        assert code(r) == "5.00"
+        assert any("answered 5.00" in rec.message for rec in caplog.records)
+        # the server still answers what does not need the store
+        assert code(await c.req(pc.GET, "/nothing")) == "4.04"
+        c.transport.close()
+        assert gw.coap.stats["error"] == 1
