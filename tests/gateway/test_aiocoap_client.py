@@ -59,3 +59,28 @@ def test_register_report_and_energy(tmp_path):
         assert node["group"] == "rue-a" and node["cabinet"] == "cab-1"
         assert node["lat"] == 48.85 and node["wh"] == 1250 and node["modbus_slot"] == 0
         assert node["last_report"] is not None and node["faults"] == []
+
+
+def test_report_in_cbor_diagnostic_notation(tmp_path):
+    # aiocoap-client turns diagnostic notation into CBOR itself (through cbor-diag): a third
+    # encoder of the same pack, with its own choice of float widths.
+    now = int(time.time())
+    diag = (f'[{{-2: "/10250/0/", -3: {now - 900}, 0: "0", 2: 7}}, {{0: "1", 2: 0}}, '
+            f'{{-2: "/3311/0/", 0: "5805", 2: 2000}}, {{0: "5851", 2: 60}}, {{0: "5852", 2: 90}}, '
+            f'{{-2: "/3305/0/", 0: "5800", 2: 23.5}}, '
+            f'{{-2: "/10250/0/", -3: {now - 60}, 0: "0", 2: 8}}, '
+            f'{{-2: "/3311/0/", 0: "5805", 2: 2042}}]')
+    with SlgwProcess(tmp_path) as gw:
+        r = coap("-m", "POST", f"coap://127.0.0.1:{gw.coap_port}/rd?ep=diag-1&lt=300&lwm2m=1.1&b=U",
+                 "--content-format", "application/link-format", "--payload", "</3311/0>")
+        assert r.returncode == 0, r.stderr
+        r = coap("-m", "POST", f"coap://127.0.0.1:{gw.coap_port}/dp?ep=diag-1",
+                 "--content-format", "application/senml+cbor", "--payload", diag)
+        assert r.returncode == 0, r.stderr
+        (node,) = json.loads(gw.cli("nodes", "--json").stdout)["nodes"]
+        assert node["wh"] == 2042
+        assert json.loads(gw.cli("energy", "--json").stdout)["total_wh"] == 42
+        # plain CBOR (content-format 60) is not a Send: 4.15, and aiocoap-client exits non-zero
+        r = coap("-m", "POST", f"coap://127.0.0.1:{gw.coap_port}/dp?ep=diag-1",
+                 "--content-format", "application/cbor", "--payload", "[1, 2]")
+        assert r.returncode != 0 and "4.15" in r.stdout + r.stderr
