@@ -12,8 +12,10 @@ Decisions:
 * ``parse_send`` fields a record did not carry are None (only the energy is required).
 * A field repeated inside one report is an error unless both values are equal (a sender may
   send both /3311/0/5805 and /3305/0/5805, the same counter).
-* Records before the first /10250/0/0 are attributes (the descriptor); records inside a report
-  whose names are not report fields are ignored (SPEC §3.1: unknown names are ignored).
+* Records before the first /10250/0/0 are attributes (the descriptor), except report fields
+  (energy, power, level...), which belong to the first report: SPEC §3.1 lets a sender order
+  the records of a report freely, and a one-report pack then parses whatever the order. Records
+  inside a report whose names are not report fields are ignored (SPEC §3.1: unknown names).
 * ``descriptor_records`` leaves out attributes given as None.
 """
 
@@ -222,7 +224,8 @@ def parse_send(data, now=None):
     Returns ``(reports, attrs)``: reports is a list of dicts with keys seq, t, wh, w,
     level, on_time, faults (None when absent) and rel_time (True when t was relative and
     resolved against ``now``), in pack order; attrs maps each resolved name of the records
-    before the first report to its value. Raises SenMLError (naming the field) for a pack that
+    before the first report (other than report fields, which join the first report) to its
+    value. Raises SenMLError (naming the field) for a pack that
     does not parse, an empty pack, a report without energy, or a value of the wrong type or
     out of range (SPEC §3.1, §8: answer 4.00).
     """
@@ -231,6 +234,7 @@ def parse_send(data, now=None):
         raise senml.SenMLError("empty pack")
     reports = []
     attrs = {}
+    early = []  # report fields before the first /10250/0/0: they belong to the first report
     cur = None
     for rec in records:
         name = rec["n"]
@@ -239,24 +243,36 @@ def parse_send(data, now=None):
                 _finish(cur)
             cur = _new_report(rec)
             reports.append(cur)
+            if early:
+                for r in early:
+                    _set_field(cur, r)
+                early = None
             continue
         if cur is None:
-            attrs[name] = senml.value_of(rec)
+            if name in _FIELDS:
+                early.append(rec)
+            else:
+                attrs[name] = senml.value_of(rec)
             continue
-        spec = _FIELDS.get(name)
-        if spec is None:
-            continue
-        field, kind = spec
-        if "v" not in rec:
-            raise senml.SenMLError("report %s must be a number" % field)
-        val = _check_field(field, kind, rec["v"])
-        old = cur[field]
-        if old is not None and old != val:
-            raise senml.SenMLError("report %s given twice with different values" % field)
-        cur[field] = val
+        if name in _FIELDS:
+            _set_field(cur, rec)
     if cur is not None:
         _finish(cur)
+    elif early:  # no report at all: plain attributes
+        for r in early:
+            attrs[r["n"]] = senml.value_of(r)
     return reports, attrs
+
+
+def _set_field(report, rec):
+    field, kind = _FIELDS[rec["n"]]
+    if "v" not in rec:
+        raise senml.SenMLError("report %s must be a number" % field)
+    val = _check_field(field, kind, rec["v"])
+    old = report[field]
+    if old is not None and old != val:
+        raise senml.SenMLError("report %s given twice with different values" % field)
+    report[field] = val
 
 
 def _finish(report):

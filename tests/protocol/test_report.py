@@ -150,6 +150,33 @@ def test_reordered_and_full_names_and_unknown_records():
     assert attrs == {}
 
 
+@SETTINGS
+@given(st.permutations(list(range(6))))
+def test_one_report_in_any_record_order(order):
+    """SPEC §3.1: any record order, here with full names and a time on every record."""
+    recs = senml.resolve(report.report_records(REALISTIC))
+    full = [{0: r["n"], 6: 1763776800, 2: r["v"]} for r in recs]
+    parsed, attrs = report.parse_send(cbor2.dumps([full[i] for i in order]))
+    assert attrs == {}
+    assert parsed == [expected(REALISTIC)]
+
+
+def test_report_fields_before_the_seq_record_join_the_first_report_only():
+    recs = [
+        {-2: "/3311/0/", -3: 1763776800, 0: "5805", 2: 10},
+        {-2: "/3/0/", 0: "3", 3: "1.0"},
+        {-2: "/10250/0/", 0: "0", 2: 1},
+        {-2: "/10250/0/", 0: "0", 2: 2},
+        {-2: "/3311/0/", 0: "5805", 2: 11},
+    ]
+    parsed, attrs = report.parse_send(cbor2.dumps(recs))
+    assert [(r["seq"], r["wh"]) for r in parsed] == [(1, 10), (2, 11)]
+    assert attrs == {"/3/0/3": "1.0"}
+    # no report at all: report-like names are plain attributes
+    _, attrs = report.parse_send(cbor2.dumps(recs[:2]))
+    assert attrs == {"/3311/0/5805": 10, "/3/0/3": "1.0"}
+
+
 def test_descriptor_and_attributes_before_reports():
     desc = report.descriptor_records(
         "1.2.0", 48.85, 2.35, "rue", "C7", 40.0, 100, "CET-1CEST,M3.5.0,M10.5.0/3"
