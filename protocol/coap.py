@@ -477,6 +477,25 @@ def response_for(request, code, payload=b"", content_format=None, mid=None):
     return msg
 
 
+def diagnostic(text, limit=64):
+    """Encode an error's diagnostic payload: UTF-8, at most ``limit`` bytes (SPEC §8), cut at a
+    character boundary. Returns bytes."""
+    b = text.encode("utf-8")
+    if len(b) <= limit:
+        return b
+    end = limit
+    while end > 0 and (b[end] & 0xC0) == 0x80:  # do not split a multi-byte character
+        end -= 1
+    return b[:end]
+
+
+def error_response(request, code, text=None, mid=None):
+    """``response_for`` with an optional text/plain diagnostic payload (SPEC §8)."""
+    if not text:
+        return response_for(request, code, b"", None, mid)
+    return response_for(request, code, diagnostic(text), 0, mid)
+
+
 def rst_for(mid):
     """Return the RST Message that rejects message ``mid`` (RFC 7252 §4.2)."""
     return Message(RST, 0, mid)

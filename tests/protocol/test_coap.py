@@ -220,6 +220,18 @@ def test_response_for_and_rst():
     assert aio_decode(rst)[0] == coap.RST
 
 
+def test_error_response_with_diagnostic():
+    req = coap.Message(coap.CON, coap.POST, 7, b"\x01")
+    r = coap.error_response(req, coap.BAD_REQUEST, "report seq must be an integer")
+    assert (r.mtype, r.code, r.mid, r.token) == (coap.ACK, coap.BAD_REQUEST, 7, b"\x01")
+    assert r.payload == b"report seq must be an integer" and r.content_format() == 0
+    assert coap.error_response(req, coap.NOT_FOUND).payload == b""
+    long = coap.diagnostic("\u00e9" * 40)  # 80 bytes of 2-byte characters
+    assert len(long) == 64 and long.decode() == "\u00e9" * 32
+    odd = coap.diagnostic("a" + "\u20ac" * 30)  # 1 + 90 bytes: cut before a split character
+    assert len(odd) <= 64 and odd.decode() == "a" + "\u20ac" * 21
+
+
 def test_error_carries_mid_for_rst():
     with pytest.raises(coap.CoAPError) as e:
         coap.decode(b"\x42\x01\x12\x34\xab")
