@@ -237,7 +237,9 @@ def test_mpremote_command_replaces_the_trees(tmp_path):
     assert cmd[i + 1 : i + 4] == ["firmware", "protocol", ":./"]
     j = cmd.index("config.json")
     assert cmd[j - 3 : j + 4] == ["+", "fs", "cp", "config.json", "main.py", "manifest.json", ":./"]
-    assert cmd[-2] == "exec" and "hashlib.sha256" in cmd[-1]
+    assert cmd[-1] == ":./"
+    verify = flash.mpremote_verify_command("/dev/ttyACM0")
+    assert verify[4:7] == ["/dev/ttyACM0", "resume", "exec"] and "hashlib.sha256" in verify[-1]
 
 
 @pytest.fixture

@@ -340,8 +340,7 @@ _VERIFY = (
 
 
 def mpremote_command(port: str, stage: Path, names: list[str]) -> list[str]:
-    """The mpremote command line that replaces the node's files with those in ``stage``
-    and has the board hash every file of the manifest (the verification).
+    """The mpremote command line that replaces the node's files with those in ``stage``.
 
     ``resume``: the probe already stopped the running program at the REPL, so mpremote need
     not soft-reset the board (which also keeps it working with boards that are slow to boot).
@@ -354,15 +353,22 @@ def mpremote_command(port: str, stage: Path, names: list[str]) -> list[str]:
         cmd += ["+", "fs", "cp", "-r", *dirs, ":./"]
     if files:
         cmd += ["+", "fs", "cp", *files, ":./"]
-    return cmd + ["+", "exec", _VERIFY]
+    return cmd
 
 
-def _mpremote(cmd: list[str], port: str, timeout: float, cwd=None) -> str:
+def mpremote_verify_command(port: str) -> list[str]:
+    """mpremote command that makes the board hash every file of its manifest."""
+    return [sys.executable, "-m", "mpremote", "connect", port, "resume", "exec", _VERIFY]
+
+
+def _mpremote(cmd: list[str], port: str, timeout: float, cwd=None, progress_to=None) -> str:
+    """Run mpremote; its stdout (the copy progress) goes to ``progress_to`` when given."""
     try:
         r = subprocess.run(
             cmd,
             cwd=cwd,
-            capture_output=True,
+            stdout=progress_to if progress_to is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             timeout=timeout,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -406,7 +412,12 @@ def probe_repl(port: str, wait: float = 3.0) -> None:
 
 
 def flash_mpremote(
-    image: Path, port: str, block_size: int = partitions.BLOCK_SIZE, timeout: float = 120, reset: bool = True
+    image: Path,
+    port: str,
+    block_size: int = partitions.BLOCK_SIZE,
+    timeout: float = 120,
+    reset: bool = True,
+    quiet: bool = False,
 ) -> dict:
     """Copy the files inside ``image`` to a board running MicroPython, with mpremote, have
     the board hash each of them against the manifest, then reset it (unless ``reset`` is False).
@@ -430,7 +441,9 @@ def flash_mpremote(
             dest.write_bytes(data)
         cmd = mpremote_command(port, stage, list(files))
         probe_repl(port)
-        out = _mpremote(cmd, port, timeout, cwd=stage)
+        # mpremote's own progress bars go to our stderr (stdout stays clean for --json)
+        _mpremote(cmd, port, timeout, cwd=stage, progress_to=subprocess.DEVNULL if quiet else sys.stderr)
+        out = _mpremote(mpremote_verify_command(port), port, timeout)
     verdict = None
     for line in out.splitlines():
         if line.startswith("@slnode-verify "):
@@ -493,7 +506,7 @@ def run(args) -> dict:
     if args.mpremote:
         if args.image is None:
             raise ImageError("--mpremote copies the files of a provisioned image: give --image fs.bin")
-        res = flash_mpremote(args.image, args.port, reset=not args.no_reset)
+        res = flash_mpremote(args.image, args.port, reset=not args.no_reset, quiet=args.quiet)
         res["summary"] = (
             f"copied {len(res['copied'])} files to {args.port}, {res['verified']} verified by hash"
             + (", reset requested" if res["reset"] else " (not reset: press RESET to start the node)")
