@@ -12,7 +12,6 @@ and `check_bind` repeats that rule here so the API can never serve a network unp
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import sqlite3
@@ -24,6 +23,7 @@ from aiohttp import web
 
 from gateway.api.openapi import document
 from gateway.commands import CommandError, NotFoundError
+from gateway.config import _is_loopback
 from gateway.store import StoreError
 
 log = logging.getLogger("slgw.api")
@@ -37,19 +37,10 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and "localhost"."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, token: str) -> None:
-    """Refuse to serve a non-loopback address without a token. Raises ValueError."""
-    if not is_loopback(host) and not token:
+    """Refuse to serve a non-loopback address without a token (the rule load_config applies,
+    checked again where the socket is opened). Raises ValueError."""
+    if not _is_loopback(host) and not token:
         raise ValueError(f"the API is bound to {host}, which is not loopback, and [api] token is "
                          "empty; set a token or bind to 127.0.0.1")
 
