@@ -68,6 +68,17 @@ def unpack_slot(buf):
     return (seq, t, wh, w, level, on_time, faults)
 
 
+def _zeros(n):
+    """An array('I') of n zeros without a temporary list (MicroPython takes a raw buffer)."""
+    try:
+        a = array("I", bytes(4 * n))
+        if len(a) == n:
+            return a
+    except TypeError:  # CPython
+        pass
+    return array("I", [0]) * n
+
+
 class Outbox:
     """The node's queue of unacknowledged reports, in ``directory`` (see module docstring)."""
 
@@ -77,7 +88,7 @@ class Outbox:
         self.path = directory + "/outbox.ring"
         self.capacity = capacity
         self.ack_rec = Record(directory + "/outbox.ack")
-        self.seqs = array("I", [0] * capacity)
+        self.seqs = _zeros(capacity)
         self.buf = bytearray(_SLOT)
         self.acked = 0
         self.wpos = 0
