@@ -81,7 +81,7 @@ def test_native_code_is_stamped_with_the_target_arch(tmp_path, march, code):
     hdr = build.parse_mpy_header(data)
     assert (hdr["version"], hdr["arch"]) == (6, code)
     assert (tmp_path / "out" / "main.py").read_text() == "print(1)\n"  # source at the root
-    assert res.manifest["march"] == march
+    assert res.manifest["march"] == march and res.warnings == []
 
 
 def test_version_constant_and_reproducible_output(tmp_path):
@@ -89,6 +89,7 @@ def test_version_constant_and_reproducible_output(tmp_path):
     a = build.build(tmp_path / "a", root=root, quiet=True)
     build.build(tmp_path / "b", root=root, quiet=True)
     assert a.version == "9.8.7" and a.manifest["version"] == "9.8.7"
+    assert any("no firmware/main.py" in w for w in a.warnings)  # the node would not start
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
     assert (tmp_path / "a/protocol/x.mpy").read_bytes() == (tmp_path / "b/protocol/x.mpy").read_bytes()
 

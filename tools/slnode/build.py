@@ -75,6 +75,7 @@ class BuildResult:
     version: str
     files: dict[str, dict] = field(default_factory=dict)  # relpath -> {"sha256", "size"}
     manifest: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def mpy_cross_binary() -> str:
@@ -219,7 +220,13 @@ def build(out: Path, root: Path = REPO, march: str = DEFAULT_MARCH, quiet: bool 
         "files": dict(sorted(files.items())),
     }
     write_manifest(out, manifest)
-    return BuildResult(out=out, version=version, files=files, manifest=manifest)
+    warnings = []
+    if "main.py" not in files:
+        warnings.append(
+            "there is no firmware/main.py: a board flashed with this build boots to the "
+            "MicroPython prompt instead of starting the node"
+        )
+    return BuildResult(out=out, version=version, files=files, manifest=manifest, warnings=warnings)
 
 
 def write_manifest(out: Path, manifest: dict) -> bytes:
@@ -266,4 +273,5 @@ def run(args) -> dict:
         "git": res.manifest["git"],
         "files": len(res.files),
         "bytes": sum(m["size"] for m in res.files.values()),
+        "warnings": res.warnings,
     }

@@ -99,6 +99,8 @@ def _finish(args, result, error, code) -> int:
     elif error is not None:
         print(f"slnode {args.command}: error: {error}", file=sys.stderr)
     elif result and not args.quiet:
+        for w in result.pop("warnings", None) or []:
+            print(f"slnode {args.command}: warning: {w}", file=sys.stderr)
         summary = result.pop("summary", None)
         if summary:
             print(summary)

@@ -297,9 +297,12 @@ def run(args) -> dict:
     geometry = _geometry(args)
     with tempfile.TemporaryDirectory(prefix="slnode-build-") as tmp:
         build_dir = args.build
+        warnings = []
         if build_dir is None:
             build_dir = Path(tmp)
-            buildmod.build(build_dir, root=args.src, quiet=args.quiet)
+            warnings = buildmod.build(build_dir, root=args.src, quiet=args.quiet).warnings
+        elif "main.py" not in buildmod.load_build(build_dir)["files"]:
+            warnings = [f"build {build_dir} has no main.py: the node will not start by itself"]
         written = []
         if args.csv is not None:
             args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -322,6 +325,7 @@ def run(args) -> dict:
         "fs_offset": f"0x{geometry.offset:x}",
         "fs_size": f"0x{geometry.size:x}",
         "block_size": geometry.block_size,
+        "warnings": warnings,
         "summary": f"wrote {len(written)} image(s) ({geometry.source}, littlefs {geometry.block_count} x "
         f"{geometry.block_size}-byte blocks, flash at 0x{geometry.offset:x}): {', '.join(written)}",
     }
