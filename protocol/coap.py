@@ -384,6 +384,8 @@ def decode(data):
     carrying a request.
     """
     if not isinstance(data, bytes):
+        if not isinstance(data, (bytearray, memoryview)):
+            raise CoAPError("decode needs bytes, not %s" % type(data).__name__)
         data = bytes(data)
     end = len(data)
     if end < 4:

@@ -232,6 +232,15 @@ def test_error_response_with_diagnostic():
     assert len(odd) <= 64 and odd.decode() == "a" + "\u20ac" * 21
 
 
+def test_decode_accepts_buffers_and_rejects_other_types():
+    data = b"\x40\x01\x00\x01"
+    for d in (data, bytearray(data), memoryview(b"xx" + data)[2:]):
+        assert coap.decode(d).code == coap.GET
+    for bad in ("@\x01\x00\x01", None, 5):
+        with pytest.raises(coap.CoAPError):
+            coap.decode(bad)
+
+
 def test_error_carries_mid_for_rst():
     with pytest.raises(coap.CoAPError) as e:
         coap.decode(b"\x42\x01\x12\x34\xab")
