@@ -19,12 +19,16 @@ A descriptor pack (no report) updates the node's metadata and is answered 2.04.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
+
 from protocol import lwm2m
 from protocol.report import parse_send
+from protocol.senml import REL_TIME_LIMIT
 
 from .store import Store, StoreUnavailable
 
@@ -47,6 +51,58 @@ DESCRIPTOR_COLUMNS = {
     _P(lwm2m.OBJ_STREETLIGHT, 0, lwm2m.RES_DEFAULT_LEVEL): ("default_level", int),
     _P(lwm2m.OBJ_DEVICE, 0, lwm2m.RES_TIMEZONE): ("tz", str),
 }
+
+
+# The SPEC §3.1 layout of one report as the node encodes it: (base name or None, name) of
+# its six records, the first carrying the base time.
+_BN_SL = _P(lwm2m.OBJ_STREETLIGHT, 0) + "/"
+_BN_LIGHT = _P(lwm2m.OBJ_LIGHT, 0) + "/"
+_BN_POWER = _P(lwm2m.OBJ_POWER, 0) + "/"
+_LAYOUT = ((_BN_SL, str(lwm2m.RES_SEQ)), (None, str(lwm2m.RES_FAULTS)),
+           (_BN_LIGHT, str(lwm2m.RES_CUMULATIVE_ENERGY)), (None, str(lwm2m.RES_DIMMER)),
+           (None, str(lwm2m.RES_ON_TIME)), (_BN_POWER, str(lwm2m.RES_ACTIVE_POWER)))
+_SEQ_LIMIT = 1 << 63
+
+
+def fast_parse_reports(data: bytes) -> list[dict] | None:
+    """Decode a Send in exactly the node's own layout (six records per report, absolute time)
+    with the C ``cbor2`` decoder; None for anything else, which then goes to the authoritative
+    ``protocol.report.parse_send`` (same result, about 10x slower in pure Python).
+
+    Only values that parse_send would accept are returned; any doubt gives None. Known
+    leniency: cbor2 accepts indefinite-length items and keeps the last of duplicate map keys,
+    which protocol.cbor rejects; neither can change an unambiguous value.
+    """
+    try:
+        recs = cbor2.loads(data)
+    except Exception:
+        return None
+    if type(recs) is not list or not recs or len(recs) % 6:
+        return None
+    out = []
+    isfinite = math.isfinite
+    for i in range(0, len(recs), 6):
+        vals = []
+        for k, (bn, n) in enumerate(_LAYOUT):
+            rec = recs[i + k]
+            if type(rec) is not dict or rec.get(0) != n or rec.get(-2) != bn:
+                return None
+            if len(rec) != (2 if bn is None else 3) + (k == 0):
+                return None
+            v = rec.get(2)
+            if type(v) not in (int, float) or not isfinite(v):
+                return None
+            vals.append(v)
+        t = recs[i].get(-3)
+        seq, faults, wh, level, on_time, w = vals
+        if (type(t) not in (int, float) or not isfinite(t) or t < REL_TIME_LIMIT
+                or type(seq) is not int or not 0 <= seq < _SEQ_LIMIT
+                or type(faults) is not int or not 0 <= faults < _SEQ_LIMIT
+                or wh < 0 or on_time < 0 or not 0 <= level <= 100):
+            return None
+        out.append({"seq": seq, "t": t, "wh": wh, "w": w, "level": level, "on_time": on_time,
+                    "faults": faults, "rel_time": False})
+    return out
 
 
 @dataclass
@@ -111,6 +167,9 @@ class Ingestor:
 
     async def handle_payload(self, endpoint: str, payload: bytes, *, now: float) -> Answer:
         """Parse a Send payload from ``endpoint`` received at ``now`` and store it."""
+        reports = fast_parse_reports(payload)
+        if reports is not None:
+            return await self.handle_reports(endpoint, reports, received_at=now)
         try:
             reports, attrs = parse_send(payload, now)
         except ValueError as e:  # CBORError, SenMLError are ValueErrors

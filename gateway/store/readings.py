@@ -101,36 +101,62 @@ def mark_dirty(conn: sqlite3.Connection, source: str, t_from: float, t_to: float
                  (source, t_from, t_to))
 
 
-def ingest_fn(source: str, rows: list[tuple], kind: str, now: float):
-    """Build the write function that stores validated rows for one source.
+_INSERT = ("INSERT OR IGNORE INTO readings(source, seq, t, wh, w, level, on_time, faults, "
+           "rel_time, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)")
+# Creates the source's row on its first report (nodes get the next Modbus slot) and moves the
+# live columns forward only: a late, older report never overwrites a newer state.
+_LIVE = ("INSERT INTO nodes(id, kind, created_at, modbus_slot, last_report, wh, power_w, level, "
+         "on_time, faults) VALUES (?1, ?2, ?3, CASE WHEN ?2 = 'node' THEN "
+         "(SELECT COALESCE(MAX(modbus_slot), -1) + 1 FROM nodes) END, ?4, ?5, ?6, ?7, ?8, ?9) "
+         "ON CONFLICT(id) DO UPDATE SET last_report = excluded.last_report, wh = excluded.wh, "
+         "power_w = COALESCE(excluded.power_w, power_w), level = COALESCE(excluded.level, level), "
+         "on_time = COALESCE(excluded.on_time, on_time), faults = excluded.faults "
+         "WHERE nodes.last_report IS NULL OR nodes.last_report <= excluded.last_report")
+_DIRTY = ("INSERT INTO dirty(source, t_from, t_to) VALUES (?, ?, ?) ON CONFLICT(source) DO "
+          "UPDATE SET t_from = MIN(t_from, excluded.t_from), t_to = MAX(t_to, excluded.t_to)")
 
-    The function inserts with ``INSERT OR IGNORE`` (a duplicate (source, seq) changes nothing),
-    updates the node's live columns when the newest stored report is newer than what the node
-    row holds, and marks the source dirty for re-aggregation. Returns IngestResult.
+
+class IngestWrite:
+    """One ``ingest_reports`` call as a write function.
+
+    Called alone (``fn(conn)``) it stores its rows; the store's writer also merges all the
+    IngestWrites of a commit group with ``ingest_many`` (one statement for the live columns and
+    one for the dirty marks of the whole group instead of several per call).
     """
 
-    def fn(conn: sqlite3.Connection) -> IngestResult:
-        ensure_source(conn, source, kind, now)
-        stored = 0
-        newest = None
-        t_lo, t_hi = math.inf, -math.inf
-        for row in rows:
-            cur = conn.execute("INSERT OR IGNORE INTO readings(source, seq, t, wh, w, level, "
-                               "on_time, faults, rel_time, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                               (source, *row))
-            if cur.rowcount == 1:
-                stored += 1
-                t = row[1]
-                t_lo, t_hi = min(t_lo, t), max(t_hi, t)
-                if newest is None or t > newest[1]:
-                    newest = row
-        if newest is not None:
-            _seq, t, wh, w, level, on_time, faults, _rel, _recv = newest
-            conn.execute("UPDATE nodes SET last_report = ?, wh = ?, power_w = COALESCE(?, power_w), "
-                         "level = COALESCE(?, level), on_time = COALESCE(?, on_time), faults = ? "
-                         "WHERE id = ? AND (last_report IS NULL OR last_report <= ?)",
-                         (t, wh, w, level, on_time, faults, source, t))
-            mark_dirty(conn, source, t_lo, t_hi)
-        return IngestResult(stored, len(rows) - stored)
+    __slots__ = ("source", "rows", "kind", "now")
 
-    return fn
+    def __init__(self, source: str, rows: list[tuple], kind: str, now: float) -> None:
+        self.source, self.rows, self.kind, self.now = source, rows, kind, now
+
+    def __call__(self, conn: sqlite3.Connection) -> IngestResult:
+        return ingest_many(conn, [self])[0]
+
+
+def ingest_many(conn: sqlite3.Connection, writes: list[IngestWrite]) -> list[IngestResult]:
+    """Store the rows of several ingest calls; INSERT OR IGNORE makes duplicates no-ops.
+
+    Returns one IngestResult per call, in order.
+    """
+    results, live, dirty = [], [], []
+    for w in writes:
+        before = conn.total_changes
+        conn.executemany(_INSERT, [(w.source, *row) for row in w.rows])
+        stored = conn.total_changes - before
+        results.append(IngestResult(stored, len(w.rows) - stored))
+        if stored:
+            # Bounds over the whole pack (a superset of what was new): rebuilding a little more
+            # than needed is harmless.
+            newest = max(w.rows, key=lambda r: r[1])
+            _seq, t, wh, pw, level, on_time, faults, _rel, _recv = newest
+            live.append((w.source, w.kind, w.now, t, wh, pw, level, on_time, faults))
+            dirty.append((w.source, min(r[1] for r in w.rows), t))
+    if live:
+        conn.executemany(_LIVE, live)
+        conn.executemany(_DIRTY, dirty)
+    return results
+
+
+def ingest_fn(source: str, rows: list[tuple], kind: str, now: float) -> IngestWrite:
+    """Build the write function that stores validated rows for one source (see IngestWrite)."""
+    return IngestWrite(source, rows, kind, now)

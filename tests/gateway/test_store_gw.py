@@ -254,3 +254,46 @@ async def test_without_receive_time_absolute_times_are_trusted(store):
     await store.ingest_reports("m", [{"seq": 1, "t": future, "wh": 1.0}], kind="meter")
     assert await store.read(lambda c: c.execute("SELECT t, rel_time FROM readings").fetchone()
                             ) == (future, 0)
+
+
+async def test_ingest_calls_of_one_group_are_merged_with_exact_results(store):
+    gate = threading.Event()
+    await store.ingest_reports("a", reports(5), received_at=T0 + 600)
+    blocker = asyncio.create_task(store.write(lambda c: gate.wait(10)))
+    await asyncio.sleep(0.05)
+    commits0 = store.commits
+    calls = [store.ingest_reports("a", reports(5), received_at=T0 + 600),  # all duplicates
+             store.ingest_reports("a", reports(5, start_seq=4), received_at=T0 + 900),  # 3 new
+             store.ingest_reports("b", reports(7), received_at=T0 + 900),
+             store.ingest_reports("b", reports(2, start_seq=7), received_at=T0 + 900)]
+    tasks = [asyncio.create_task(c) for c in calls]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocker
+    res = await asyncio.gather(*tasks)
+    assert [(r.stored, r.duplicates) for r in res] == [(0, 5), (3, 2), (7, 0), (1, 1)]
+    assert store.commits - commits0 == 2  # the blocker's group, then ONE for the four calls
+    rows = await store.read(lambda c: c.execute(
+        "SELECT id, wh, last_report, modbus_slot FROM nodes ORDER BY id").fetchall())
+    assert rows == [("a", 1008.0, T0 + 7 * 60, 0), ("b", 1008.0, T0 + 7 * 60, 1)]
+
+
+async def test_a_failing_merged_group_fails_every_caller_and_stores_nothing(store):
+    await store.ingest_reports("a", reports(5), received_at=T0 + 600)
+    pages = await store.write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    gate = threading.Event()
+    blocker = asyncio.create_task(store.write(lambda c: gate.wait(10)))
+    await asyncio.sleep(0.05)
+    limit = asyncio.create_task(store.write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}")))
+    tasks = [asyncio.create_task(store.ingest_reports(f"n{i}", reports(300), received_at=T0 + 90_000))
+             for i in range(20)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocker
+    # SQLite rolls the whole transaction back on SQLITE_FULL: the pragma's group-mate fails too
+    # (the pragma itself is not transactional and stays in force)
+    await asyncio.gather(limit, return_exceptions=True)
+    res = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in res), res
+    assert await store.read(lambda c: c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]) == 5
+    await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))

@@ -1,0 +1,354 @@
+"""Durable ingest of /dp reports through aiocoap + the gateway store, against a bare aiocoap
+server that only decodes the payload and answers, measured in the same run.
+
+    .venv/bin/python bench/gateway_ingest.py [--duration 2.5] [--rounds 8] [--commit-interval-ms 5]
+
+Each server runs in its own process (as in the field notes' aiocoap figures); this process is a
+raw-UDP load generator (CoAP datagrams built with protocol/coap.py, 32 requests in flight, one
+endpoint per slot, every request a new report so every one is stored). Figures:
+
+1. live: one report per Send; durable store server vs bare server (ratio; goal >= 90 %).
+   Every acknowledged report is checked to be in the database afterwards, and the store runs
+   WAL with synchronous=FULL.
+2. backlog drain: Sends packed with as many reports as fit 1024 bytes (SPEC §3.2), reports/s
+   against the live message rate (goal >= 10x).
+3. CPU per report: server CPU time (user + sys, getrusage) over the live window / reports,
+   and what 10,000 nodes x 1 report/min costs (share of one core).
+
+Server entry (used by the benchmark itself): ``--serve bare|store --port P --db PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from protocol import coap  # noqa: E402
+from protocol.lwm2m import CF_SENML_CBOR  # noqa: E402
+from protocol.report import encode_reports  # noqa: E402
+
+IN_FLIGHT = 32
+T0 = 1_768_000_000
+
+
+# --- server side ---------------------------------------------------------------------------
+async def serve(mode: str, port: int, db: str, commit_ms: float = 0.0) -> None:
+    import aiocoap
+    import aiocoap.resource
+
+    from gateway.ingest import Ingestor, fast_parse_reports
+    from gateway.store import Store
+    from protocol.report import parse_send
+
+    store = ingestor = None
+    sync = None
+    if mode == "store":
+        store = await Store.open(db, aggregate_interval_s=5.0, commit_interval_ms=commit_ms)
+        ingestor = Ingestor(store)
+        sync = await store.write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+
+    class Dp(aiocoap.resource.Resource):
+        async def render_post(self, request):
+            ep = None
+            for q in request.opt.uri_query:
+                if q.startswith("ep="):
+                    ep = q[3:]
+            now = time.time()
+            if ingestor is None:
+                # decode exactly as the gateway does (fast path, else the protocol parser)
+                if fast_parse_reports(request.payload) is None:
+                    try:
+                        parse_send(request.payload, now)
+                    except ValueError:
+                        return aiocoap.Message(code=aiocoap.BAD_REQUEST)
+                return aiocoap.Message(code=aiocoap.CHANGED)
+            ans = await ingestor.handle_payload(ep, request.payload, now=now)
+            msg = aiocoap.Message(code=aiocoap.numbers.codes.Code(ans.coap_code))
+            if ans.max_age is not None:
+                msg.opt.max_age = ans.max_age
+            return msg
+
+    site = aiocoap.resource.Site()
+    site.add_resource(["dp"], Dp())
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("READY", flush=True)
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if line == "STATS" or not line:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            stats = {"cpu": ru.ru_utime + ru.ru_stime, "sys": ru.ru_stime, "synchronous": sync,
+                     "commits": store.commits if store else 0, "writes": store.writes if store else 0}
+            print(json.dumps(stats), flush=True)
+        if line == "STOP" or not line:
+            break
+    await ctx.shutdown()
+    if store is not None:
+        await store.close()
+    print("STOPPED", flush=True)
+
+
+# --- load generator --------------------------------------------------------------------------
+class Load(asyncio.DatagramProtocol):
+    """32 slots; each slot is one endpoint that sends its next Send when the last is answered."""
+
+    def __init__(self, prefix: str, per_send: int) -> None:
+        self.prefix = prefix
+        self.per_send = per_send
+        self.transport = None
+        self.mid = 0
+        self.pending: dict[int, tuple[int, list[int], bytes, float]] = {}
+        self.seq = [0] * IN_FLIGHT
+        self.acked: list[tuple[str, int]] = []
+        self.reports_acked = 0
+        self.messages_acked = 0
+        self.other_codes: dict[str, int] = {}
+        self.running = True
+        self.separate = 0  # responses that came after an empty ACK
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        for slot in range(IN_FLIGHT):
+            self.send_next(slot)
+
+    def send_next(self, slot: int) -> None:
+        if not self.running:
+            return
+        seqs = []
+        reps = []
+        for _ in range(self.per_send):
+            self.seq[slot] += 1
+            s = self.seq[slot]
+            seqs.append(s)
+            reps.append((s, T0 + 60 * s, 1000 + s, 42.5, 100, 60 * s, 0))
+        payload = encode_reports(reps)
+        assert len(payload) <= 1024, "a pack must fit one datagram (SPEC §3.2)"
+        self.mid = (self.mid + 1) & 0xFFFF
+        m = coap.Message(coap.CON, coap.POST, self.mid, self.mid.to_bytes(2, "big"))
+        m.set_path("/dp")
+        m.add_option(coap.URI_QUERY, f"ep={self.prefix}{slot:03d}")
+        m.add_option(coap.CONTENT_FORMAT, CF_SENML_CBOR)
+        m.payload = payload
+        data = coap.encode(m)
+        self.pending[self.mid] = (slot, seqs, data, time.monotonic())
+        self.transport.sendto(data)
+
+    def datagram_received(self, data, addr) -> None:
+        msg = coap.decode(data)
+        if msg.mtype == coap.ACK and msg.code == coap.EMPTY:
+            # aiocoap acknowledged first and will send the response separately (its answer
+            # took longer than its empty-ACK delay): stop retransmitting, keep waiting.
+            p = self.pending.get(msg.mid)
+            if p is not None:
+                self.pending[msg.mid] = (p[0], p[1], None, p[3])
+            return
+        if msg.mtype == coap.CON:  # a separate response: acknowledge it
+            self.transport.sendto(coap.encode(coap.Message(coap.ACK, coap.EMPTY, msg.mid)))
+        key = int.from_bytes(bytes(msg.token), "big") if msg.token else msg.mid
+        p = self.pending.pop(key, None)
+        if p is None:
+            return
+        self.separate += msg.mtype != coap.ACK
+        slot, seqs, _data, _t = p
+        if msg.code == coap.CHANGED:
+            ep = f"{self.prefix}{slot:03d}"
+            self.acked.extend((ep, s) for s in seqs)
+            self.reports_acked += len(seqs)
+            self.messages_acked += 1
+        else:
+            k = coap.code_str(msg.code)
+            self.other_codes[k] = self.other_codes.get(k, 0) + 1
+        self.send_next(slot)
+
+    def retransmit(self) -> None:
+        now = time.monotonic()
+        for mid, (slot, seqs, data, t) in list(self.pending.items()):
+            if data is not None and now - t > 1.0:
+                self.pending[mid] = (slot, seqs, data, now)
+                self.transport.sendto(data)
+
+
+def free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    def __init__(self, mode: str, db: str, commit_ms: float = 0.0) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", mode,
+                                      "--port", str(self.port), "--db", db,
+                                      "--commit-interval-ms", str(commit_ms)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=ROOT)
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"{mode} server did not start: {line!r}")
+
+    def stats(self) -> dict:
+        self.proc.stdin.write("STATS\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.write("STOP\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def run_load(port: int, prefix: str, per_send: int, duration: float, server: Server) -> dict:
+    loop = asyncio.get_running_loop()
+    load = Load(prefix, per_send)
+    transport, _ = await loop.create_datagram_endpoint(lambda: load, remote_addr=("127.0.0.1", port))
+    try:
+        await asyncio.sleep(min(1.0, duration / 4))  # warm-up
+        r0, m0, s0, c0 = load.reports_acked, load.messages_acked, server.stats(), time.monotonic()
+        end = c0 + duration
+        while time.monotonic() < end:
+            await asyncio.sleep(0.2)
+            load.retransmit()
+        r1, m1, s1, c1 = load.reports_acked, load.messages_acked, server.stats(), time.monotonic()
+        load.running = False
+        t_wait = time.monotonic() + 3
+        while load.pending and time.monotonic() < t_wait:
+            await asyncio.sleep(0.05)
+            load.retransmit()
+    finally:
+        transport.close()
+    wall = c1 - c0
+    reports = r1 - r0
+    cpu = s1["cpu"] - s0["cpu"]
+    return {"reports_per_s": reports / wall, "messages_per_s": (m1 - m0) / wall,
+            "cpu_per_report_ms": 1000 * cpu / max(reports, 1),
+            "cpu_per_message_ms": 1000 * cpu / max(m1 - m0, 1),
+            "sys_per_message_ms": 1000 * (s1["sys"] - s0["sys"]) / max(m1 - m0, 1),
+            "cpu_share": (s1["cpu"] - s0["cpu"]) / wall,
+            "commits": s1["commits"] - s0["commits"], "writes": s1["writes"] - s0["writes"],
+            "acked": load.acked, "other_codes": load.other_codes, "separate": load.separate,
+            "synchronous": s1.get("synchronous")}
+
+
+def verify(db: str, acked: list[tuple[str, int]]) -> tuple[int, int, str]:
+    conn = sqlite3.connect(db)
+    try:
+        stored = set(conn.execute("SELECT source, seq FROM readings"))
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
+    missing = [a for a in acked if a not in stored]
+    return len(acked), len(missing), mode
+
+
+async def bench(duration: float, rounds: int, commit_ms: float) -> None:
+    """Both servers run side by side; the load alternates between them in short slices, so
+    each bare/store pair sees the same background load (this machine is shared)."""
+    tmp = tempfile.mkdtemp(prefix="slgw-bench-")
+    db = os.path.join(tmp, "store.db")
+    bare_srv = Server("bare", os.path.join(tmp, "unused.db"))
+    store_srv = Server("store", db, commit_ms)
+    runs: dict[str, list[dict]] = {"bare": [], "store": [], "backlog": []}
+    acked: list[tuple[str, int]] = []
+    try:
+        for rnd in range(rounds):
+            order = [("bare", bare_srv, 1), ("store", store_srv, 1), ("backlog", store_srv, 10)]
+            if rnd % 2:
+                order = order[1:2] + order[:1] + order[2:]
+            for kind, srv, per in order:
+                r = await run_load(srv.port, f"{kind}{rnd}-", per, duration, srv)
+                runs[kind].append(r)
+                if kind != "bare":
+                    acked += r["acked"]
+                if r["other_codes"]:
+                    print(f"  {kind}: non-2.04 answers {r['other_codes']}")
+            b, st, bl = runs["bare"][-1], runs["store"][-1], runs["backlog"][-1]
+            print(f"slice {rnd + 1}: bare {b['messages_per_s']:.0f} msg/s "
+                  f"({b['cpu_per_message_ms']:.3f} ms CPU/msg), store {st['messages_per_s']:.0f} "
+                  f"msg/s ({st['cpu_per_message_ms']:.3f} ms CPU/msg) = "
+                  f"{100 * st['messages_per_s'] / b['messages_per_s']:.0f} %, backlog "
+                  f"{bl['reports_per_s']:.0f} reports/s ({bl['cpu_per_report_ms']:.3f} ms CPU/report)",
+                  flush=True)
+    finally:
+        bare_srv.stop()
+        store_srv.stop()
+    n, missing, mode = verify(db, acked)
+    sync = {2: "FULL", 3: "EXTRA"}.get(runs["store"][-1]["synchronous"], "NOT FULL")
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[kind])
+
+    ratio = statistics.median(s_["messages_per_s"] / b_["messages_per_s"]
+                              for s_, b_ in zip(runs["store"], runs["bare"], strict=True))
+    b, st = med("bare", "messages_per_s"), med("store", "messages_per_s")
+    bc, sc = med("bare", "cpu_per_message_ms"), med("store", "cpu_per_message_ms")
+    bl, blc = med("backlog", "reports_per_s"), med("backlog", "cpu_per_report_ms")
+    drain = statistics.median(k["reports_per_s"] / s_["messages_per_s"]
+                              for k, s_ in zip(runs["backlog"], runs["store"], strict=True))
+    commits = sum(r["commits"] for r in runs["store"])
+    writes = sum(r["writes"] for r in runs["store"])
+    field_rate = 10_000 / 60
+    print()
+    print(f"live ingest, 1 report per Send, {IN_FLIGHT} in flight, {rounds} alternating slices of "
+          f"{duration:.0f} s (medians), commit_interval_ms={commit_ms:g}:")
+    print(f"  bare aiocoap (decode + answer): {b:7.0f} msg/s, {bc:.3f} ms server CPU/msg")
+    print(f"  aiocoap + durable store:        {st:7.0f} msg/s, {sc:.3f} ms server CPU/msg")
+    print(f"  ratio: {100 * ratio:.0f} % by throughput (median of paired slices), "
+          f"{100 * bc / sc:.0f} % by server CPU cost (goal >= 90 %)")
+    print(f"  group commit: {writes / max(commits, 1):.1f} writes per COMMIT; journal {mode}, "
+          f"synchronous={sync}")
+    print(f"  acknowledged reports checked in the database: {n}, missing: {missing}")
+    print(f"backlog drain, packs of 10 reports: {bl:.0f} reports/s = {drain:.1f}x the live message "
+          f"rate by throughput, {sc / blc:.1f}x by server CPU cost (goal >= 10x)")
+    print(f"CPU per report (server): live {sc:.3f} ms, packed {blc:.3f} ms; 10,000 nodes x 1/min = "
+          f"{field_rate:.0f} reports/s -> {100 * field_rate * sc / 1000:.1f} % of one core here "
+          f"({100 * field_rate * blc / 1000:.1f} % when packed)")
+    if missing:
+        raise SystemExit("FAIL: acknowledged reports missing from the database")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=2.5, help="seconds per slice")
+    ap.add_argument("--rounds", type=int, default=8, help="alternating slices per server")
+    ap.add_argument("--serve", choices=("bare", "store"))
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--db")
+    ap.add_argument("--commit-interval-ms", type=float, default=None,
+                    help="the store's [store] commit_interval_ms")
+    a = ap.parse_args()
+    if a.serve:
+        asyncio.run(serve(a.serve, a.port, a.db, a.commit_interval_ms or 0.0))
+    else:
+        from gateway.config import SCHEMA
+
+        ms = SCHEMA["store"]["commit_interval_ms"][1] if a.commit_interval_ms is None \
+            else a.commit_interval_ms
+        asyncio.run(bench(a.duration, a.rounds, ms))
+
+
+if __name__ == "__main__":
+    main()
