@@ -63,6 +63,7 @@ class MeterPoller:
         self.import_wh: float | None = None
         self.power_w: float | None = None
         self._seq = 0
+        self.bus_time = 0.0           # seconds this meter has held its line, in total
         # stagger first polls over the period, stable per meter name
         self.next_due = time.monotonic() + cfg.period * (zlib.crc32(cfg.name.encode()) % 1000) / 1000
 
@@ -81,6 +82,13 @@ class MeterPoller:
         Returns:
             True on a good poll. Never raises on a device or decoding fault (counted).
         """
+        t0 = time.monotonic()
+        try:
+            return await self._poll()
+        finally:
+            self.bus_time += time.monotonic() - t0
+
+    async def _poll(self) -> bool:
         probing = self.quarantined
         self.counters["polls"] += 1
         if probing:
@@ -159,7 +167,8 @@ class MeterPoller:
             "transport": self.cfg.transport, "bus": self.bus.key, "unit": self.cfg.unit,
             "status": self.status, "import_wh": self.import_wh, "power_w": self.power_w,
             "last_poll": self.last_poll, "last_error": self.last_error,
-            "consecutive_failures": self.failures, "errors": dict(self.counters),
+            "consecutive_failures": self.failures, "bus_time_s": round(self.bus_time, 3),
+            "errors": dict(self.counters),
         }
 
 
