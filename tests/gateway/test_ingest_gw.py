@@ -2,10 +2,12 @@
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.ingest import Ingestor
+from gateway.ingest import Ingestor, fast_parse_reports
 from gateway.store import Store
-from protocol.report import encode_descriptor, encode_reports
+from protocol.report import encode_descriptor, encode_reports, parse_send
 
 NOW = 1_768_000_000.0
 
@@ -108,3 +110,38 @@ async def test_unexpected_failure_is_500():
 
     a = await Ingestor(Broken()).handle_payload("n1", pack([1]), now=NOW)
     assert a.code_str == "5.00"
+
+
+
+report_st = st.tuples(st.integers(0, 2**63 - 1), st.integers(1 << 28, 2**32),
+                      st.integers(0, 2**40), st.floats(-500, 5000, allow_nan=False),
+                      st.integers(0, 100), st.integers(0, 2**40), st.integers(0, 255))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(report_st, min_size=1, max_size=10))
+def test_fast_path_equals_the_protocol_parser(reps):
+    data = encode_reports(reps)
+    fast = fast_parse_reports(data)
+    assert fast is not None
+    assert fast == parse_send(data, NOW)[0]
+
+
+def test_fast_path_declines_what_it_does_not_know():
+    base = [{-2: "/10250/0/", -3: 1_768_000_000, 0: "0", 2: 1}, {0: "1", 2: 0},
+            {-2: "/3311/0/", 0: "5805", 2: 10}, {0: "5851", 2: 50}, {0: "5852", 2: 60},
+            {-2: "/3305/0/", 0: "5800", 2: 12.5}]
+    assert fast_parse_reports(cbor2.dumps(base)) is not None
+    variants = [
+        base[:5],                                              # missing power record
+        [{**base[0], -3: -30}] + base[1:],               # relative time
+        base[:3] + [{0: "5851", 2: 250}] + base[4:],           # level out of range
+        base[:2] + [{0: "5805", 2: 10, -2: "/3305/0/"}] + base[3:],  # energy via 3305
+        [base[1], base[0]] + base[2:],                         # records in another order
+        base[:1] + [{0: "1", 2: True}] + base[2:],             # bool, not a number
+        base[:2] + [{**base[2], 2: float("nan")}] + base[3:],
+        base[:1] + [{0: "1", 2: 0, 6: 5}] + base[2:],          # extra label
+    ]
+    for v in variants:
+        assert fast_parse_reports(cbor2.dumps(v)) is None, v
+    assert fast_parse_reports(b"\xff") is None
