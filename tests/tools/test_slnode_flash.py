@@ -14,7 +14,7 @@ import pytest
 import serial
 from slnode_support import make_firmware, slnode, slnode_json
 
-from tools.slnode import build, flash, partitions, provision
+from tools.slnode import build, flash, mpcopy, partitions, provision
 from tools.slnode.partitions import ImageError
 
 
@@ -228,7 +228,7 @@ def test_mpremote_command_replaces_the_trees(tmp_path):
     (tmp_path / "protocol").mkdir()
     for n in ("main.py", "config.json", "manifest.json"):
         (tmp_path / n).write_text("x")
-    cmd = flash.mpremote_command(
+    cmd = mpcopy.mpremote_command(
         "/dev/ttyACM0", Path(tmp_path), ["firmware/a.mpy", "protocol/b.mpy", "main.py", "config.json", "manifest.json"]
     )
     assert cmd[1:6] == ["-m", "mpremote", "connect", "/dev/ttyACM0", "resume"]
@@ -238,7 +238,7 @@ def test_mpremote_command_replaces_the_trees(tmp_path):
     j = cmd.index("config.json")
     assert cmd[j - 3 : j + 4] == ["+", "fs", "cp", "config.json", "main.py", "manifest.json", ":./"]
     assert cmd[-1] == ":./"
-    verify = flash.mpremote_verify_command("/dev/ttyACM0")
+    verify = mpcopy.mpremote_verify_command("/dev/ttyACM0")
     assert verify[4:7] == ["/dev/ttyACM0", "resume", "exec"] and "hashlib.sha256" in verify[-1]
 
 
