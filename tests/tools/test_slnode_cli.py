@@ -53,3 +53,8 @@ def test_esptool_progress_goes_through_our_logger_and_is_restored():
     finally:
         restore()
     assert EspLog.instance is before
+
+
+def test_emulate_is_dispatched_to_the_firmware_launcher():
+    r = slnode("emulate", "--help")
+    assert r.returncode == 0 and "--gateway" in r.stdout and "--count" in r.stdout
