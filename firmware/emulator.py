@@ -12,7 +12,22 @@ a last truth line is written, and the process exits 0. SIGKILL is a power cut.
 
 Truth lines (``spec["truth"]``), one JSON object per node per report and at exit:
 ``{"id", "t" (simulated Unix s), "wh" (the emulated meter's TRUE cumulative Wh), "level"
-(the lamp's actual level), "w", "seq", "time_valid", "faults", "event"}``.
+(the lamp's actual level), "lamp" (the light the emulated lamp really gives, 0..100, from the
+HAL's physics), "w", "seq", "time_valid", "faults", "event"}``; ``event`` is "boot", "report", "tick" (every
+``truth_period``) or "stop". With ``spec["truth_period"]``
+a line per node is also written every that many simulated seconds (event "tick"), so a test
+can follow levels between reports.
+
+Fault control from outside (the HIL harness): the JSON file ``emulator-control.json`` next to
+the spec file is re-read every 0.2 real s. It holds a list of commands, applied once each in
+order (the writer only appends; the list starts empty at each process start, so the harness
+removes the file before starting the process)::
+
+    [{"id": "lamp-003", "clock_jump": 3600}, {"id": "*", "fail_lamp": true},
+     {"id": "lamp-001", "unplug_meter": true}, {"id": "lamp-002", "net_down": true}]
+
+``clock_jump`` adds seconds to the node's RTC (the truth clock is unaffected); the others flip
+the HAL's fault switches (firmware/hal/emulated.py). ``"id": "*"`` means every node here.
 """
 
 import asyncio
@@ -47,6 +62,7 @@ class Emulator:
             "t": h.sim_unix(),
             "wh": h.truth_wh(),
             "level": node.p.light.actual_level if node.p else 0,
+            "lamp": h.lamp_level(),
             "w": h.power_w(),
             "seq": node.seq,
             "time_valid": node._part_unix() is not None,
@@ -68,8 +84,55 @@ class Emulator:
             if not b:
                 return
 
+    async def truth_ticks(self):
+        """A truth line per node every ``truth_period`` simulated seconds."""
+        period = self.spec.get("truth_period")
+        if not period or not self.nodes or self.truth_file is None:
+            return
+        hal = self.nodes[0].hal
+        while True:
+            await hal.sleep_ms(int(period * 1000))
+            for n in self.nodes:
+                if n.cfg is not None:
+                    self.write_truth(n, "tick")
+
+    async def control(self):
+        """Apply the fault commands of the control file (see the module docstring)."""
+        path = self.spec.get("control")
+        if not path:
+            return
+        applied = 0
+        while True:
+            await asyncio.sleep_ms(200)
+            try:
+                with open(path) as f:
+                    cmds = json.loads(f.read())
+            except (OSError, ValueError):
+                continue  # absent, or being replaced
+            while applied < len(cmds):
+                self.apply(cmds[applied])
+                applied += 1
+
+    def apply(self, cmd):
+        for n in self.nodes:
+            nid = n.cfg["id"] if n.cfg else None
+            if cmd.get("id") not in ("*", nid):
+                continue
+            h = n.hal
+            if "clock_jump" in cmd:
+                h.clock_jump(cmd["clock_jump"])
+            if "fail_lamp" in cmd:
+                h.fail_lamp(bool(cmd["fail_lamp"]))
+            if "unplug_meter" in cmd:
+                h.unplug_meter(bool(cmd["unplug_meter"]))
+            if "net_down" in cmd:
+                h.net_down = bool(cmd["net_down"])
+            print("%s: control %s" % (nid, json.dumps(cmd)))
+
     async def main(self):
         tasks = [asyncio.create_task(n.run()) for n in self.nodes]
+        tasks.append(asyncio.create_task(self.truth_ticks()))
+        tasks.append(asyncio.create_task(self.control()))
         await self.watch_stdin()
         for n in self.nodes:
             n.stop()
@@ -91,6 +154,9 @@ def _logger(nid):
 def main():
     with open(sys.argv[1]) as f:
         spec = json.loads(f.read())
+    if "control" not in spec:
+        d = sys.argv[1].rsplit("/", 1)[0] if "/" in sys.argv[1] else "."
+        spec["control"] = d + "/emulator-control.json"
     em = Emulator(spec)
     asyncio.run(em.main())
     print("emulator: stopped cleanly")
