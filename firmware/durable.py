@@ -95,6 +95,7 @@ class Record:
     def load(self):
         """Return the newest valid data (bytes), or None if no valid copy exists."""
         best = None
+        best_suffix = ""
         self.corrupt = 0
         self._main_ok = False
         for suffix in ("", ".tmp", ".bak"):
@@ -109,10 +110,20 @@ class Record:
                 self._main_ok = True
             if best is None or rec[0] > best[0]:
                 best = rec
+                best_suffix = suffix
         self.recovered = self.corrupt > 0
         if best is None:
             return None
         self.gen = best[0]
+        if best_suffix == ".tmp":
+            # a cut between the two renames: finish the save, so the next one starts clean
+            if self._main_ok:
+                _remove(self.path + ".bak")
+                os.rename(self.path, self.path + ".bak")
+            else:
+                _remove(self.path)
+            os.rename(self.path + ".tmp", self.path)
+            self._main_ok = True
         return best[1]
 
     def save(self, data):

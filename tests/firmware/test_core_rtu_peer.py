@@ -26,9 +26,9 @@ def group(tmp_path):
         g.stop_all()
 
 
-def _poll(tmp_path, bus, baud, polls):
+def _poll(tmp_path, bus, baud, polls, unplug_at=-1):
     flash = tmp_path / "flash"
-    r = subprocess.run([MICROPYTHON, CLIENT, str(flash), bus, str(baud), str(polls)], env=mp_env(),
+    r = subprocess.run([MICROPYTHON, CLIENT, str(flash), bus, str(baud), str(polls), str(unplug_at)], env=mp_env(),
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
@@ -72,3 +72,12 @@ def test_sdm120_exception_answer(tmp_path, group):
     line = start_rtu_line(group, tmp_path, baud=19200, model="sdm120", units="1", control=control)
     out = _poll(tmp_path, line.bus, 19200, 1)
     assert not out[0]["ok"] and "exception 4" in out[0]["last_error"]
+
+
+def test_emulated_hal_unplug_switch_silences_the_line(tmp_path, group):
+    line = start_rtu_line(group, tmp_path, baud=19200, model="sdm120", units="1", load_w=20.0,
+                          extra=["--energy-kwh", "7.0"])
+    out = _poll(tmp_path, line.bus, 19200, 3, unplug_at=1)
+    assert out[0]["ok"] and 7000 <= out[0]["wh"] <= 7001
+    assert not out[1]["ok"] and not out[2]["ok"]
+    assert out[2]["wh"] == out[0]["wh"]  # the last good reading is held, nothing invented

@@ -73,7 +73,13 @@ def test_torn_tmp_is_ignored_and_complete_tmp_wins():
     # cut after the tmp was complete and the main copy had been rotated away
     os.rename(D + "/r3", D + "/r3.bak")
     _write(D + "/r3.tmp", full)
-    assert Record(D + "/r3").load() == b"B" * 50
+    r3 = Record(D + "/r3")
+    assert r3.load() == b"B" * 50
+    # the interrupted save was completed: the new copy is the main one, the old one the .bak
+    assert not _exists(D + "/r3.tmp") and decode(_read(D + "/r3"))[1] == b"B" * 50
+    assert decode(_read(D + "/r3.bak"))[1] == b"A" * 50
+    r3.save(b"C")
+    assert Record(D + "/r3").load() == b"C" and decode(_read(D + "/r3.bak"))[1] == b"B" * 50
 
 
 def test_truncated_main_every_length():
