@@ -1,4 +1,4 @@
-"""Runs the firmware-core MicroPython test scripts (tests/firmware/mp_core/test_*.py) under the
+"""Runs the firmware-core MicroPython test scripts (tests/firmware/mp_core/check_*.py) under the
 real `micropython`; each script prints PASS/FAIL per test and exits non-zero on any failure."""
 
 import glob
@@ -7,7 +7,7 @@ import os
 import pytest
 from core_support import MP_CORE, check_mp
 
-SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(MP_CORE, "test_*.py")))
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(MP_CORE, "check_*.py")))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -18,4 +18,4 @@ def test_mp_script(script, tmp_path):
 
 
 def test_scripts_found():
-    assert {"test_light.py", "test_durable.py", "test_outbox.py"} <= set(SCRIPTS)
+    assert {"check_light.py", "check_durable.py", "check_outbox.py"} <= set(SCRIPTS)
