@@ -386,3 +386,59 @@ def test_esptool_failed_verification_is_reported_and_no_reset(tmp_path, fs_image
     with pytest.raises(flash.FlashError, match="verification failed on /dev/ttyUSB0"):
         flash.flash_esptool(flash.plan(make_firmware(tmp_path, "esp32"), fs_image), "/dev/ttyUSB0", quiet=True)
     assert "reset_chip" not in _names(esptool_api)
+
+
+# --- the real esptool against a simulated ESP32 loader (tests/tools/esp_rom_sim.py) -----------
+
+
+@pytest.fixture
+def sim_board():
+    from esp_rom_sim import Esp32Sim
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    sim = Esp32Sim(master).start()
+    try:
+        yield os.ttyname(slave), sim
+    finally:
+        sim.stop()
+        os.close(master)
+        os.close(slave)
+
+
+def test_cli_flash_through_esptool_lands_at_the_offsets_and_mounts(tmp_path, fs_image, sim_board):
+    """`slnode flash` drives the real esptool (stub upload, compressed write, MD5 checks, reset)
+    against the simulated loader; the bytes at 0x200000 of its flash mount in MicroPython."""
+    from slnode_support import mount_in_micropython
+
+    port, sim = sim_board
+    fw = make_firmware(tmp_path, "esp32")
+    code, res = slnode_json("flash", "--port", port, "--firmware", str(fw), "--image", str(fs_image),
+                            "--connect-attempts", "1")
+    assert code == 0, res
+    assert res["chip"] == "esp32" and res["flash_size"] == "4MB"
+    assert bytes(sim.flash[0x1000 : 0x1000 + fw.stat().st_size]) == fw.read_bytes()
+    vfs = bytes(sim.flash[0x200000:0x400000])
+    assert vfs == fs_image.read_bytes()
+    assert 0x13 in sim.commands  # MD5 of the written regions was asked for (verification)
+    part = tmp_path / "vfs.bin"
+    part.write_bytes(vfs)
+    rep = mount_in_micropython(part, tmp_path)
+    assert rep["config"]["id"] == "lamp-1" and rep["errors"] == []
+
+
+def test_corrupted_write_is_caught_by_verification(tmp_path, fs_image, sim_board):
+    port, sim = sim_board
+    sim.corrupt = True
+    code, res = slnode_json("flash", "--port", port, "--firmware", str(make_firmware(tmp_path, "esp32")),
+                            "--connect-attempts", "1")
+    assert code == 3 and res["error"].startswith(f"verification failed on {port}")
+
+
+def test_wrong_chip_on_the_simulated_board_writes_nothing(tmp_path, fs_image, sim_board):
+    port, sim = sim_board
+    code, res = slnode_json("flash", "--port", port, "--firmware", str(make_firmware(tmp_path, "esp32s3")),
+                            "--image", str(fs_image), "--connect-attempts", "1")
+    assert code == 3 and res["error"].startswith(f"wrong chip: the board on {port} is an ESP32 but the firmware is for esp32s3")
+    assert sim.flash == bytearray(b"\xff" * len(sim.flash))
