@@ -25,7 +25,7 @@ rebuilt from the store when a request arrives and the image is older than ``refr
 (default 1 s), so an idle bridge costs nothing and a busy SCADA costs one query per second.
 
 Writes: only when ``writable = true``. Holding register ``100 + 10*slot`` (function 06, or
-16 with one or more such registers) takes a level 0..100 as an unsigned integer and queues a
+16 writing that one register) takes a level 0..100 as an unsigned integer and queues a
 ``level`` command for that node through the same command queue as the CLI
 (``submit_command``); reading it back (function 03) gives the level the node last
 reported, which changes once the node has applied the command (the write queues a

@@ -63,7 +63,7 @@ class Bus:
         self.silence = silence
         self.char_time = char_bits(bytesize, parity, stopbits) / baudrate if transport == "rtu" else 0.0
         self._quiet_since = 0.0
-        self._rx: list[bytes] = []
+        self._rx = b""  # the receive buffer as the framer last saw it, this attempt
         self._silent = 0  # consecutive timeouts on the line
         self.connects = 0
         trace = self._trace_packet
@@ -87,7 +87,7 @@ class Bus:
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         if not sending:
-            self._rx.append(bytes(data))
+            self._rx = data  # pymodbus passes its whole accumulated buffer each time
         return data
 
     async def _connect(self) -> None:
@@ -130,7 +130,7 @@ class Bus:
         return (8 + 5 + 2 * count) * self.char_time
 
     def _classify(self, unit: int, function: int) -> tuple[str, str]:
-        data = b"".join(self._rx[-1:])  # the receive buffer as last seen by the framer
+        data = self._rx
         if not data:
             return "timeout", "no answer"
         if self.transport == "rtu" and len(data) >= 4 and data[0] == unit and data[1] & 0x7F == function:
@@ -171,7 +171,7 @@ class Bus:
                        values: list[int] | None) -> list[int]:
         await self._connect()
         await self._wait_silence()
-        self._rx.clear()
+        self._rx = b""
         wire = self.rtu_wire_time(count if values is None else len(values), values is not None)
         self._set_timeout(timeout + wire)
         c = self.client

@@ -5,7 +5,7 @@ Owns ``MeterPoller`` (one meter: its plan, state, counters, quarantine) and ``Li
 
 - One task per line, not per meter: an RS-485 bus is half duplex, so meters on it are
   polled one after another in order of their due time; polls are never fired at the same
-  instant (field-notes §7). Meters start staggered over their first period.
+  instant (field-notes §7). First polls are staggered over at most one second.
 - A poll reads every planned request of the profile (``planner.plan``); it succeeds only
   if all reads do, so a reading is always consistent.
 - A failed poll (after the meter's retries) puts the meter in quarantine: it is probed
@@ -64,8 +64,9 @@ class MeterPoller:
         self.power_w: float | None = None
         self._seq = 0
         self.bus_time = 0.0           # seconds this meter has held its line, in total
-        # stagger first polls over the period, stable per meter name
-        self.next_due = time.monotonic() + cfg.period * (zlib.crc32(cfg.name.encode()) % 1000) / 1000
+        # stagger first polls (stable per name) over at most a second: the line scheduler
+        # already serialises a bus, and a 15-min period must not mean 15 min without data
+        self.next_due = time.monotonic() + min(cfg.period, 1.0) * (zlib.crc32(cfg.name.encode()) % 1000) / 1000
 
     @property
     def quarantined(self) -> bool:

@@ -116,8 +116,6 @@ def _per_phase(name: str, vals: dict[str, float], phases: int) -> float:
     share = 1.0 / phases
     if n.startswith("voltage"):
         return vals["voltage_v"]
-    if n.startswith("current_avg"):
-        return vals["current_a"] * share
     if n.startswith("current"):
         return vals["current_a"] * share
     if n.startswith("power_factor"):
