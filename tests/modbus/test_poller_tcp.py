@@ -171,3 +171,23 @@ async def test_tcp_garbage_and_exceptions_are_counted_never_fatal(procs, tmp_pat
         assert p["good"].counters["timeout"] == p["good"].counters["garbage"] == 0
     finally:
         await h.stop()
+
+
+async def test_a_failing_store_never_stops_polling(procs, tmp_path, caplog):
+    _, port = start_tcp_meter(procs, "sdm630")
+    calls = []
+
+    async def sink(m, r):
+        calls.append(r["seq"])
+        if len(calls) <= 3:
+            raise RuntimeError("disk full")
+
+    h = await start_modbus(cfg(tmp_path, [meter("m", port)]), None, None, sink=sink)
+    try:
+        p = h.pollers[0]
+        await wait_until(lambda: len(calls) >= 6, 10, "polls after the store failures")
+        assert p.counters["sink_errors"] == 3 and p.status == "ok"
+        assert "storing the reading failed" in caplog.text and "disk full" in caplog.text
+        assert calls == sorted(set(calls))              # seq still strictly increasing
+    finally:
+        await h.stop()
