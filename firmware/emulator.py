@@ -131,6 +131,10 @@ class Emulator:
 
     async def main(self):
         tasks = [asyncio.create_task(n.run()) for n in self.nodes]
+        await asyncio.sleep_ms(0)  # let every node boot (Node.run boots synchronously first)
+        for n in self.nodes:
+            if n.cfg is not None:
+                self.write_truth(n, "boot")
         tasks.append(asyncio.create_task(self.truth_ticks()))
         tasks.append(asyncio.create_task(self.control()))
         await self.watch_stdin()

@@ -140,6 +140,10 @@ class Node:
     def take_report(self):
         """Take one report (SPEC §3.1) into the outbox. Returns the report tuple."""
         self.check_faults()
+        # The energy a report carries is persisted first: after a power cut the counter
+        # resumes at or above every value already reported, so the reported energy never
+        # decreases (at most one counters write per report period on top of the meter's own).
+        self._part_persist_energy()
         seq = self._part_next_seq()
         now = self._part_unix()
         t = int(now) if now is not None else -max(1, int(self._part_mono()))
@@ -539,6 +543,10 @@ class Node:
 
     def _part_power(self):
         return self.p.meter.power_w()
+
+    def _part_persist_energy(self):
+        self.p.counters.set("on_s", self.p.light.on_time_s())
+        self.p.meter.flush()
 
     def _part_meter_ok(self):
         return self.p.meter.ok()
