@@ -101,3 +101,23 @@ async def test_rtu_bad_neighbours_are_counted_and_do_not_stall_the_healthy_meter
         await wait_until(lambda: all(p[n].status == "ok" for n in names), 10, "every meter recovered")
     finally:
         await h.stop()
+
+
+async def test_serial_adapter_unplugged_and_plugged_back_is_reopened(procs, tmp_path):
+    line = start_rtu_line(procs, tmp_path, baud=19200, model="sdm120")
+    h = await start_modbus(cfg(tmp_path, [rtu_meter("m", line.bus, 1, profile="eastron-sdm120", baudrate=19200,
+                                                     backoff_max="0.5s")]), None, None,
+                           sink=lambda m, r: asyncio.sleep(0))
+    try:
+        p = h.pollers[0]
+        await wait_until(lambda: p.counters["ok"] >= 3, 15, "first polls")
+        line.meter.terminate()
+        line.socat.terminate()                       # the USB adapter is gone: so is the device node
+        await wait_until(lambda: p.quarantined and p.counters["connection"] + p.counters["timeout"] >= 2,
+                         10, "the loss noticed")
+        start_rtu_line(procs, tmp_path, name="rtu", baud=19200, model="sdm120")  # plugged back
+        ok = p.counters["ok"]
+        await wait_until(lambda: p.status == "ok" and p.counters["ok"] >= ok + 3, 15, "the port reopened")
+        assert h.lines[0].bus.connects >= 2
+    finally:
+        await h.stop()
