@@ -5,10 +5,9 @@ dead one and ones that answer with CRC errors, garbage or exceptions."""
 from __future__ import annotations
 
 import asyncio
-import time
-from types import SimpleNamespace
 
 import pytest
+from modbus_helpers import gw_config, wait_until
 
 from gateway.energy.query import energy
 from gateway.modbus.service import start_modbus
@@ -17,23 +16,9 @@ from tools.meters.harness import start_rtu_line
 from tools.meters.model import write_control
 
 
-def cfg(tmp_path, meters):
-    return SimpleNamespace(source=str(tmp_path / "gateway.toml"), modbus_raw={"meters": meters},
-                           modbus_server_raw={})
-
-
 def rtu_meter(name, device, unit, **kw):
     return {"name": name, "profile": "eastron-sdm630", "transport": "rtu", "device": device,
             "baudrate": 9600, "unit": unit, "period": "0.1s", "timeout": "0.15s", "backoff_max": "1s", **kw}
-
-
-async def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_rtu_sdm630_reading_lands_in_store_and_energy(procs, tmp_path):
@@ -41,7 +26,7 @@ async def test_rtu_sdm630_reading_lands_in_store_and_energy(procs, tmp_path):
                           extra=["--energy-kwh", "42"])
     store = await Store.open(str(tmp_path / "slgw.db"))
     try:
-        h = await start_modbus(cfg(tmp_path, [rtu_meter("cab-B", line.bus, 1, cabinet="B")]), store, None)
+        h = await start_modbus(gw_config(tmp_path, [rtu_meter("cab-B", line.bus, 1, cabinet="B")]), store, None)
         try:
             p = h.pollers[0]
             await wait_until(lambda: p.counters["ok"] >= 8, 20, "8 good polls over RTU")
@@ -73,7 +58,7 @@ async def test_rtu_bad_neighbours_are_counted_and_do_not_stall_the_healthy_meter
     names = ["good", "crc", "noise", "failing", "dead"]
     meters = [rtu_meter(n, line.bus, u + 1, profile="eastron-sdm120", baudrate=19200, backoff_max="1.6s")
               for u, n in enumerate(names)]
-    h = await start_modbus(cfg(tmp_path, meters), None, None, sink=lambda m, r: asyncio.sleep(0))
+    h = await start_modbus(gw_config(tmp_path, meters), None, None, sink=lambda m, r: asyncio.sleep(0))
     try:
         p = {q.cfg.name: q for q in h.pollers}
         await wait_until(lambda: all(p[n].quarantined for n in names[1:]) and p["crc"].counters["crc"] >= 2
@@ -105,7 +90,7 @@ async def test_rtu_bad_neighbours_are_counted_and_do_not_stall_the_healthy_meter
 
 async def test_serial_adapter_unplugged_and_plugged_back_is_reopened(procs, tmp_path):
     line = start_rtu_line(procs, tmp_path, baud=19200, model="sdm120")
-    h = await start_modbus(cfg(tmp_path, [rtu_meter("m", line.bus, 1, profile="eastron-sdm120", baudrate=19200,
+    h = await start_modbus(gw_config(tmp_path, [rtu_meter("m", line.bus, 1, profile="eastron-sdm120", baudrate=19200,
                                                      backoff_max="0.5s")]), None, None,
                            sink=lambda m, r: asyncio.sleep(0))
     try:

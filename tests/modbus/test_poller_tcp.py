@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from types import SimpleNamespace
 
 import pytest
+from modbus_helpers import gw_config, wait_until
 
 from gateway.energy.query import circuit_check, energy
 from gateway.modbus.service import start_modbus
@@ -18,23 +18,9 @@ from tools.meters.harness import start_tcp_meter
 from tools.meters.model import write_control
 
 
-def cfg(tmp_path, meters, server=None):
-    return SimpleNamespace(source=str(tmp_path / "gateway.toml"), modbus_raw={"meters": meters},
-                           modbus_server_raw=server or {})
-
-
 def meter(name, port, unit=1, **kw):
     return {"name": name, "profile": "eastron-sdm630", "transport": "tcp", "host": "127.0.0.1",
             "port": port, "unit": unit, "period": "0.1s", "timeout": "0.3s", "backoff_max": "0.8s", **kw}
-
-
-async def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def by_name(handle):
@@ -48,7 +34,7 @@ async def test_tcp_meter_energy_lands_in_store_energy_and_circuit_check(procs, t
                               extra=["--energy-kwh", "1000"], state=state)
     store = await Store.open(str(tmp_path / "slgw.db"))
     try:
-        h = await start_modbus(cfg(tmp_path, [meter("cab-A", port, cabinet="A", period="0.2s")]), store, None)
+        h = await start_modbus(gw_config(tmp_path, [meter("cab-A", port, cabinet="A", period="0.2s")]), store, None)
         t0 = time.time()
         try:
             await wait_until(lambda: h.pollers[0].counters["ok"] >= 12, 15, "12 good polls")
@@ -92,7 +78,7 @@ async def test_unplugged_meter_is_quarantined_recovered_and_never_stalls_the_oth
     async def sink(m, r):
         got.append((m.name, r["seq"]))
 
-    h = await start_modbus(cfg(tmp_path, [meter("healthy", port, 1), meter("flaky", port, 2)]), None, None, sink=sink)
+    h = await start_modbus(gw_config(tmp_path, [meter("healthy", port, 1), meter("flaky", port, 2)]), None, None, sink=sink)
     try:
         p = by_name(h)
         await wait_until(lambda: p["flaky"].counters["ok"] >= 3 and p["healthy"].counters["ok"] >= 3, 10, "first polls")
@@ -123,7 +109,7 @@ async def test_unplugged_meter_is_quarantined_recovered_and_never_stalls_the_oth
 async def test_tcp_peer_power_cycle_is_reconnected(procs, tmp_path):
     state = tmp_path / "state.json"
     proc, port = start_tcp_meter(procs, "sdm630-a", load_w=2000, speed=100, state=state)
-    h = await start_modbus(cfg(tmp_path, [meter("m", port)]), None, None, sink=lambda m, r: asyncio.sleep(0))
+    h = await start_modbus(gw_config(tmp_path, [meter("m", port)]), None, None, sink=lambda m, r: asyncio.sleep(0))
     try:
         p = h.pollers[0]
         await wait_until(lambda: p.counters["ok"] >= 3, 10, "first polls")
@@ -157,7 +143,7 @@ async def test_tcp_garbage_and_exceptions_are_counted_never_fatal(procs, tmp_pat
                    '[[registers]]\nname = "x"\naddress = 0x5E\ntype = "float32"\n')
     meters = [meter("good", port, 1), meter("noise", port, 2), meter("failing", port, 3),
               meter("too-big", port, 4, profile=str(big))]
-    h = await start_modbus(cfg(tmp_path, meters), None, None, sink=lambda m, r: asyncio.sleep(0))
+    h = await start_modbus(gw_config(tmp_path, meters), None, None, sink=lambda m, r: asyncio.sleep(0))
     try:
         p = by_name(h)
         await wait_until(lambda: p["noise"].counters["garbage"] >= 2 and p["failing"].counters["exception"] >= 2
@@ -182,7 +168,7 @@ async def test_a_failing_store_never_stops_polling(procs, tmp_path, caplog):
         if len(calls) <= 3:
             raise RuntimeError("disk full")
 
-    h = await start_modbus(cfg(tmp_path, [meter("m", port)]), None, None, sink=sink)
+    h = await start_modbus(gw_config(tmp_path, [meter("m", port)]), None, None, sink=sink)
     try:
         p = h.pollers[0]
         await wait_until(lambda: len(calls) >= 6, 10, "polls after the store failures")
