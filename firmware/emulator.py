@@ -47,8 +47,11 @@ class Emulator:
             self.truth_file = open(spec["truth"], "a")
         for n in spec["nodes"]:
             hal, factory = make_emulated(n["flash"], n["id"], spec, n.get("truth_wh", 0.0))
+            ov = {"id": n["id"], "gateway": spec["gateway"]}
+            if spec.get("report_period"):
+                ov["report_period"] = spec["report_period"]
             node = Node(hal, factory, ack_timeout_ms=spec.get("ack_timeout_ms") or 2000, port=n.get("port") or 0,
-                        log=_logger(n["id"]))
+                        log=_logger(n["id"]), overrides=ov)
             node.truth = self.write_truth
             self.nodes.append(node)
 

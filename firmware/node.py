@@ -57,9 +57,11 @@ OBJECT_LINKS = "</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</10250/0>"
 class Node:
     """One emulated or real luminaire controller. ``parts`` is built by main.py/emulator.py."""
 
-    def __init__(self, hal, make_parts, ack_timeout_ms=coap.ACK_TIMEOUT_MS, port=0, log=None):
+    def __init__(self, hal, make_parts, ack_timeout_ms=coap.ACK_TIMEOUT_MS, port=0, log=None, overrides=None):
         """``make_parts(hal, cfg, log)`` builds the firmware-core parts once the config is
-        known (firmware/parts.py); ``port`` 0 binds an ephemeral UDP port."""
+        known (firmware/parts.py); ``port`` 0 binds an ephemeral UDP port; ``overrides``
+        (the emulator's id and gateway) win over config.json, even a corrupt one."""
+        self.overrides = overrides
         self.hal = hal
         self.make_parts = make_parts
         self.p = None
@@ -78,7 +80,6 @@ class Node:
         self.registered = False
         self.reboot_at = None
         self.identify_until = 0
-        self.level_changed_at = 0
         self.wake = asyncio.Event()
         self.retry_at = 0  # monotonic (real, ms) before which no Send (5.03 Max-Age)
         self.single = False
@@ -96,12 +97,14 @@ class Node:
         if errs:
             self.log("config: " + "; ".join(errs) + " -- using safe defaults for those fields")
             self.faults |= FAULT_CONFIG_ERROR
+        if self.overrides:
+            cfg.update(self.overrides)
         if not cfg["id"]:
             cfg["id"] = self._part_uid()
         self._part_boot()
         self.faults |= FAULT_SUPPLY_LOSS  # reported once (first report after boot)
         self.first_seq = self._part_peek_seq()
-        self.apply_level()
+        self.apply_level(instant=True)  # power-on: straight to the level wanted now, no fade
 
     # -- levels ---------------------------------------------------------------------------
     def wanted_level(self):
@@ -115,13 +118,14 @@ class Node:
         lvl = self._part_schedule_level(now)
         return self.cfg["default_level"] if lvl is None else lvl
 
-    def apply_level(self):
+    def apply_level(self, instant=False):
         lvl = self.wanted_level()
         if self.identify_until and self._part_mono() < self.identify_until:
             return
-        if lvl != self._part_target_level():
+        if instant:
+            self.p.light.apply_now(lvl)
+        elif lvl != self._part_target_level():
             self._part_set_level(lvl)
-            self.level_changed_at = self._part_mono()
 
     def check_faults(self):
         """Recompute fault flags from the meter and the level (SPEC §7)."""
