@@ -123,10 +123,8 @@ class Bus:
         # comm_params on every attempt, so a per-device timeout is a per-request setting.
         self.client.ctx.comm_params.timeout_connect = timeout
 
-    def rtu_wire_time(self, count: int, write: bool = False) -> float:
-        """Time on the wire of one read (or write) of `count` registers and its answer."""
-        if write:
-            return (9 + 2 * count + 8) * self.char_time
+    def rtu_wire_time(self, count: int) -> float:
+        """Time on the wire of one read of `count` registers and its answer."""
         return (8 + 5 + 2 * count) * self.char_time
 
     def _classify(self, unit: int, function: int) -> tuple[str, str]:
@@ -145,13 +143,11 @@ class Bus:
             await asyncio.sleep(wait)
 
     async def execute(self, unit: int, function: int, address: int, count: int, *,
-                      timeout: float, retries: int = 0, values: list[int] | None = None) -> list[int]:
-        """Run one request under the line's lock and return the registers.
-
-        ``function`` 3 or 4 reads ``count`` registers; 6 or 16 writes ``values``.
+                      timeout: float, retries: int = 0) -> list[int]:
+        """Read ``count`` registers (function 3 holding, 4 input) under the line's lock.
 
         Returns:
-            The registers read (for writes, the values written).
+            The registers read.
         Raises:
             BusError: after the last attempt, with the kind of the last failure.
         """
@@ -159,7 +155,7 @@ class Bus:
             last: BusError | None = None
             for _attempt in range(retries + 1):
                 try:
-                    return await self._attempt(unit, function, address, count, timeout, values)
+                    return await self._attempt(unit, function, address, count, timeout)
                 except BusError as exc:
                     last = exc
                     if exc.kind in ("exception", "connection"):
@@ -167,25 +163,14 @@ class Bus:
             assert last is not None
             raise last
 
-    async def _attempt(self, unit: int, function: int, address: int, count: int, timeout: float,
-                       values: list[int] | None) -> list[int]:
+    async def _attempt(self, unit: int, function: int, address: int, count: int, timeout: float) -> list[int]:
         await self._connect()
         await self._wait_silence()
         self._rx = b""
-        wire = self.rtu_wire_time(count if values is None else len(values), values is not None)
-        self._set_timeout(timeout + wire)
-        c = self.client
+        self._set_timeout(timeout + self.rtu_wire_time(count))
+        read = self.client.read_input_registers if function == 4 else self.client.read_holding_registers
         try:
-            if function == 4:
-                rr = await c.read_input_registers(address, count=count, device_id=unit)
-            elif function == 3:
-                rr = await c.read_holding_registers(address, count=count, device_id=unit)
-            elif function == 6:
-                rr = await c.write_register(address, values[0], device_id=unit)
-            elif function == 16:
-                rr = await c.write_registers(address, values, device_id=unit)
-            else:
-                raise BusError("exception", f"function {function} not supported", 1)
+            rr = await read(address, count=count, device_id=unit)
         except ConnectionException as exc:
             self.close()
             raise BusError("connection", f"{self.key}: {exc}") from exc
@@ -205,10 +190,8 @@ class Bus:
             code = getattr(rr, "exception_code", None)
             raise BusError("exception", f"{self.key} unit {unit} fc {function} @{address}+{count}: "
                            f"Modbus exception {code}", code)
-        if function in (3, 4):
-            regs = list(rr.registers)
-            if len(regs) != count:
-                raise BusError("garbage", f"{self.key} unit {unit}: asked {count} registers, got {len(regs)}")
-            return regs
-        return list(values or [])
+        regs = list(rr.registers)
+        if len(regs) != count:
+            raise BusError("garbage", f"{self.key} unit {unit}: asked {count} registers, got {len(regs)}")
+        return regs
 
