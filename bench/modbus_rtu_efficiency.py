@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 
-from _modbus_common import config, noop_sink, poll_wire_time, process_group, quiet, wait_for
 from pymodbus.client import AsyncModbusSerialClient
 
-from gateway.modbus.planner import plan
-from gateway.modbus.profiles import load_profile
-from gateway.modbus.service import start_modbus
-from tools.meters.harness import start_rtu_line
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._modbus_common import config, noop_sink, poll_wire_time, process_group, quiet, wait_for  # noqa: E402
+from gateway.modbus.planner import plan  # noqa: E402
+from gateway.modbus.profiles import load_profile  # noqa: E402
+from gateway.modbus.service import start_modbus  # noqa: E402
+from tools.meters.harness import start_rtu_line  # noqa: E402
 
 BAUD = 9600
 WINDOW = 8.0
