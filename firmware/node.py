@@ -349,17 +349,22 @@ class Node:
 
     async def net_loop(self):
         c = self.cfg
-        host, port = config_mod.parse_gateway(c["gateway"]) if c["gateway"] else (None, None)
-        if host is None:
+        if not c["gateway"]:
             self.log("no gateway configured: running the schedule alone")
             return
         await self._part_sleep(self._rand01() * c["jitter"])
         backoff = 15 * self.ack_timeout_ms / 1000
         while not self.stopping:
+            if not self.hal.net_ok():  # no link (Wi-Fi down): keep the reports, retry later
+                self.hal.net_connect()
+                self.peer = None
+                await asyncio.sleep(backoff)
+                continue
             if self.peer is None:
                 try:
+                    host, port = config_mod.parse_gateway(c["gateway"])
                     self.peer = Endpoint.resolve(host, port)
-                except OSError:
+                except (OSError, ValueError):
                     await asyncio.sleep(backoff)
                     continue
             ok = True
@@ -445,6 +450,14 @@ class Node:
         finally:
             net.cancel()
             self.ep.close()
+
+    def set_gateway(self, uri):
+        """Switch to another gateway now (console ``gateway`` command); registers again."""
+        self.cfg["gateway"] = uri
+        self.registered = False
+        self.peer = None
+        self.gateway_changed = True
+        self.wake.set()
 
     def stop(self):
         """Persist what must survive and stop the loops (a clean shutdown)."""

@@ -1,0 +1,71 @@
+"""ESP32 entry point: build the ESP32 HAL from config.json and run one Node (plus the
+diagnostic console on the USB/UART REPL).
+
+On the device ``boot.py`` (or the frozen ``main``) does ``import firmware.main`` and calls
+``firmware.main.main()``. Nothing runs at import time. The node never returns: a requested
+reboot goes through ``hal.reset()`` (``machine.reset()`` inside firmware/hal/esp32.py, the only
+module allowed to touch ``machine``); an unexpected exception is printed and the node is
+rebuilt after 5 s, with the lamp left at the level it had (the watchdog, started by the node,
+resets the board if even that loop hangs).
+"""
+
+import asyncio
+import sys
+
+from firmware import config as config_mod
+from firmware.node import Node
+from firmware.parts import Parts
+
+CONFIG_PATH = "/config.json"
+WATCHDOG_MS = 60000
+
+
+def build_hal(cfg):
+    """The ESP32 HAL with the pins/meter/Wi-Fi settings of ``cfg`` (a validated config)."""
+    from firmware.hal.esp32 import Esp32Hal
+
+    m = cfg["meter"]
+    return Esp32Hal(
+        pulses_per_kwh=m["pulses_per_kwh"],
+        uart_id=m["uart"] or 2,
+        wifi_ssid=cfg["wifi_ssid"] or None,
+        wifi_key=cfg["wifi_password"] or None,
+        flash_root="/",
+    )
+
+
+async def _console(node):
+    try:
+        from firmware.console import Console
+    except ImportError:
+        return
+    con = Console(node, CONFIG_PATH)
+
+    def write(s):
+        sys.stdout.write(s + "\n")
+
+    await con.serve(asyncio.StreamReader(sys.stdin), write)
+
+
+async def _run(hal):
+    node = Node(hal, Parts)
+    hal.watchdog_start(WATCHDOG_MS)
+    hal.net_connect()
+    task = asyncio.create_task(_console(node))
+    try:
+        await node.run()
+    finally:
+        task.cancel()
+
+
+def main():
+    cfg, _errors = config_mod.load_file(CONFIG_PATH)  # the node reports errors itself at boot
+    hal = build_hal(cfg)
+    while True:
+        try:
+            asyncio.run(_run(hal))
+        except Exception as e:  # noqa: BLE001 - keep the street lit: rebuild and go on
+            sys.print_exception(e)
+        import time
+
+        time.sleep(5)
