@@ -38,9 +38,12 @@ def test_truth_integrates_power_over_sim_time():
     h = hal(rated_w=100.0, standby_w=0.5)
     L = Light(h, fade_ms=0)
     L.set_level(100)
-    t0, e0 = h.sim_unix(), h.truth_wh()
+    e0 = h.truth_wh()
+    t0 = h._last_sim  # the instant the truth was integrated up to (no race with the real clock)
     time.sleep_ms(50)  # 180 simulated seconds
-    t1, e1 = h.sim_unix(), h.truth_wh()
+    e1 = h.truth_wh()
+    t1 = h._last_sim
+    assert t1 - t0 >= 150
     expect = 100.5 * (t1 - t0) / 3600.0
     assert abs((e1 - e0) - expect) < 0.01 * expect + 0.01
     assert abs(h.true_wh() - e1) < 1.0 and h.true_w() == h.power_w()
