@@ -86,6 +86,15 @@ class Outbox:
         if capacity < 2:
             raise ValueError("outbox capacity must be at least 2")
         self.path = directory + "/outbox.ring"
+        try:
+            import os
+
+            # a ring written with a larger capacity keeps it: shrinking would drop reports
+            on_flash = os.stat(self.path)[6] // _SLOT
+            if on_flash > capacity:
+                capacity = on_flash
+        except OSError:
+            pass
         self.capacity = capacity
         self.ack_rec = Record(directory + "/outbox.ack")
         self.seqs = _zeros(capacity)
@@ -161,6 +170,8 @@ class Outbox:
             s = self.seqs[pos]
             if s and s > acked:
                 out.append(pos)
+        seqs = self.seqs
+        out.sort(key=lambda p: seqs[p])  # ring order already is seq order, unless resized
         return out
 
     def __len__(self):

@@ -6,7 +6,7 @@ import mprun
 from firmware.outbox import DEFAULT_CAPACITY, Outbox, pack_slot, unpack_slot
 
 D = sys.argv[1]
-for _n in "abcde":
+for _n in "abcdef":
     try:
         os.mkdir(D + "/" + _n)
     except OSError:
@@ -77,6 +77,17 @@ def test_ack_through_ignores_lower():
     ob.ack_through(1)
     assert len(ob) == 0 and ob.acked == 2
     assert ob.last_seq() == 2
+
+
+def test_smaller_capacity_never_drops():
+    ob = Outbox(D + "/f", capacity=8)
+    for s in range(1, 8):
+        ob.put(rep(s))
+    ob2 = Outbox(D + "/f", capacity=4)
+    assert ob2.capacity == 8 and [r[0] for r in ob2.peek(10)] == list(range(1, 8))
+    ob3 = Outbox(D + "/f", capacity=16)  # growing extends the ring, order kept
+    ob3.put(rep(8))
+    assert ob3.capacity == 16 and [r[0] for r in ob3.peek(20)] == list(range(1, 9))
 
 
 def test_corrupt_slot_reads_as_empty():
