@@ -130,6 +130,27 @@ def test_polar_ties_follow_the_sky():
         assert s.level_at(dec + h * 3600) == 100  # polar night: night steps hold
 
 
+def test_boot_after_outage_applies_level_now():
+    # power was off from 21:00 to 01:30: the 22:30 (40 %) and 00:00 (off) steps were missed;
+    # at boot the node lights what the schedule wants now, with no fade from a stale level
+    from firmware.light import Light
+
+    s = Schedule(FRENCH, LAT, LON, PARIS)
+    h = FakeClock()
+    light = Light(h, fade_ms=2000)
+    light.apply_now(wanted_level(s, Override(h), local(2026, 2, 3, 1, 30), 100))
+    assert light.actual_level == 0 and h.relays[-1] is False
+    h2 = FakeClock()
+    light2 = Light(h2, fade_ms=2000)
+    light2.apply_now(wanted_level(s, Override(h2), local(2026, 2, 3, 23, 0), 100))
+    assert light2.actual_level == 40 and abs(h2.duties[-1] - 0.4) < 1e-9
+    # and without valid time at boot: the default (fail-safe) level
+    h3 = FakeClock()
+    light3 = Light(h3, fade_ms=2000)
+    light3.apply_now(wanted_level(s, Override(h3), None, 100))
+    assert light3.actual_level == 100
+
+
 def test_next_change():
     s = Schedule([[0, 600, 30], [0, 1200, 70]], 0, 0, None)
     t0 = days_from_civil(2026, 5, 1) * 86400
