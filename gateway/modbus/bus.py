@@ -12,7 +12,8 @@ guarantees (field-notes §6-§7):
   pymodbus' own retries are off (``retries=0``): a dead device costs exactly
   timeout x attempts, and the caller chooses attempts (0 retries for a quarantined probe).
 - Failures raise ``BusError`` with a ``kind``: ``timeout`` (nothing came back),
-  ``crc`` (a frame from the right unit and function that failed its CRC), ``garbage``
+  ``crc`` (a frame from the right unit and function that failed its CRC; detected as soon
+  as the whole answer is in, not after the timeout), ``garbage``
   (bytes that are no valid frame), ``exception`` (the device answered with a Modbus
   exception; never retried), ``connection`` (port or peer unavailable).
 - TCP: after a bad frame, or two timeouts in a row with no good answer from any unit in
@@ -29,7 +30,8 @@ import logging
 import time
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerRTU
 
 from .config import MeterConfig, char_bits
 
@@ -65,6 +67,7 @@ class Bus:
         self._quiet_since = 0.0
         self._rx = b""  # the receive buffer as the framer last saw it, this attempt
         self._silent = 0  # consecutive timeouts on the line
+        self._expect: tuple[int, int, int] | None = None  # RTU: (unit, function, answer length)
         self.connects = 0
         trace = self._trace_packet
         if transport == "rtu":
@@ -88,7 +91,25 @@ class Bus:
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             self._rx = data  # pymodbus passes its whole accumulated buffer each time
+            if self._expect is not None:
+                self._check_crc(data)
         return data
+
+    def _check_crc(self, data: bytes) -> None:
+        """RTU: end the wait at once when the whole answer is in and its CRC is wrong.
+
+        pymodbus drops such a frame silently and waits for the full timeout; a meter with a
+        bad transceiver would then cost its line a timeout per request instead of the
+        answer's wire time.
+        """
+        unit, function, size = self._expect  # type: ignore[misc]
+        if len(data) < size or data[0] != unit or data[1] != function:
+            return
+        if FramerRTU.check_CRC(data[:size - 2], int.from_bytes(data[size - 2:size], "big")):
+            return
+        fut = self.client.ctx.response_future
+        if not fut.done():
+            fut.set_exception(ModbusIOException(f"CRC error in a {size}-byte answer"))
 
     async def _connect(self) -> None:
         if self.client.connected:
@@ -167,6 +188,8 @@ class Bus:
         await self._connect()
         await self._wait_silence()
         self._rx = b""
+        if self.transport == "rtu":
+            self._expect = (unit, function, 5 + 2 * count)
         self._set_timeout(timeout + self.rtu_wire_time(count))
         read = self.client.read_input_registers if function == 4 else self.client.read_holding_registers
         try:
@@ -184,6 +207,7 @@ class Bus:
                 self.close()
             raise BusError(kind, f"{self.key} unit {unit} fc {function} @{address}: {detail}") from exc
         finally:
+            self._expect = None
             self._quiet_since = time.monotonic()
         self._silent = 0
         if rr.isError():

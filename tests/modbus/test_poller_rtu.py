@@ -80,6 +80,10 @@ async def test_rtu_bad_neighbours_are_counted_and_do_not_stall_the_healthy_meter
         assert sum(p["good"].counters[k] for k in ("timeout", "crc", "garbage", "exception")) == 0
         assert "CRC" in p["crc"].last_error and "unusable" in p["noise"].last_error
         assert p["dead"].last_error.startswith("timeout")
+        # a broken CRC is noticed when the answer is complete, not after the timeout: the CRC
+        # meter holds the line for less time per poll than the dead one, which waits it out
+        per_poll = {n: p[n].bus_time / p[n].counters["polls"] for n in ("crc", "dead")}
+        assert per_poll["crc"] < 0.75 * per_poll["dead"], per_poll
         assert not h.lines[0]._task.done()
         # the faults clear: every meter is back in a few back-off periods
         write_control(control, {"units": {}, "fault": None})
