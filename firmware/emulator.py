@@ -45,15 +45,46 @@ class Emulator:
         self.truth_file = None
         if spec.get("truth"):
             self.truth_file = open(spec["truth"], "a")
+        self.factory = None
         for n in spec["nodes"]:
-            hal, factory = make_emulated(n["flash"], n["id"], spec, n.get("truth_wh", 0.0))
-            ov = {"id": n["id"], "gateway": spec["gateway"]}
-            if spec.get("report_period"):
-                ov["report_period"] = spec["report_period"]
-            node = Node(hal, factory, ack_timeout_ms=spec.get("ack_timeout_ms") or 2000, port=n.get("port") or 0,
-                        log=_logger(n["id"]), overrides=ov)
-            node.truth = self.write_truth
-            self.nodes.append(node)
+            hal, self.factory = make_emulated(n["flash"], n["id"], spec, n.get("truth_wh", 0.0))
+            self.nodes.append(self._make_node(n, hal))
+        self.heap_peak = 0
+
+    def _make_node(self, n, hal):
+        spec = self.spec
+        ov = {"id": n["id"], "gateway": spec["gateway"]}
+        if spec.get("report_period"):
+            ov["report_period"] = spec["report_period"]
+        node = Node(hal, self.factory, ack_timeout_ms=spec.get("ack_timeout_ms") or 2000, port=n.get("port") or 0,
+                    log=_logger(n["id"]), overrides=ov)
+        node.truth = self.write_truth
+        return node
+
+    async def supervise(self, i):
+        """Run node ``i``; an Execute /3/0/4 (ResetRequested) boots a fresh Node on the same HAL,
+        as the device would after ``machine.reset()`` (RTC kept, outputs reset)."""
+        from firmware.hal.base import ResetRequested
+
+        while True:
+            node = self.nodes[i]
+            try:
+                await node.run()
+                return
+            except ResetRequested:
+                node.hal.reboot()
+                self.nodes[i] = self._make_node(self.spec["nodes"][i], node.hal)
+                print(self.spec["nodes"][i]["id"] + ": rebooted")
+
+    async def heap_watch(self):
+        """Sample the heap in use every 50 real ms; the peak is printed at exit."""
+        import gc
+
+        while True:
+            used = gc.mem_alloc()
+            if used > self.heap_peak:
+                self.heap_peak = used
+            await asyncio.sleep_ms(50)
 
     def write_truth(self, node, event="report"):
         f = self.truth_file
@@ -133,7 +164,8 @@ class Emulator:
             print("%s: control %s" % (nid, json.dumps(cmd)))
 
     async def main(self):
-        tasks = [asyncio.create_task(n.run()) for n in self.nodes]
+        tasks = [asyncio.create_task(self.supervise(i)) for i in range(len(self.nodes))]
+        tasks.append(asyncio.create_task(self.heap_watch()))
         await asyncio.sleep_ms(0)  # let every node boot (Node.run boots synchronously first)
         for n in self.nodes:
             if n.cfg is not None:
@@ -149,6 +181,11 @@ class Emulator:
         await asyncio.sleep_ms(20)
         if self.truth_file:
             self.truth_file.close()
+        import gc
+
+        gc.collect()
+        print("emulator: heap peak %d bytes, after collect %d in use, %d free" % (
+            self.heap_peak, gc.mem_alloc(), gc.mem_free()))
 
 
 def _logger(nid):

@@ -93,11 +93,11 @@ def emulator_spec(flash, node_id="n1", gateway_port=5683, count=1, config=None, 
     return emulate.prepare(p.parse_args(argv))
 
 
-def start_emulator(spec, log_path, heap=None):
+def start_emulator(spec, log_path, heap=None, mpy_dir=None):
     """Start firmware/emulator.py in micropython for ``spec``; returns a Proc (killed by pid)."""
     from tools.slnode import emulate
 
-    cmd, env = emulate.build_command(spec, heap)
+    cmd, env = emulate.build_command(spec, heap, mpy_dir)
     log = open(log_path, "ab")
     return Proc(cmd, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
 

