@@ -54,6 +54,9 @@ class MeterPoller:
         self.sink = sink
         self.clock = clock
         self.requests = plan(cfg.profile)
+        wh_reg, w_reg = cfg.profile.mapped("import_wh"), cfg.profile.mapped("power_w")
+        self._wh_name = wh_reg.name if wh_reg else None  # config.parse_meter requires import_wh
+        self._w_name = w_reg.name if w_reg else None
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.status = "starting"      # starting | ok | quarantined
         self.failures = 0             # consecutive failed polls
@@ -123,10 +126,7 @@ class MeterPoller:
         self.status = "quarantined"
 
     async def _publish(self, values: dict[str, float]) -> bool:
-        prof = self.cfg.profile
-        wh_reg = prof.mapped("import_wh")
-        w_reg = prof.mapped("power_w")
-        wh = values.get(wh_reg.name) if wh_reg else None
+        wh = values.get(self._wh_name) if self._wh_name else None
         if wh is None or not math.isfinite(wh) or wh < 0:
             self.counters["decode_errors"] += 1
             self._failed(f"implausible import energy {wh!r}")
@@ -140,7 +140,7 @@ class MeterPoller:
         self.counters["ok"] += 1
         now = self.clock()
         self._seq = max(self._seq + 1, int(now * 1000))
-        w = values.get(w_reg.name) if w_reg else None
+        w = values.get(self._w_name) if self._w_name else None
         if w is not None and not math.isfinite(w):
             w = None
         self.values, self.import_wh, self.power_w, self.last_poll = values, wh, w, now
