@@ -118,6 +118,6 @@ def test_invalid_profile_stops_start_up(tmp_path):
     r = subprocess.run([SLGW, "serve", "--config", str(conf), "--store-path", str(tmp_path / "x.db"),
                         "--coap-bind", "127.0.0.1", "--coap-port", str(free_port()), "--api-port", str(free_port())],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0
+    assert r.returncode == 5  # configuration error (docs/cli.md)
     out = r.stdout + r.stderr
     assert "[[modbus.meters]] #1 'm1': profile:" in out and "'a'" in out and "'b'" in out and "overlap" in out
