@@ -28,6 +28,10 @@ over simulated time; power is piecewise constant between output changes, so the 
 ``truth_wh()`` is exact. That integral IS the ground truth. The pulse output derives from it at
 ``pulses_per_kwh``. After a power cut the node's pulse count restarts at 0; the truth does not.
 
+Truth read-outs (for the launcher's truth file and the tests): ``sim_unix()``, ``truth_wh()``
+(alias ``true_wh()``), ``power_w()`` (alias ``true_w()``), ``lamp_level()`` (the light output
+really given, 0..100), ``duty()``, ``relay()``, ``powered()``, ``watchdog_overdue()``.
+
 Fault switches: ``fail_lamp(on)``, ``unplug_meter(on)`` (pulses stop reaching the node and the
 UART neither sends nor answers; the meter's own register keeps counting), ``power_cut()`` /
 ``power_restore()`` (in-process supply loss: no consumption while cut; on restore the node boots
