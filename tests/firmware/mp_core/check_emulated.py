@@ -132,6 +132,28 @@ def test_sleep_runs_faster():
     assert 8 <= real < 200
 
 
+def test_light_task_fades_in_node_time():
+    import asyncio
+
+    h = hal(speed=100.0, rated_w=40.0)
+    light = Light(h, fade_ms=2000)
+
+    async def main():
+        task = asyncio.create_task(light.run())
+        light.set_level(100)
+        await asyncio.sleep_ms(8)  # 0.8 s of node time: mid-fade
+        mid = h.lamp_level()
+        await asyncio.sleep_ms(30)  # past the 2 s fade
+        light.stop()
+        await asyncio.sleep_ms(10)
+        task.cancel()
+        return mid
+
+    mid = asyncio.run(main())
+    assert 10 <= mid < 100, mid
+    assert h.lamp_level() == 100 and h.duty() == 1.0 and h.relay()
+
+
 def test_flash_dir_and_ids():
     h = hal()
     with open(h.path("x.bin"), "wb") as f:
