@@ -135,15 +135,15 @@ def test_sleep_runs_faster():
 def test_light_task_fades_in_node_time():
     import asyncio
 
-    h = hal(speed=100.0, rated_w=40.0)
-    light = Light(h, fade_ms=2000)
+    h = hal(speed=20.0, rated_w=40.0)
+    light = Light(h, fade_ms=2000)  # 100 real ms
 
     async def main():
         task = asyncio.create_task(light.run())
         light.set_level(100)
-        await asyncio.sleep_ms(8)  # 0.8 s of node time: mid-fade
+        await asyncio.sleep_ms(20)  # 0.4 s of node time: mid-fade
         mid = h.lamp_level()
-        await asyncio.sleep_ms(30)  # past the 2 s fade
+        await asyncio.sleep_ms(150)  # past the 2 s fade
         light.stop()
         await asyncio.sleep_ms(10)
         task.cancel()
