@@ -115,7 +115,7 @@ def test_clock_and_jump():
     t0 = h.ticks_ms()
     time.sleep_ms(10)
     el = h.ticks_diff(h.ticks_ms(), t0)
-    assert 9000 <= el < 60000  # 10 real ms at speed 1000
+    assert 9000 <= el < 500000  # 10 real ms at speed 1000 (generous: a loaded machine)
 
 
 def test_sleep_runs_faster():
@@ -129,7 +129,7 @@ def test_sleep_runs_faster():
         return time.ticks_diff(time.ticks_ms(), t0)
 
     real = asyncio.run(main())
-    assert 8 <= real < 200
+    assert 8 <= real < 500  # 1000 ms of node time took 10 real ms, not 1000
 
 
 def test_light_task_fades_in_node_time():
