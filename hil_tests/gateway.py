@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -117,3 +118,16 @@ class Gateway:
     def nodes(self) -> dict[str, dict]:
         """``slgw nodes`` as {id: node}."""
         return {n["id"]: n for n in self.cli("nodes")["nodes"]}
+
+    def readings(self, source: str) -> list[dict]:
+        """The raw readings the gateway stored for ``source`` (read-only SQLite, WAL-safe while
+        the service runs), ordered by seq: ``seq, t, wh, w, level, faults, rel_time, received_at``.
+        For checks the API does not expose (seq continuity, arrival order)."""
+        conn = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=10)
+        try:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT seq, t, wh, w, level, faults, rel_time, received_at FROM readings "
+                                "WHERE source = ? ORDER BY seq", (source,)).fetchall()
+            return [dict(r) for r in rows]
+        finally:
+            conn.close()

@@ -65,7 +65,7 @@ class Relay:
         self.faults = faults
         self.loop = asyncio.get_running_loop()
         self.front: asyncio.DatagramTransport | None = None
-        self.upstream: dict[tuple, asyncio.DatagramTransport] = {}
+        self.upstream: dict[tuple, Link] = {}
         self.held: dict[str, tuple] = {}
 
     def deliver(self, direction: str, send, data: bytes) -> None:
@@ -108,18 +108,71 @@ class Relay:
             send(data)
 
     async def from_node(self, data: bytes, addr: tuple) -> None:
-        up = self.upstream.get(addr)
-        if up is None:
+        link = self.upstream.get(addr)
+        if link is None:
             relay = self
+            link = Link()
 
             class Up(asyncio.DatagramProtocol):
-                def datagram_received(self, data: bytes, _src) -> None:
+                def datagram_received(self, data: bytes, src) -> None:
+                    link.note_from_gateway(data, src)
                     if relay.front is not None:
                         relay.deliver("down", lambda d: relay.front.sendto(d, addr), data)
 
-            up, _ = await self.loop.create_datagram_endpoint(Up, remote_addr=self.target)
-            self.upstream[addr] = up
-        self.deliver("up", up.sendto, data)
+            # unconnected: the gateway may answer or ask from another socket (its client context)
+            link.transport, _ = await self.loop.create_datagram_endpoint(Up, local_addr=(self.target[0], 0))
+            self.upstream[addr] = link
+        dest = link.route_from_node(data, self.target)
+        self.deliver("up", lambda d: link.transport.sendto(d, dest), data)
+
+
+def _coap_head(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """(type, code, message id, token) of a CoAP datagram, None if it is not one."""
+    if len(data) < 4 or data[0] >> 6 != 1:
+        return None
+    tkl = data[0] & 0x0F
+    if tkl > 8 or len(data) < 4 + tkl:
+        return None
+    return (data[0] >> 4) & 3, data[1], (data[2] << 8) | data[3], bytes(data[4:4 + tkl])
+
+
+class Link:
+    """One node's upstream socket, and where the node's answers to gateway requests go.
+
+    The gateway may send requests to a node (Write, Read) from a socket other than its
+    server port; the node answers the relay, which must send the answer back to that socket:
+    an ACK/RST goes to whoever sent that message id, a separate response or notification
+    to whoever sent that token; everything else (the node's own requests) to the target.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.mids: dict[int, tuple] = {}
+        self.tokens: dict[bytes, tuple] = {}
+
+    def note_from_gateway(self, data: bytes, src: tuple) -> None:
+        head = _coap_head(data)
+        if head is None:
+            return
+        mtype, code, mid, token = head
+        if mtype in (0, 1):  # CON/NON: an ACK or RST from the node answers this mid
+            self.mids[mid] = src
+        if 1 <= code < 32:  # a request: its response carries this token
+            self.tokens[token] = src
+        for table in (self.mids, self.tokens):
+            while len(table) > 512:
+                table.pop(next(iter(table)))
+
+    def route_from_node(self, data: bytes, target: tuple) -> tuple:
+        head = _coap_head(data)
+        if head is None:
+            return target
+        mtype, code, mid, token = head
+        if mtype in (2, 3) and mid in self.mids:
+            return self.mids[mid]
+        if code >= 64 and token in self.tokens:
+            return self.tokens[token]
+        return target
 
 
 async def serve(listen: tuple[str, int], target: tuple[str, int], control: tuple[str, int],
@@ -155,8 +208,9 @@ async def serve(listen: tuple[str, int], target: tuple[str, int], control: tuple
     await stop.wait()
     front.close()
     ctl.close()
-    for up in relay.upstream.values():
-        up.close()
+    for link in relay.upstream.values():
+        if link.transport is not None:
+            link.transport.close()
 
 
 def _addr(text: str) -> tuple[str, int]:

@@ -1,0 +1,105 @@
+"""Scenario 2: a December night in Vienne (Isère) on the astronomical programme, accelerated.
+
+The gateway pushes a French town's winter programme (`slgw schedule push all FILE`): full at
+dusk, 40 % at 22:30, off 00:00-05:00, 40 % until dawn, off at dawn. Ten real-firmware nodes in
+two streets (different latitudes and longitudes, so different dusk and dawn) evaluate it
+themselves. The test computes the intended level independently (astral + zoneinfo,
+hil_tests/schedule_ref.py) and checks every truth line of every lamp against it.
+
+Tolerance (stated): a lamp's level may lag its step by one control tick of the emulated node
+(1 s of node time, but at least 20 real ms: 0.02 x speed simulated seconds), one more tick
+for the truth line's own timing, the fade (2 s), and 90 s for the difference between the
+node's own sunset/sunrise calculation and astral's (firmware/sun.py, a low-precision solar
+formula), plus 0.15 real seconds of scheduling latency (x speed), because the two cores are
+shared with the gateway, the other interpreter and other test workers. At 1200x that is 48 +
+2 + 90 + 180 = 320 simulated seconds, i.e. 0.27 real seconds. Outside those windows the lamp must give exactly the intended level; inside one it
+must be at the old level, the new one, or between them (a fade).
+"""
+
+from __future__ import annotations
+
+import json
+
+from hil_tests.harness import wait_for
+from hil_tests.schedule_ref import changes, level_at, timeline
+from hil_tests.sim import parse_iso
+
+PROGRAMME = [[1, 0, 100], [0, 1350, 40], [0, 0, 0], [0, 300, 40], [2, 0, 0]]
+TZ_POSIX = "CET-1CEST,M3.5.0,M10.5.0/3"
+TZ_IANA = "Europe/Paris"
+STREETS = [("cours-romestang", "C1", 45.5253, 4.8746), ("route-de-pont-eveque", "C2", 45.5360, 4.9230)]
+SPEED = 1200.0
+
+
+def plan() -> list[dict]:
+    return [{"group": STREETS[i % 2][0], "cabinet": STREETS[i % 2][1],
+             "lat": STREETS[i % 2][2] + 0.001 * i, "lon": STREETS[i % 2][3] + 0.001 * i,
+             "tz": TZ_POSIX, "rated_w": 40.0, "report_period": 900, "jitter": 5, "lifetime": 3600}
+            for i in range(10)]
+
+
+def test_winter_night_follows_the_astronomical_programme(hil_clock, gateway, nodes, tmp_path):
+    clock = hil_clock("2026-12-15T14:30:00Z", speed=SPEED)
+    end = parse_iso("2026-12-16T07:50:00Z")  # dawn is about 07:10Z: the last step is seen
+    gw = gateway(clock)
+    town = nodes(clock, gw.coap_url, plan(), per_process=5, truth_period=120.0)
+
+    wait_for(lambda: all(n["registered"] for n in gw.nodes().values()) and len(gw.nodes()) == 10,
+             timeout=30, what="10 registered nodes")
+    sched = tmp_path / "winter.json"
+    sched.write_text(json.dumps({"steps": PROGRAMME}))
+    batch = gw.cli("schedule", "push", "all", str(sched), "--wait", "5")
+    assert batch["kind"] == "schedule"
+
+    def delivered():
+        s = gw.cli("commands", "--batch", batch["batch"])["summary"]
+        return s if s.get("delivered") == 10 else None
+
+    wait_for(delivered, timeout=20, what="the schedule delivered to 10 nodes")
+    assert gw.cli("schedule", "show", "all")["steps"] == PROGRAMME
+
+    def ready(truth):
+        last = {i: [x for x in truth[i] if x["time_valid"]] for i in town.ids}
+        return min(v[0]["t"] for v in last.values()) if all(last.values()) else None
+
+    t_valid = town.wait_truth(ready, 20, "every node with valid time")
+    t_ready = max(t_valid, clock.now())  # schedule delivered and time valid from here on
+    tol = 2 * 0.02 * SPEED + 2.0 + 90.0 + 0.15 * SPEED
+
+    first_dusk = min(changes(timeline(PROGRAMME, c["lat"], c["lon"], TZ_IANA, t_ready, end), t_ready, end)[0][0]
+                     for c in town.configs.values())
+    assert t_ready < first_dusk - tol, "the set-up took too long: the dusk step would not be observed"
+
+    clock.sleep_until(end)
+    truth = town.truth()
+    lateness: list[float] = []
+    for nid in town.ids:
+        cfg = town.configs[nid]
+        tl = timeline(PROGRAMME, cfg["lat"], cfg["lon"], TZ_IANA, t_ready, end)
+        steps = changes(tl, t_ready, end)
+        assert [s[2] for s in steps] == [100, 40, 0, 40, 0], (nid, steps)
+        lines = [x for x in truth[nid] if t_ready + tol <= x["t"] <= end]
+        assert len(lines) > 400, (nid, len(lines))  # a line every 120 sim s over ~17 h
+        seen = []
+        for x in lines:
+            t, lamp = x["t"], x["lamp"]
+            near = [s for s in steps if s[0] - 90.0 <= t <= s[0] + tol]
+            if near:
+                lo = min(min(s[1], s[2]) for s in near)
+                hi = max(max(s[1], s[2]) for s in near)
+                assert lo <= lamp <= hi, (nid, t, lamp, near)
+            else:
+                assert lamp == level_at(tl, t), (nid, t, lamp, level_at(tl, t))
+                if not seen or seen[-1] != lamp:
+                    seen.append(lamp)
+        # outside the transition windows the lamp went through the whole programme, in order
+        assert seen == [0, 100, 40, 0, 40, 0], (nid, seen)
+        # each step reached the lamp: the first line at the new level, and how late it was
+        for at, _old, new in steps:
+            first = next(x for x in lines if x["t"] >= at - 90.0 and x["lamp"] == new)
+            lateness.append(first["t"] - at)
+        # and it was really lit: energy grew during the night, not during the day
+        assert x["wh"] > lines[0]["wh"] + 40.0 * 4  # > 4 h at full power equivalent
+    # a truth line comes every 120 sim s, so lateness includes up to 120 s of sampling
+    print(f"step lateness (sim s, incl. 120 s truth sampling): max {max(lateness):.0f}, "
+          f"mean {sum(lateness) / len(lateness):.0f} over {len(lateness)} steps")
