@@ -24,10 +24,21 @@ most ``block - 1`` numbers and never repeats one (SPEC §3.1).
 import os
 import struct
 
+
+def crc32_py(data, crc=0):
+    """CRC-32 (IEEE 802.3, as zlib/binascii), bitwise: the fallback for ports without binascii."""
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
 try:
     from binascii import crc32
-except ImportError:  # pragma: no cover
-    from zlib import crc32
+except ImportError:  # a port built without binascii.crc32
+    crc32 = crc32_py
 
 try:
     from micropython import const

@@ -32,12 +32,7 @@ RAM: one ``array('I')`` of slot seqs (4 bytes per slot) and a 32-byte buffer.
 import struct
 from array import array
 
-from firmware.durable import Record
-
-try:
-    from binascii import crc32
-except ImportError:  # pragma: no cover
-    from zlib import crc32
+from firmware.durable import Record, crc32
 
 _FMT = "<IqIfIBB2x"
 _SLOT = 32

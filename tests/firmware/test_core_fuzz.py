@@ -96,3 +96,13 @@ def test_schedule_validation_only_value_error(steps):
     except ValueError:
         return
     assert len(out) <= 16 and all(len(x) == 3 for x in out)
+
+
+@given(st.binary(max_size=300), st.integers(0, 2**32 - 1))
+def test_crc32_fallback_matches_zlib(data, start):
+    import zlib
+
+    from firmware.durable import crc32_py
+
+    assert crc32_py(data) == zlib.crc32(data)
+    assert crc32_py(data, start) == zlib.crc32(data, start)
