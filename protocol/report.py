@@ -88,16 +88,18 @@ def round_power(w):
 
 
 def report_records(report):
-    """Return the six SenML records (int labels) of one report, SPEC §3.1 layout."""
+    """Return the SenML records (int labels) of one report, SPEC §3.1 layout (five, six with faults)."""
     seq, t, wh, w, level, on_time, faults = report
-    return [
+    recs = [
         {SENML_BN: BN_STREETLIGHT, SENML_BT: int(t), SENML_N: _S_SEQ, SENML_V: int(seq)},
-        {SENML_N: _S_FAULTS, SENML_V: int(faults)},
         {SENML_BN: BN_LIGHT, SENML_N: _S_ENERGY, SENML_V: int(wh)},
         {SENML_N: _S_DIMMER, SENML_V: int(level)},
         {SENML_N: _S_ON_TIME, SENML_V: int(on_time)},
         {SENML_BN: BN_POWER, SENML_N: _S_POWER, SENML_V: round_power(w)},
     ]
+    if faults:  # absent means no fault (SPEC §3.1): six bytes saved in the usual case
+        recs.insert(1, {SENML_N: _S_FAULTS, SENML_V: int(faults)})
+    return recs
 
 
 def encode_reports(reports):
@@ -222,7 +224,7 @@ def parse_send(data, now=None):
     """Parse a Send payload (SenML-CBOR bytes) into reports and descriptor attributes.
 
     Returns ``(reports, attrs)``: reports is a list of dicts with keys seq, t, wh, w,
-    level, on_time, faults (None when absent) and rel_time (True when t was relative and
+    level, on_time (None when absent), faults (0 when absent) and rel_time (True when t was relative and
     resolved against ``now``), in pack order; attrs maps each resolved name of the records
     before the first report (other than report fields, which join the first report) to its
     value. Raises SenMLError (naming the field) for a pack that
@@ -276,5 +278,7 @@ def _set_field(report, rec):
 
 
 def _finish(report):
+    if report["faults"] is None:
+        report["faults"] = 0  # an absent fault record means no fault (SPEC §3.1)
     if report["wh"] is None:
         raise senml.SenMLError("report seq %d has no energy (/3311/0/5805)" % report["seq"])

@@ -132,6 +132,8 @@ def test_fast_path_declines_what_it_does_not_know():
             {-2: "/3311/0/", 0: "5805", 2: 10}, {0: "5851", 2: 50}, {0: "5852", 2: 60},
             {-2: "/3305/0/", 0: "5800", 2: 12.5}]
     assert fast_parse_reports(cbor2.dumps(base)) is not None
+    # no fault record means faults 0 (SPEC §3.1), as the node sends it in the usual case
+    assert fast_parse_reports(cbor2.dumps(base[:1] + base[2:]))[0]["faults"] == 0
     variants = [
         base[:5],                                              # missing power record
         [{**base[0], -3: -30}] + base[1:],               # relative time

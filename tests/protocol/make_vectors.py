@@ -449,9 +449,10 @@ REPORT = {
 def report_pack(reports):
     records = []
     for r in reports:
+        records += [{-2: "/10250/0/", -3: r["t"], 0: "0", 2: r["seq"]}]
+        if r["faults"]:  # SPEC §3.1: no fault record when there is no fault
+            records += [{0: "1", 2: r["faults"]}]
         records += [
-            {-2: "/10250/0/", -3: r["t"], 0: "0", 2: r["seq"]},
-            {0: "1", 2: r["faults"]},
             {-2: "/3311/0/", 0: "5805", 2: r["wh"]},
             {0: "5851", 2: r["level"]},
             {0: "5852", 2: r["on_time"]},
@@ -462,7 +463,8 @@ def report_pack(reports):
 
 def report_vectors():
     payload = report_pack([REPORT])
-    opts = [(11, b"dp"), (12, b"\x70"), (15, b"ep=node-0001")]
+    # the node sends without the ep query: the gateway knows it by its registration (SPEC §3)
+    opts = [(11, b"dp"), (12, b"\x70")]
     token = b"\x5a\x01"
     data = aio(0, 2, 0x7D34, token, opts, payload)
     opt_bytes = len(data) - 4 - len(token) - 1 - len(payload)
@@ -475,7 +477,7 @@ def report_vectors():
         "token": token.hex(),
         "options": [[n, v.hex()] for n, v in opts],
         "path": ["dp"],
-        "query": {"ep": "node-0001"},
+        "query": {},
         "content_format": 112,
         "payload": payload.hex(),
         "report": tag([REPORT[k] for k in ("seq", "t", "wh", "w", "level", "on_time", "faults")]),

