@@ -312,7 +312,10 @@ class Node:
             self.update_due = self._part_mono() + self.cfg["lifetime"] * 2 // 3
             return True
         self.registered = False
-        return False if r is None else None
+        if r is None:
+            return False
+        # 4.04: the gateway lost or expired our registration (SPEC §2): Register at once
+        return True if r.code == coap.NOT_FOUND else None
 
     async def send_pack(self):
         """Send the oldest pack of the outbox. Returns True (sent or nothing to send),
@@ -332,7 +335,7 @@ class Node:
             self.stats["acked_reports"] += len(pack)
             self.single = False
             return True
-        if r.code == coap.NOT_FOUND:
+        if r.code == coap.NOT_FOUND:  # the gateway does not know us (any more): Register now
             self.registered = False
         elif r.code == coap.SERVICE_UNAVAILABLE:
             self.retry_at = self._part_mono() + r.max_age()
@@ -344,8 +347,9 @@ class Node:
                 self._part_outbox_remove(1)
                 self.stats["dropped"] += 1
         else:
-            self.retry_at = self._part_mono() + 10 * self.ack_timeout_ms / 1000
-        return None
+            self.log("send: gateway answered %s" % r.code_str())
+            return None
+        return True
 
     async def net_loop(self):
         c = self.cfg
@@ -388,8 +392,9 @@ class Node:
                 self.peer = None
                 await asyncio.sleep(backoff * (0.5 + self._rand01()))
                 backoff = min(backoff * 2, 150 * self.ack_timeout_ms / 1000)
-            elif ok is None:
-                await asyncio.sleep(self.ack_timeout_ms / 1000)
+            elif ok is None:  # answered with an error: back off, keep the peer
+                await asyncio.sleep(backoff * (0.5 + self._rand01()))
+                backoff = min(backoff * 2, 150 * self.ack_timeout_ms / 1000)
             else:
                 backoff = 15 * self.ack_timeout_ms / 1000
 

@@ -102,6 +102,10 @@ class _Dp(resource.Resource):
         reports, attrs = split_reports(resolve_senml(records))
         entry = {"query": q, "cf": request.opt.content_format, "records": records, "reports": reports,
                  "attrs": attrs, "size": len(request.payload), "at": time.time()}
+        if p.bad_seq is not None and any(r["seq"] == p.bad_seq for r in reports):
+            entry["answered"] = aiocoap.BAD_REQUEST
+            p.refused.append(entry)
+            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=b"refused by the test")
         if p.dp_code is not None:
             entry["answered"] = p.dp_code
             p.refused.append(entry)
@@ -124,6 +128,7 @@ class Peer:
         self.update_code = None
         self.dp_code = None
         self.max_age = 1
+        self.bad_seq = None  # answer 4.00 to any pack holding this seq
         self.silent = False
         self.time_to_write = None  # callable -> int Unix time, written to /3/0/13 after Register
         self.registered = asyncio.Event()

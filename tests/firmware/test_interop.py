@@ -161,3 +161,31 @@ async def test_write_read_observe_and_hostile_input(setup):
     assert stop_emulator(proc) == 0
     truth = read_truth(tmp / "truth.jsonl")
     assert truth and truth[-1]["event"] == "stop" and truth[-1]["level"] == 100
+
+
+async def test_503_waits_max_age_and_400_does_not_block_the_queue(setup):
+    """5.03 (gateway cannot store): nothing is acknowledged, the node keeps the reports and
+    retries after Max-Age. 4.00 on a pack: the node resends one report per pack and drops
+    only the report the gateway refuses, so one bad report never blocks the queue."""
+    peer, proc, tmp = setup
+    await asyncio.wait_for(peer.registered.wait(), 15)
+    await peer.wait_for(lambda: len(peer.reports) >= 1, 20)
+    peer.dp_code = aiocoap.SERVICE_UNAVAILABLE
+    peer.max_age = 60  # simulated seconds: 2 real seconds at 30x
+    n_ok = len(peer.reports)
+    await peer.wait_for(lambda: len(peer.refused) >= 3, 20)
+    gaps = [b["at"] - a["at"] for a, b in zip(peer.refused, peer.refused[1:], strict=False)]
+    assert min(gaps) >= 60 / SPEED * 0.9, gaps  # no retry before Max-Age
+    assert len(peer.reports) == n_ok
+    held = max(r["seq"] for e in peer.refused for r in e["reports"])
+    peer.refused.clear()
+    bad = held  # the gateway will refuse this one report with 4.00
+    peer.bad_seq = bad
+    peer.dp_code = None
+    await peer.wait_for(lambda: any(s > bad for s in peer.reports), 20)
+    assert bad not in peer.reports
+    seqs = sorted(peer.reports)
+    assert set(range(seqs[0], seqs[-1] + 1)) - set(seqs) == {bad}  # everything else arrived
+    assert any(len(e["reports"]) == 1 for e in peer.refused)  # it was isolated, then dropped
+    assert "dropped" in (tmp / "node.log").read_text()
+    assert stop_emulator(proc) == 0
