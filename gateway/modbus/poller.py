@@ -17,7 +17,9 @@ Owns ``MeterPoller`` (one meter: its plan, state, counters, quarantine) and ``Li
   behind skips ahead instead of bursting.
 - Nothing stops a line's loop silently: a bug in decoding or in the sink is logged with a
   traceback, counted (``internal_errors`` / ``sink_errors``), and the loop goes on.
-- A sink failure loses no energy: the next good reading carries the cumulative register.
+- Readings are handed to the sink in the background (one in flight per meter), so a slow
+  disk does not lengthen a bus cycle; ``LineScheduler.stop`` waits for the last ones.
+  A sink failure loses no energy: the next good reading carries the cumulative register.
 
 Readings go to an async sink ``sink(meter: MeterConfig, reading: dict)``; the reading is
 ``{"seq", "t", "wh", "w", "values"}`` where ``seq`` is a strictly increasing integer
@@ -67,6 +69,7 @@ class MeterPoller:
         self.power_w: float | None = None
         self._seq = 0
         self.bus_time = 0.0           # seconds this meter has held its line, in total
+        self._storing: asyncio.Task | None = None  # the reading being handed to the sink
         # stagger first polls (stable per name) over at most a second: the line scheduler
         # already serialises a bus, and a 15-min period must not mean 15 min without data
         self.next_due = time.monotonic() + min(cfg.period, 1.0) * (zlib.crc32(cfg.name.encode()) % 1000) / 1000
@@ -144,13 +147,26 @@ class MeterPoller:
         if w is not None and not math.isfinite(w):
             w = None
         self.values, self.import_wh, self.power_w, self.last_poll = values, wh, w, now
+        # the line does not wait for the disk: the reading is stored in the background, with
+        # at most one reading of this meter in flight (order kept, memory bounded)
+        await self.flush()
+        self._storing = asyncio.create_task(
+            self._store({"seq": self._seq, "t": now, "wh": wh, "w": w, "values": values}))
+        return True
+
+    async def _store(self, reading: dict) -> None:
         try:
-            await self.sink(self.cfg, {"seq": self._seq, "t": now, "wh": wh, "w": w, "values": values})
+            await self.sink(self.cfg, reading)
         except Exception:
             self.counters["sink_errors"] += 1
             log.exception("meter %s: storing the reading failed; the next poll carries the "
                           "cumulative energy, so none is lost", self.cfg.name)
-        return True
+
+    async def flush(self) -> None:
+        """Wait until the last reading has been handed to the sink."""
+        if self._storing is not None:
+            # shielded: stopping the line must not cancel a store write half-way
+            await asyncio.shield(self._storing)
 
     def schedule_next(self, now: float) -> None:
         """Set the next due time after a poll that started at `now` (monotonic)."""
@@ -194,6 +210,11 @@ class LineScheduler:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for p in self.pollers:
+            try:  # every polled reading reaches the store before we return, unless it hangs
+                await asyncio.wait_for(p.flush(), 10.0)
+            except TimeoutError:
+                log.error("meter %s: the store did not take the last reading within 10 s", p.cfg.name)
         self.bus.close()
 
     async def _run(self) -> None:
