@@ -1,0 +1,116 @@
+"""Scenario 4: six simulated hours of network partition between the nodes and the gateway.
+
+Ten real-firmware nodes run the winter programme (pushed before the cut) through the relay.
+The relay cuts the link from 21:15Z to 03:15Z (22:15-04:15 local), across the 22:30 (40 %) and
+00:00 (off) steps. Checked against the truth:
+
+- during the partition the lamps keep following the programme (levels from astral/zoneinfo,
+  hil_tests/schedule_ref.py, with scenario 2's tolerance), and the gateway shows the nodes
+  offline and the outage's 15-minute buckets as "missing" (it has nothing yet);
+- afterwards every report taken during the outage reaches the gateway, no seq is missing,
+  and they arrive oldest first: in seq order the gateway's receive times never go back, and
+  all of them are later than the end of the cut (they were buffered in the nodes' flash);
+- the outage's 15-minute buckets are then "measured" with full coverage, and each bucket's
+  energy equals the true energy of that quarter hour within the integer-Wh resolution of the
+  two reports that bound it (1 Wh).
+"""
+
+from __future__ import annotations
+
+import json
+
+from hil_tests.harness import wait_for
+from hil_tests.schedule_ref import level_at, timeline
+from hil_tests.sim import iso, parse_iso
+
+PROGRAMME = [[1, 0, 100], [0, 1350, 40], [0, 0, 0], [0, 300, 40], [2, 0, 0]]
+SPEED = 1200.0
+
+
+def plan() -> list[dict]:
+    return [{"group": "rue-victor-hugo", "cabinet": "C3", "lat": 47.2184 + 0.001 * i, "lon": -1.5536,
+             "tz": "CET-1CEST,M3.5.0,M10.5.0/3", "rated_w": 36.0 + 2 * i, "report_period": 900,
+             "jitter": 5, "lifetime": 1800} for i in range(10)]
+
+
+def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
+    clock = hil_clock("2026-12-15T20:30:00Z", speed=SPEED)
+    cut_from, cut_to = parse_iso("2026-12-15T21:15:00Z"), parse_iso("2026-12-16T03:15:00Z")
+    gw = gateway(clock)
+    rl = relay(gw.coap_port, seed=4)
+    town = nodes(clock, rl.url, plan(), per_process=5, truth_period=120.0, ack_timeout_ms=200)
+
+    wait_for(lambda: len([n for n in gw.nodes().values() if n["registered"]]) == 10, timeout=30,
+             what="10 registered nodes")
+    sched = tmp_path / "winter.json"
+    sched.write_text(json.dumps(PROGRAMME))
+    batch = gw.cli("schedule", "push", "all", str(sched), "--wait", "5")
+    wait_for(lambda: gw.cli("commands", "--batch", batch["batch"])["summary"].get("delivered") == 10,
+             timeout=20, what="the schedule delivered")
+    wait_for(lambda: all(t and t[-1]["time_valid"] for t in town.truth().values()), timeout=20,
+             what="valid time on every node")
+    assert clock.now() < cut_from, "set-up took too long"
+
+    clock.sleep_until(cut_from)
+    rl.set(partition=True)
+    clock.sleep_until(cut_from + 4000)  # > lifetime: the gateway must see them offline
+    assert not any(n["online"] for n in gw.nodes().values()), "nodes still online during the partition"
+    mid = gw.cli("energy", "--node", town.ids[0], "--by", "15min", "--from", iso(cut_from + 900),
+                 "--to", iso(cut_from + 3 * 3600))
+    assert {r["quality"] for r in mid["rows"]} == {"missing"}, mid["rows"]
+    clock.sleep_until(cut_to)
+    stats = rl.set(partition=False)
+    assert stats["cut"] > 0
+
+    truth = town.wait_truth(lambda t: t if all(any(x["t"] > cut_to + 1800 for x in t[i]) for i in town.ids)
+                            else None, 30, "truth beyond the end of the cut")
+
+    def drained():
+        for nid in town.ids:
+            have = {r["seq"] for r in gw.readings(nid)}
+            want = {x["seq"] for x in truth[nid] if x["event"] == "report" and x["t"] <= cut_to + 900}
+            if want - have:
+                return None
+        return True
+
+    wait_for(drained, timeout=60, what="the whole backlog in the gateway")
+
+    tol = 2 * 0.02 * SPEED + 2.0 + 90.0 + 0.15 * SPEED  # as scenario 2 (see its docstring)
+    for nid in town.ids:
+        cfg = town.configs[nid]
+        lines = truth[nid]
+        # the lamps followed the programme during the partition
+        tl = timeline(PROGRAMME, cfg["lat"], cfg["lon"], "Europe/Paris", cut_from, cut_to)
+        steps = [at for at, _ in tl if cut_from - tol <= at <= cut_to + tol]
+        during = [x for x in lines if cut_from <= x["t"] <= cut_to]
+        assert len(during) > 150, len(during)
+        levels = []
+        for x in during:
+            if any(abs(x["t"] - at) <= tol for at in steps):
+                continue  # a transition window (scenario 2 checks those)
+            assert x["lamp"] == level_at(tl, x["t"]), (nid, x["t"], x["lamp"], level_at(tl, x["t"]))
+            if not levels or levels[-1] != x["lamp"]:
+                levels.append(x["lamp"])
+        assert levels == [100, 40, 0], (nid, levels)
+
+        # the backlog: complete, contiguous, oldest first, delivered after the cut
+        stored = gw.readings(nid)
+        seqs = [r["seq"] for r in stored]
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), (nid, seqs)  # no power cut: no gap
+        outage = [r for r in stored if cut_from < r["t"] <= cut_to]
+        assert len(outage) == 24, (nid, len(outage))  # 6 h of 15-minute reports
+        recv = [r["received_at"] for r in stored]
+        assert recv == sorted(recv), (nid, "the backlog did not arrive oldest first")
+        assert min(r["received_at"] for r in outage) >= cut_to - 1, nid
+
+        # the outage's quarter hours are measured, and right
+        doc = gw.cli("energy", "--node", nid, "--by", "15min", "--from", iso(cut_from), "--to", iso(cut_to))
+        assert len(doc["rows"]) == 24
+        reports = {x["seq"]: x for x in lines if x["event"] == "report"}
+        by_t = {int(r["t"]) // 900 * 900: r for r in stored}
+        for row in doc["rows"]:
+            assert row["quality"] == "measured" and row["coverage"] == 1.0, (nid, row)
+            lo, hi = by_t.get(row["start"]), by_t.get(row["end"])
+            assert lo is not None and hi is not None, (nid, row)
+            true_wh = reports[hi["seq"]]["wh"] - reports[lo["seq"]]["wh"]
+            assert abs(row["wh"] - true_wh) <= 1.0 + 1e-6, (nid, row, true_wh)
