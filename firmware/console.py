@@ -210,10 +210,17 @@ class Console:
         """
         buf = bytearray()
         overflow = False
+        bad = False
         while True:
-            b = await stream.read(1)
+            try:
+                b = await stream.read(1)
+            except UnicodeError:  # junk bytes on a text stream: refuse this line, keep serving
+                bad = True
+                continue
             if not b:
                 return  # end of input (the host closed the line)
+            if isinstance(b, str):  # a text stream (sys.stdin rather than sys.stdin.buffer)
+                b = b.encode()
             c = b[0]
             if c != 10 and c != 13:
                 if len(buf) < MAX_LINE:
@@ -223,10 +230,12 @@ class Console:
                 continue
             if overflow:
                 out = self._answer("?", False, error="line too long")
-                overflow = False
+            elif bad:
+                out = self._answer("?", False, error="not UTF-8 text")
             else:
                 out = self.handle(bytes(buf))
             buf = bytearray()
+            overflow = bad = False
             if out is not None:
                 write(out + "\r\n")
                 self.after_answer()

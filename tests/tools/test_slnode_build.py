@@ -38,6 +38,8 @@ def test_build_compiles_every_module_and_hashes_match(tmp_path):
     mods, copies = _sources(root)
     assert mods, "the repository has firmware/protocol modules"
     expected = {m[:-3] + ".mpy" for m in mods} | set(copies.values())
+    if build.ENTRY_MODULE in mods:
+        expected.add("main.py")  # the launcher
     assert set(manifest["files"]) == expected
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
     assert on_disk == expected
@@ -75,12 +77,14 @@ NATIVE = "import micropython\n@micropython.native\ndef f(x):\n    return x + 1\n
 
 @pytest.mark.parametrize("march,code", [("xtensawin", 10), ("rv32imc", 11)])
 def test_native_code_is_stamped_with_the_target_arch(tmp_path, march, code):
-    root = _tree(tmp_path, {"firmware/__init__.py": "", "firmware/fast.py": NATIVE, "firmware/main.py": "print(1)\n"})
+    root = _tree(tmp_path, {"firmware/__init__.py": "", "firmware/fast.py": NATIVE,
+                            "firmware/main.py": "def main():\n    print('node up')\n"})
     res = build.build(tmp_path / "out", root=root, march=march, quiet=True)
     data = (tmp_path / "out" / "firmware" / "fast.mpy").read_bytes()
     hdr = build.parse_mpy_header(data)
     assert (hdr["version"], hdr["arch"]) == (6, code)
-    assert (tmp_path / "out" / "main.py").read_text() == "print(1)\n"  # source at the root
+    assert (tmp_path / "out" / "main.py").read_text() == build.LAUNCHER  # source at the root
+    assert (tmp_path / "out" / "firmware" / "main.mpy").is_file()
     assert res.manifest["march"] == march and res.warnings == []
 
 
@@ -123,3 +127,20 @@ def test_load_build_detects_tampering(tmp_path):
 def test_parse_mpy_header_rejects_other_files():
     with pytest.raises(ValueError):
         build.parse_mpy_header(b"\x7fELF....")
+
+
+def test_the_root_main_py_launches_the_compiled_firmware_main(tmp_path):
+    """MicroPython runs /main.py; it must import firmware/main.mpy and call main()."""
+    import os
+    import subprocess
+
+    from slnode_support import MICROPYTHON
+
+    root = _tree(tmp_path, {"firmware/__init__.py": "",
+                            "firmware/main.py": "def main():\n    print('node up')\n"})
+    out = tmp_path / "board"
+    build.build(out, root=root, quiet=True)
+    r = subprocess.run([MICROPYTHON, "main.py"], cwd=out, capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, MICROPYPATH=".:.frozen"))
+    assert r.returncode == 0 and r.stdout.strip() == "node up", r.stdout + r.stderr
+    assert not (out / "firmware" / "main.py").exists()  # only the compiled module ships

@@ -40,9 +40,9 @@ class PtyNode:
             os.close(self.slave)
 
 
-@pytest.fixture
-def app_node(tmp_path):
-    n = PtyNode("app", tmp_path)
+@pytest.fixture(params=["app", "app-text"])
+def app_node(tmp_path, request):
+    n = PtyNode(request.param, tmp_path)
     try:
         yield n
     finally:

@@ -1,6 +1,7 @@
 # Runs firmware/console.py under the real micropython with stdin/stdout on a pseudo-terminal.
 # argv: MODE PATH
 #   "app CONFIG_PATH": a minimal application object answering res_get/res_exec (protocol tests);
+#   "app-text CONFIG_PATH": the same, with the console on the text stdin as firmware/main.py does;
 #   "node FLASH_DIR": the real firmware node (firmware/node.py) on the emulated HAL;
 #   "image IMAGE": the same, run from a provisioned littlefs image mounted with VfsLfs2 (the
 #                  compiled .mpy firmware and config.json of `slnode provision`).
@@ -30,14 +31,17 @@ class App:
             sys.exit(0)
 
 
-async def serve_app(cfg_path):
+async def serve_app(cfg_path, text=False):
     from firmware.console import Console
 
     node = App()
     console = Console(node, cfg_path)
     sys.stdout.write("boot noise that the host must ignore\r\n")
     node.log("meter: no answer")  # the node's last log line, as status shows it
-    await console.serve(asyncio.StreamReader(sys.stdin.buffer), sys.stdout.write)
+    if text:  # as firmware/main.py wires it: the text stdin, and a writer adding "\n"
+        await console.serve(asyncio.StreamReader(sys.stdin), lambda s: sys.stdout.write(s + "\n"))
+    else:
+        await console.serve(asyncio.StreamReader(sys.stdin.buffer), sys.stdout.write)
 
 
 async def serve_node(flash):
@@ -110,4 +114,4 @@ if sys.argv[1] == "image":
 elif sys.argv[1] == "node":
     asyncio.run(serve_node(sys.argv[2]))
 else:
-    asyncio.run(serve_app(sys.argv[2]))
+    asyncio.run(serve_app(sys.argv[2], text=sys.argv[1] == "app-text"))
