@@ -71,6 +71,8 @@ EXPECT = {
     "observe_level": "2.05",
     "observe_time": "2.05",
     "observe_cancel": "2.05",
+    "observe_again": "2.05",
+    "observe_power": "2.05",
 }
 
 
@@ -141,3 +143,12 @@ def test_observe_registration_and_notifications():
     assert n == 1 and cbor2.loads(bytes.fromhex(payload)) == 20 and con is False and obs > cases["observe_level"]["obs"]
     assert extra["due_refresh"] == [1]  # at least every 300 s
     assert extra["observers_after_cancel"] == [0]
+
+
+def test_every_tenth_notification_is_con_and_rst_cancels():
+    cases, extra = _run()
+    cons = extra["con_pattern"][0]
+    assert len(cons) == 20
+    assert [i for i, c in enumerate(cons) if c] == [9, 19]
+    assert extra["observers_after_rst"] == [0]
+    assert extra["power_thresholds"] == [0, 1]

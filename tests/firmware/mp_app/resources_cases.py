@@ -129,3 +129,22 @@ app.t = 400
 print(json.dumps(["due_refresh", len(res.due_notifications(400))]))
 run("observe_cancel", coap.GET, "/3311/0/5851", observe=1)
 print(json.dumps(["observers_after_cancel", len(res.observers)]))
+# every tenth notification is CON (SPEC §5.4); an RST to a NON notification cancels
+run("observe_again", coap.GET, "/3311/0/5851", observe=0)
+cons = []
+for i in range(20):
+    app.s["level"] = 30 + i
+    for ob, _msg, con in res.due_notifications(500 + i):
+        cons.append(con)
+        ob[7] = 1000 + i
+print(json.dumps(["con_pattern", cons]))
+res.on_reset(b"p", 1019)
+print(json.dumps(["observers_after_rst", len(res.observers)]))
+app.s["w"] = 40.25
+app.t = 690
+run("observe_power", coap.GET, "/3305/0/5800", observe=0)
+app.s["w"] = 40.9  # < 5 % and < 1 W: no notification
+small = len(res.due_notifications(700))
+app.s["w"] = 44.0  # > 5 %
+big = len(res.due_notifications(701))
+print(json.dumps(["power_thresholds", small, big]))
