@@ -235,10 +235,23 @@ async def test_console_against_the_real_node_firmware(tmp_path, source):
         code, after = await asyncio.to_thread(console, "status")
         assert after["identifying"] is True  # the node is blinking its lamp (10 s)
 
-        code, res = await asyncio.to_thread(console, "gateway", "coap://127.0.0.1:5999")
-        assert code == 0 and res["gateway"] == "coap://127.0.0.1:5999"
+        rd2 = _RD()  # a second gateway: the node must move to it
+        await rd2.start()
+        try:
+            new_gw = f"coap://127.0.0.1:{rd2.port}"
+            code, res = await asyncio.to_thread(console, "gateway", new_gw)
+            assert code == 0 and res["gateway"] == new_gw and res["applied"] is True, res
+            for _ in range(100):
+                if rd2.registrations:
+                    break
+                await asyncio.sleep(0.1)
+            assert rd2.registrations and any("ep=lamp-77" in q for q in rd2.registrations[0])
+        finally:
+            await rd2.stop()
+        code, status = await asyncio.to_thread(console, "status")
+        assert status["gateway"] == new_gw
         saved = saved_config()
-        assert saved["gateway"] == "coap://127.0.0.1:5999" and saved["id"] == "lamp-77"
+        assert saved["gateway"] == new_gw and saved["id"] == "lamp-77"
 
         code, res = await asyncio.to_thread(console, "reboot")
         assert code == 0, res

@@ -120,6 +120,8 @@ def _gateway_text(resp: dict) -> str:
     txt = f"gateway set to {resp.get('gateway')} (saved in config.json)"
     if resp.get("applied") is False:
         txt += "; it applies after a reboot ([r]eboot, or slnode console ... reboot)"
+    elif resp.get("applied"):
+        txt += "; the node registers with it now"
     return txt
 
 
