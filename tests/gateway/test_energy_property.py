@@ -1,7 +1,7 @@
 """Energy conservation under reordering, duplication and random batching (hypothesis).
 
-For random report sequences made of meter cycles (monotone cumulative Wh, then a reset below
-0.9 x), ingested in random batches, reordered and duplicated, with aggregation run at random
+For random report sequences made of meter cycles (monotone cumulative Wh with occasional noisy
+dips of less than 10 %, then a reset below 0.9 x), ingested in random batches, reordered and duplicated, with aggregation run at random
 points: the sum over all buckets equals the energy the meter counted (last - first of the first
 cycle, plus each later cycle's last reading, since a cycle restarts from 0), every roll-up adds
 up to the same total, and the result equals a full rebuild from scratch.
@@ -25,7 +25,8 @@ T0 = 1_768_000_000
 
 @st.composite
 def meter_history(draw):
-    """Reports of one meter: cycles of increasing Wh with random gaps; expected total."""
+    """Reports of one meter: cycles of increasing Wh with random gaps and occasional noisy
+    dips; expected total."""
     n_cycles = draw(st.integers(1, 3))
     t = T0 + draw(st.integers(0, 899))
     seq = 0
@@ -41,9 +42,15 @@ def meter_history(draw):
         for _ in range(n):
             seq += draw(st.integers(1, 3))  # gaps in seq are allowed (power cuts)
             reports.append({"seq": seq, "t": t, "wh": wh, "w": 20.0})
+            top = wh
+            if wh >= 10 and draw(st.integers(0, 9)) == 0:
+                # a noisy read-back: a dip of at most 10 %, at the same time, counts nothing
+                seq += 1
+                dip = wh - draw(st.integers(1, wh // 10))
+                reports.append({"seq": seq, "t": t, "wh": dip, "w": 20.0})
             t += draw(st.sampled_from([0, 1, 59, 60, 61, 300, 899, 900, 901, 3600, 7300, 86400]))
             wh += draw(st.integers(0, 500))
-        last = reports[-1]["wh"]
+        last = top  # the last real (non-dip) reading of the cycle
         expected += (last - first) if c == 0 else last
         prev_last = last
         if prev_last < 20:

@@ -143,3 +143,25 @@ async def test_savings_from_config(town):
     a = await town.read(lambda c: savings(c, start=D0, end=D0 + 86400, config=cfg))
     b = await town.read(lambda c: savings(c, start=D0, end=D0 + 86400, latitude=LAT, longitude=LON))
     assert a["site"] == b["site"] and a["baseline"] == "dusk-to-dawn"
+
+
+async def test_meter_replacement_recorded_after_the_fact_is_applied(tmp_path):
+    s = await Store.open(str(tmp_path / "slgw.db"), timezone="Europe/Paris")
+    try:
+        old = [{"seq": i, "t": D0 + 300 * i, "wh": 90_000 + 5 * i, "w": 60.0} for i in range(0, 12)]
+        new = [{"seq": i, "t": D0 + 300 * i, "wh": 5 * (i - 12), "w": 60.0} for i in range(12, 24)]
+        await s.ingest_reports("m1", old + new, kind="meter", received_at=D0 + 86400)
+        await s.refresh()
+        before = await s.read(lambda c: energy(c, node="m1", start=D0, end=D0 + 7200, by="hour"))
+        # 90,055 -> 0 looks like a reset: the new reading counted as a whole cycle (0 Wh here)
+        assert before["total_wh"] == pytest.approx(55 + 0 + 55)
+        await s.add_meter_event("m1", D0 + 300 * 11 + 150, "replacement", "new SDM120")
+        await s.refresh()
+        after = await s.read(lambda c: energy(c, node="m1", start=D0, end=D0 + 7200, by="hour"))
+        # the swap interval now gets the power integral: 300 s at 60 W = 5 Wh, estimated
+        assert after["total_wh"] == pytest.approx(55 + 5 + 55)
+        assert after["rows"][0]["quality"] == "estimated"
+        with pytest.raises(ValueError):
+            await s.add_meter_event("m1", D0, "exploded")
+    finally:
+        await s.close()
