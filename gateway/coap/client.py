@@ -58,15 +58,21 @@ class NodeClient:
         self._sem = asyncio.Semaphore(limit)
 
     async def request(self, method: Code, address: str, path: str, payload: bytes = b"",
-                      content_format: int | None = None, accept: int | None = None
+                      content_format: int | None = None, accept: int | None = None,
+                      mtype: aiocoap.numbers.types.Type | None = None, timeout: float | None = None
                       ) -> aiocoap.Message:
         """Send one request and return the 2.xx response.
 
-        Raises NodeUnreachable on timeout or a network error, NodeRefused on a 4.xx/5.xx.
+        ``mtype`` NON sends it once, without retransmissions (for values that go stale, such as
+        the time); ``timeout`` overrides the client's. Raises NodeUnreachable on timeout or a
+        network error, NodeRefused on a 4.xx/5.xx.
         """
         if not address:
             raise NodeUnreachable("no known address (node never registered)")
+        timeout = self.timeout if timeout is None else timeout
         msg = aiocoap.Message(code=method, uri=uri(address, path), payload=payload)
+        if mtype is not None:
+            msg.mtype = mtype
         if content_format is not None:
             msg.opt.content_format = content_format
         if accept is not None:
@@ -74,9 +80,9 @@ class NodeClient:
         async with self._sem:
             req = self.context.request(msg)
             try:
-                resp = await asyncio.wait_for(req.response, self.timeout)
+                resp = await asyncio.wait_for(req.response, timeout)
             except TimeoutError as exc:
-                raise NodeUnreachable(f"no answer within {self.timeout:g} s") from exc
+                raise NodeUnreachable(f"no answer within {timeout:g} s") from exc
             except aiocoap.error.Error as exc:
                 raise NodeUnreachable(str(exc) or type(exc).__name__) from exc
             except OSError as exc:
@@ -86,10 +92,11 @@ class NodeClient:
                               resp.payload[:64].decode("utf-8", "replace"))
         return resp
 
-    async def write(self, address: str, path: str, value: Any) -> None:
-        """Write (PUT) one CBOR value to `path` (SPEC §5.1). Raises as `request`."""
+    async def write(self, address: str, path: str, value: Any, **kw: Any) -> None:
+        """Write (PUT) one CBOR value to `path` (SPEC §5.1); ``kw``: ``mtype``, ``timeout`` of
+        `request`. Raises as `request`."""
         await self.request(Code.PUT, address, path, cbor2.dumps(value),
-                           content_format=lwm2m.CF_CBOR)
+                           content_format=lwm2m.CF_CBOR, **kw)
 
     async def read(self, address: str, path: str) -> Any:
         """Read (GET) one resource and return its decoded CBOR value. Raises as `request`,

@@ -6,20 +6,29 @@ stale time and must never push it to a town's nodes); a simulated clock is trust
 one node are at most one per `min_interval` seconds, so a backlog of old reports does not turn
 into a storm of writes. Failures are logged and retried at the next trigger; time writes are
 not queued (the next Register or report triggers a fresh one with a fresh time).
+
+A time Write is sent NON (once, no CoAP retransmission): a retransmitted CON carries the time
+of its first transmission, up to MAX_TRANSMIT_WAIT (93 s) stale, and a node set that far back
+stamps its next reports earlier than those it sent before (on an accelerated clock, hours).
+A lost one is simply retried at the next trigger. ``min_interval`` is measured on the
+gateway's clock (simulated or real), so a drifting node is corrected after that much of its
+own time, also on an accelerated clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
+
+from aiocoap.numbers.types import NON
 
 from gateway.coap.client import NodeClient, NodeRefused, NodeUnreachable
 from gateway.commands.model import PATH_TIME
 
 log = logging.getLogger("slgw.timesync")
 DRIFT_S = 30.0
+WRITE_TIMEOUT_S = 5.0  # a NON Write gets its answer within a round trip, or was lost
 
 
 class TimeSync:
@@ -70,10 +79,10 @@ class TimeSync:
         if self._untrusted_logged:
             self._untrusted_logged = False
             log.info("the gateway clock is synchronised again: setting nodes' time resumes")
-        mono = time.monotonic()
-        if not force and mono - self._last.get(ep, -1e9) < self.min_interval:
+        now = self.clock.now()
+        if not force and abs(now - self._last.get(ep, -1e18)) < self.min_interval:
             return
-        self._last[ep] = mono
+        self._last[ep] = now
         task = asyncio.create_task(self._write(ep))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -83,7 +92,8 @@ class TimeSync:
         try:
             if not self.clock.trusted():  # re-check: trust may have been lost meanwhile
                 return
-            await self.client.write(address, PATH_TIME, int(self.clock.now()))
+            await self.client.write(address, PATH_TIME, int(self.clock.now()), mtype=NON,
+                                    timeout=WRITE_TIMEOUT_S)
             self.writes += 1
             log.debug("set the time of node %s", ep)
         except (NodeUnreachable, NodeRefused) as exc:
