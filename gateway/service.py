@@ -93,7 +93,8 @@ class Gateway:
             self.ingestor = Ingestor(self.store)
             self._ctx = await aiocoap.Context.create_server_context(
                 None, bind=(cfg.coap.bind, cfg.coap.port), transports=server_tr)
-            if client_tr == server_tr:
+            if client_tr == server_tr:  # requests to nodes from the registered address
+                transport.quiet_server_socket_requests()
                 self._client_ctx = self._ctx
             else:
                 self._client_ctx = await aiocoap.Context.create_client_context(transports=client_tr)
