@@ -297,3 +297,36 @@ async def test_a_failing_merged_group_fails_every_caller_and_stores_nothing(stor
     assert all(isinstance(r, StoreUnavailable) for r in res), res
     assert await store.read(lambda c: c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]) == 5
     await store.write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+
+
+async def test_reads_see_only_committed_data(store):
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow(conn):
+        conn.execute("INSERT INTO meta(key, value) VALUES ('uncommitted', '1')")
+        inside.set()
+        release.wait(10)
+
+    w = asyncio.create_task(store.write(slow))
+    await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+    seen = await store.read(lambda c: c.execute(
+        "SELECT COUNT(*) FROM meta WHERE key = 'uncommitted'").fetchone()[0])
+    release.set()
+    await w
+    assert seen == 0
+    assert await store.read(lambda c: c.execute(
+        "SELECT COUNT(*) FROM meta WHERE key = 'uncommitted'").fetchone()[0]) == 1
+    with pytest.raises(sqlite3.OperationalError):  # read connections are read-only
+        await store.read(lambda c: c.execute("DELETE FROM meta"))
+
+
+async def test_close_checkpoints_the_wal(tmp_path):
+    import os
+
+    p = str(tmp_path / "slgw.db")
+    s = await Store.open(p)
+    await s.ingest_reports("n1", reports(500), received_at=T0 + 40_000)
+    assert os.path.getsize(p + "-wal") > 0
+    await s.close()
+    assert not os.path.exists(p + "-wal") or os.path.getsize(p + "-wal") == 0
