@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import schema
-from .readings import IngestResult, IngestWrite, ingest_fn, ingest_many, validate_report
+from .readings import IngestResult, IngestWrite, ingest_fn, ingest_many, mark_dirty, validate_report
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -207,7 +207,16 @@ class Store:
                     work.append(item)
             self._last_group = len(work)
             if work:
-                self._run_group(conn, work)
+                try:
+                    self._run_group(conn, work)
+                except Exception as e:  # a bug must not kill the only writer: report, go on
+                    log.exception("store writer: unexpected failure in a commit group")
+                    _fail([(fut, loop) for _fn, fut, loop in work], StoreError(f"store bug: {e}"))
+                    try:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
@@ -217,66 +226,59 @@ class Store:
         loop.call_soon_threadsafe(_resolve, fut, None, None)
 
     def _run_group(self, conn: sqlite3.Connection, work: list) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            err = _classify(e)
-            for _fn, fut, loop in work:
-                loop.call_soon_threadsafe(_resolve, fut, None, err)
-            return
-        done: list = []  # (fut, loop, result) awaiting COMMIT
-        ingests = [item for item in work if type(item[0]) is IngestWrite]
+        """Run one group of writes in one transaction; never raises (the writer must live)."""
+        # Each call: (fn, targets, merged). A merged call stands for several ingest calls and
+        # returns one result per target.
+        calls = [(fn, [(fut, loop)], False) for fn, fut, loop in work]
+        ingests = [i for i, c in enumerate(calls) if type(c[0]) is IngestWrite]
         if len(ingests) > 1:
-            # Merge the group's ingest calls into one function: they cannot fail one by one
-            # (rows are validated before queueing; inserts ignore duplicates), only together.
-            # The merged function takes the place of the first ingest call, so writes queued
-            # before it still run before it.
-            first = work.index(ingests[0])
-            rest = [item for item in work[first:] if type(item[0]) is not IngestWrite]
-            work = work[:first] + [(_MergedIngest([i[0] for i in ingests]), ingests, None)] + rest
-        for fn, fut, loop in work:
-            if not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
-            conn.execute("SAVEPOINT w")
-            try:
-                result = fn(conn)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
-                err = _classify(e)
-                if conn.in_transaction:
-                    try:
+            # The group's ingest calls cannot fail one by one (rows are validated before
+            # queueing; inserts ignore duplicates), only together: run them as one function,
+            # in the place of the first one, so writes queued before it still run before it.
+            merged = (_MergedIngest([calls[i][0] for i in ingests]),
+                      [calls[i][1][0] for i in ingests], True)
+            first = ingests[0]
+            calls = calls[:first] + [merged] + [c for i, c in enumerate(calls)
+                                                 if i > first and i not in set(ingests)]
+        done: list = []  # (fut, loop, result) awaiting COMMIT
+        try:
+            for fn, targets, is_merged in calls:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                conn.execute("SAVEPOINT w")
+                try:
+                    result = fn(conn)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    err = _classify(e)
+                    if conn.in_transaction:
                         conn.execute("ROLLBACK TO w")
                         conn.execute("RELEASE w")
-                    except sqlite3.Error:
-                        pass
-                if not conn.in_transaction:
-                    # SQLite rolled the whole transaction back (disk full, I/O error): the
-                    # earlier functions of this group lost their work too.
-                    lost = err if isinstance(err, StoreUnavailable) else StoreUnavailable(str(err))
-                    for f2, l2, _r in done:
-                        l2.call_soon_threadsafe(_resolve, f2, None, lost)
-                    done = []
-                for f2, l2 in ([(f, lp) for _fn, f, lp in fut] if loop is None else [(fut, loop)]):
-                    l2.call_soon_threadsafe(_resolve, f2, None, err)
-                continue
-            conn.execute("RELEASE w")
-            if loop is None:  # a merged ingest: hand each caller its own result
-                done.extend((f, lp, r) for (_fn, f, lp), r in zip(fut, result, strict=True))
-            else:
-                done.append((fut, loop, result))
-        if not conn.in_transaction:
-            return
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            err = _classify(e)
-            if not isinstance(err, StoreUnavailable):
-                err = StoreUnavailable(f"commit failed: {e}")
+                    else:
+                        # SQLite rolled the whole transaction back (disk full, I/O error):
+                        # the earlier functions of this group lost their work too.
+                        _fail([(f, lp) for f, lp, _r in done], _unavailable(err))
+                        done = []
+                    _fail(targets, err)
+                    continue
+                conn.execute("RELEASE w")
+                results = result if is_merged else [result]
+                done.extend((f, lp, r) for (f, lp), r in zip(targets, results, strict=True))
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except sqlite3.Error as e:  # BEGIN, SAVEPOINT, RELEASE or COMMIT failed
+            err = _unavailable(_classify(e))
             try:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            for fut, loop, _r in done:
-                loop.call_soon_threadsafe(_resolve, fut, None, err)
+            unresolved = [(f, lp) for f, lp, _r in done]
+            started = {id(f) for f, _lp in unresolved}
+            for _fn, targets, _m in calls:
+                unresolved += [(f, lp) for f, lp in targets if id(f) not in started]
+            _fail(unresolved, err)
+            return
+        if not done:
             return
         self.commits += 1
         self.writes += len(done)
@@ -335,8 +337,6 @@ class Store:
 
     async def add_meter_event(self, source: str, t: float, kind: str, note: str = "") -> None:
         """Record a meter replacement or reset at ``t``; the source's buckets are rebuilt."""
-        from .readings import mark_dirty
-
         if kind not in ("replacement", "reset"):
             raise ValueError("kind must be 'replacement' or 'reset'")
 
@@ -422,6 +422,16 @@ class _MergedIngest:
 
     def __call__(self, conn: sqlite3.Connection) -> list[IngestResult]:
         return ingest_many(conn, self.writes)
+
+
+def _unavailable(err: BaseException) -> StoreUnavailable:
+    return err if isinstance(err, StoreUnavailable) else StoreUnavailable(f"store cannot write: {err}")
+
+
+def _fail(targets: list, err: BaseException) -> None:
+    """Hand ``err`` to every (future, loop) in ``targets``."""
+    for fut, loop in targets:
+        loop.call_soon_threadsafe(_resolve, fut, None, err)
 
 
 def _resolve_all(items: list) -> None:

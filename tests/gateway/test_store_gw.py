@@ -330,3 +330,15 @@ async def test_close_checkpoints_the_wal(tmp_path):
     assert os.path.getsize(p + "-wal") > 0
     await s.close()
     assert not os.path.exists(p + "-wal") or os.path.getsize(p + "-wal") == 0
+
+
+async def test_the_writer_survives_a_failing_begin(store):
+    # a write function that leaves a transaction half-done in a way SQLite refuses to continue
+    def breaks_savepoints(conn):
+        conn.execute("COMMIT")  # ends the group's transaction behind the writer's back
+
+    with pytest.raises(Exception):  # noqa: B017 - any error, but an error to this caller
+        await store.write(breaks_savepoints)
+    # the writer is still alive and writes still work
+    await store.ingest_reports("n1", reports(3), received_at=T0 + 600)
+    assert await store.read(lambda c: c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]) == 3
