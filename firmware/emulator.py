@@ -119,9 +119,18 @@ class Emulator:
                 return
 
     async def truth_ticks(self):
-        """A truth line per node every ``truth_period`` simulated seconds."""
+        """A "boot" truth line per node once booted, then one every ``truth_period`` simulated
+        seconds."""
+        if not self.nodes or self.truth_file is None:
+            return
+        pending = list(self.nodes)
+        while pending:
+            await asyncio.sleep_ms(1)
+            for n in [n for n in pending if n.p is not None]:
+                self.write_truth(n, "boot")
+                pending.remove(n)
         period = self.spec.get("truth_period")
-        if not period or not self.nodes or self.truth_file is None:
+        if not period:
             return
         hal = self.nodes[0].hal
         while True:
@@ -166,10 +175,6 @@ class Emulator:
     async def main(self):
         tasks = [asyncio.create_task(self.supervise(i)) for i in range(len(self.nodes))]
         tasks.append(asyncio.create_task(self.heap_watch()))
-        await asyncio.sleep_ms(0)  # let every node boot (Node.run boots synchronously first)
-        for n in self.nodes:
-            if n.cfg is not None:
-                self.write_truth(n, "boot")
         tasks.append(asyncio.create_task(self.truth_ticks()))
         tasks.append(asyncio.create_task(self.control()))
         await self.watch_stdin()

@@ -73,6 +73,7 @@ class Batch:
         self.starts = 0
         self.cuts: list[tuple[str, float, dict | None]] = []  # (node id, sim time of kill, last line)
         self.down_since: float | None = None  # sim time of the current power cut
+        self.started_at = 0.0  # sim time of the current process start
 
     def write_configs(self) -> None:
         cfgmod = _config_mod()
@@ -107,6 +108,7 @@ class Batch:
             pass
         self.commands = []
         self.starts += 1
+        self.started_at = self.town.clock.now()
         self.proc = self.town.procs.start(f"nodes-{self.prefix}-{self.starts}", self.argv())
         self.down_since = None
 
@@ -280,12 +282,14 @@ class Town:
         return line["wh"] + self.gap_wh(node, line["t"])
 
     def latest_power(self) -> dict[str, float]:
-        """Each node's latest true power (0 for nodes whose interpreter is down)."""
+        """Each node's latest true power: 0 while its interpreter is down, and after a start
+        until the node's "boot" line shows it running (firmware/emulator.py)."""
         out = {}
         for b in self.batches:
             last = self.last_truth(b) if b.alive() else {}
             for nid in b.ids:
-                out[nid] = last[nid]["w"] if nid in last else 0.0
+                x = last.get(nid)
+                out[nid] = x["w"] if x is not None and x["t"] >= b.started_at - 1.0 else 0.0
         return out
 
     def wait_truth(self, pred, timeout: float, what: str):
