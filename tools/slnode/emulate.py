@@ -2,8 +2,8 @@
 
     slnode emulate --id ID --gateway coap://HOST:PORT --flash DIR [--config node.toml]
                    [--clock-start ISO8601] [--clock-speed N] [--clock-anchor UNIX]
-                   [--truth FILE] [--count K] [--time-valid] [--port P] [--heap 64k]
-                   [--ack-timeout MS]
+                   [--truth FILE] [--count K] [--time-valid] [--port P] [--heap SIZE]
+                   [--mpy] [--ack-timeout MS] [--report-period S] [--truth-period S]
 
 One `micropython` process (the one next to ``sys.executable``, i.e. the venv's) runs
 ``firmware/emulator.py`` with ``MICROPYPATH`` set to the repository root; ``--count K`` runs K
@@ -73,7 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=1, help="number of nodes in one interpreter")
     p.add_argument("--time-valid", action="store_true", help="start with valid wall-clock time")
     p.add_argument("--port", type=int, default=0, help="UDP port of the first node (default: any)")
-    p.add_argument("--heap", help="MicroPython heap size, e.g. 64k (the ESP32 budget)")
+    p.add_argument("--heap", help="MicroPython heap size, e.g. 256k (the code alone takes ~150 KB as .mpy)")
+    p.add_argument("--mpy", action="store_true",
+                   help="run the mpy-cross build of firmware/ and protocol/ (as on the device) instead of the sources")
     p.add_argument("--ack-timeout", type=int, default=2000, help="CoAP ACK_TIMEOUT in ms (RFC 7252 default 2000)")
     p.add_argument("--report-period", type=int, help="override the config's report_period (s)")
     p.add_argument("--truth-period", type=float, help="simulated seconds between truth lines (default: the report period)")
@@ -228,7 +230,8 @@ def compile_mpy(out_dir: str) -> str:
 def run(args) -> int:
     """Run the emulator until SIGTERM/SIGINT; returns the exit status."""
     spec = prepare(args)
-    cmd, env = build_command(spec, args.heap)
+    mpy_dir = compile_mpy(os.path.join(os.path.abspath(args.flash), ".mpy-build")) if args.mpy else None
+    cmd, env = build_command(spec, args.heap, mpy_dir)
     child = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, cwd=ROOT)
     stopping = []
 
