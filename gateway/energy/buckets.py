@@ -142,14 +142,18 @@ def spread(iv: Iterable[tuple], lo: int | None = None, hi: int | None = None) ->
     return out
 
 
+def combine_quality(known_max: int | None, any_missing: bool) -> int:
+    """The quality rank of a sum: the worst known quality; missing parts next to known energy
+    make it at least estimated; nothing known is missing. (Buckets, roll-ups and queries.)"""
+    if known_max is None:
+        return MISSING
+    return max(known_max, ESTIMATED) if any_missing else known_max
+
+
 def bucket_quality(cell: list) -> int:
     """The rank of a bucket built by ``spread``."""
     _wh, worst, has_missing, has_known = cell
-    if not has_known:
-        return MISSING
-    if has_missing:
-        return max(worst, ESTIMATED)
-    return worst
+    return combine_quality(worst if has_known else None, has_missing)
 
 
 def buckets_from_readings(readings: Iterable[tuple], events: Iterable[tuple] = ()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .buckets import ESTIMATED, MISSING, QUALITY_NAMES
+from .buckets import MISSING, QUALITY_NAMES, combine_quality
 from .periods import BY, floor_period, iso_local, next_period, periods
 
 _Q15 = ("CASE quality WHEN 'measured' THEN 0 WHEN 'interpolated' THEN 1 "
@@ -48,16 +48,13 @@ def selection(node: str | None = None, group: str | None = None, cabinet: str | 
     return "source IN (SELECT id FROM nodes WHERE kind = ?)", [kind], "site"
 
 
+def on_nodes(cond: str) -> str:
+    """The same selection as a condition on the nodes table (``id`` instead of ``source``)."""
+    return cond.replace("source", "id", 1)
+
+
 def _count_sources(conn: sqlite3.Connection, cond: str, params: list) -> int:
-    sub = cond.replace("source", "id", 1)
-    return conn.execute(f"SELECT COUNT(*) FROM nodes WHERE {sub}", params).fetchone()[0]
-
-
-def combine_q(known_max: int | None, any_missing: bool) -> int:
-    """Quality rank of a sum: worst known quality; missing parts make it at least estimated."""
-    if known_max is None:
-        return MISSING
-    return max(known_max, ESTIMATED) if any_missing else known_max
+    return conn.execute(f"SELECT COUNT(*) FROM nodes WHERE {on_nodes(cond)}", params).fetchone()[0]
 
 
 def _grouped(conn: sqlite3.Connection, by: str, cond: str, params: list, lo: int, hi: int
@@ -118,7 +115,7 @@ def energy(conn: sqlite3.Connection, *, node: str | None = None, group: str | No
     worst_known, any_missing = None, False
     for p, e in plist:
         wh, kq, nmiss, n = acc[p]
-        q = combine_q(kq, nmiss > 0)
+        q = combine_quality(kq, nmiss > 0)
         expected = (e - p) // 900 * max(nsrc, 1)
         cov = min(1.0, n / expected) if expected else 0.0
         rows.append({"start": p, "end": e, "local": iso_local(p, tz), "wh": wh,
@@ -128,7 +125,7 @@ def energy(conn: sqlite3.Connection, *, node: str | None = None, group: str | No
             worst_known = kq
         any_missing = any_missing or q == MISSING or nmiss > 0
     return {"selection": label, "by": by, "timezone": tz, "start": lo, "end": hi,
-            "total_wh": total, "quality": QUALITY_NAMES[combine_q(worst_known, any_missing)],
+            "total_wh": total, "quality": QUALITY_NAMES[combine_quality(worst_known, any_missing)],
             "rows": rows}
 
 
@@ -197,11 +194,11 @@ def circuit_check(conn: sqlite3.Connection, cabinet: str, start: float, end: flo
     for mid in meter_ids:
         c = meters.get(mid)
         mlist.append({"id": mid, "wh": c[0] if c else None,
-                      "quality": QUALITY_NAMES[combine_q(c[1], c[2])] if c else "missing"})
+                      "quality": QUALITY_NAMES[combine_quality(c[1], c[2])] if c else "missing"})
     meter_wh = sum(c[0] for c in meters.values()) if meters else None
     unacc = None if meter_wh is None else meter_wh - nodes_wh
     pct = None if unacc is None or not meter_wh else round(100.0 * unacc / meter_wh, 3)
     return {"cabinet": cabinet, "start": start, "end": end, "nodes": n_nodes,
             "nodes_wh": nodes_wh, "meters": mlist, "meter_wh": meter_wh,
             "unaccounted_wh": unacc, "unaccounted_pct": pct,
-            "quality": QUALITY_NAMES[combine_q(worst, miss or meter_wh is None)]}
+            "quality": QUALITY_NAMES[combine_quality(worst, miss or meter_wh is None)]}

@@ -19,10 +19,10 @@ from collections import defaultdict
 
 from .buckets import (
     BUCKET_S,
-    ESTIMATED,
     MISSING,
     QUALITY_NAMES,
     bucket_quality,
+    combine_quality,
     floor_bucket,
     intervals,
     spread,
@@ -34,14 +34,9 @@ WARMUP_READINGS = 16
 
 def _combine(rows: list[tuple[float, int]]) -> tuple[float, int]:
     """Sum energy and combine qualities of buckets (wh, rank) into one roll-up row."""
-    wh = sum(r[0] for r in rows)
     known = [r[1] for r in rows if r[1] != MISSING]
-    if not known:
-        return wh, MISSING
-    q = max(known)
-    if len(known) < len(rows):
-        q = max(q, ESTIMATED)
-    return wh, q
+    return sum(r[0] for r in rows), combine_quality(max(known, default=None),
+                                                     len(known) < len(rows))
 
 
 def rebuild_source(conn: sqlite3.Connection, source: str, t_from: float, t_to: float,

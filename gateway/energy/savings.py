@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .buckets import QUALITY_NAMES
-from .query import combine_q, selection, sum_by_source
+from .buckets import QUALITY_NAMES, combine_quality
+from .query import on_nodes, selection, sum_by_source
 from .sun import night_seconds
 
 
@@ -69,8 +69,7 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
             raise ValueError("the reference baseline needs reference_from < reference_to")
         ref = sum_by_source(conn, cond, params, reference_from, reference_to)
         ref_night = night_seconds(reference_from, reference_to, latitude, longitude)
-    sub = cond.replace("source", "id", 1)
-    nodes_meta = conn.execute(f"SELECT id, cabinet, grp, rated_w FROM nodes WHERE {sub} "
+    nodes_meta = conn.execute(f"SELECT id, cabinet, grp, rated_w FROM nodes WHERE {on_nodes(cond)} "
                               "ORDER BY id", params).fetchall()
     out_nodes, without = [], []
     cab: dict[str | None, list[float]] = {}
@@ -83,7 +82,7 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
             r = ref.get(nid)
             base = r[0] * night / ref_night if r is not None and ref_night > 0 else None
         row = {"id": nid, "cabinet": cabname, "group": grp, "rated_w": rated,
-               "quality": QUALITY_NAMES[combine_q(a[1], a[2])]}
+               "quality": QUALITY_NAMES[combine_quality(a[1], a[2])]}
         if base is None:
             without.append(nid)
             row.update({"baseline_wh": None, "actual_wh": a[0], "saved_wh": None,

@@ -82,13 +82,18 @@ def validate_report(r: Any, received_at: float) -> tuple:
     return (seq, float(t), float(wh), w, level, on_time, faults or 0, int(rel), received_at)
 
 
+# A new node's Modbus slot: max + 1, assigned once and never changed (issue 5's bridge map).
+_NEXT_SLOT = "(SELECT COALESCE(MAX(modbus_slot), -1) + 1 FROM nodes)"
+_DIRTY = ("INSERT INTO dirty(source, t_from, t_to) VALUES (?, ?, ?) ON CONFLICT(source) DO "
+          "UPDATE SET t_from = MIN(t_from, excluded.t_from), t_to = MAX(t_to, excluded.t_to)")
+
+
 def ensure_source(conn: sqlite3.Connection, source: str, kind: str = "node",
                   now: float | None = None) -> None:
     """Create the source's row if missing. Nodes get the next free Modbus slot (max + 1)."""
     if kind == "node":
         conn.execute("INSERT OR IGNORE INTO nodes(id, kind, created_at, modbus_slot) VALUES "
-                     "(?, 'node', ?, (SELECT COALESCE(MAX(modbus_slot), -1) + 1 FROM nodes))",
-                     (source, now))
+                     f"(?, 'node', ?, {_NEXT_SLOT})", (source, now))
     else:
         conn.execute("INSERT OR IGNORE INTO nodes(id, kind, created_at) VALUES (?, ?, ?)",
                      (source, kind, now))
@@ -96,9 +101,7 @@ def ensure_source(conn: sqlite3.Connection, source: str, kind: str = "node",
 
 def mark_dirty(conn: sqlite3.Connection, source: str, t_from: float, t_to: float) -> None:
     """Record that the source's buckets over [t_from, t_to] must be rebuilt."""
-    conn.execute("INSERT INTO dirty(source, t_from, t_to) VALUES (?, ?, ?) ON CONFLICT(source) DO "
-                 "UPDATE SET t_from = MIN(t_from, excluded.t_from), t_to = MAX(t_to, excluded.t_to)",
-                 (source, t_from, t_to))
+    conn.execute(_DIRTY, (source, t_from, t_to))
 
 
 _INSERT = ("INSERT OR IGNORE INTO readings(source, seq, t, wh, w, level, on_time, faults, "
@@ -106,14 +109,12 @@ _INSERT = ("INSERT OR IGNORE INTO readings(source, seq, t, wh, w, level, on_time
 # Creates the source's row on its first report (nodes get the next Modbus slot) and moves the
 # live columns forward only: a late, older report never overwrites a newer state.
 _LIVE = ("INSERT INTO nodes(id, kind, created_at, modbus_slot, last_report, wh, power_w, level, "
-         "on_time, faults) VALUES (?1, ?2, ?3, CASE WHEN ?2 = 'node' THEN "
-         "(SELECT COALESCE(MAX(modbus_slot), -1) + 1 FROM nodes) END, ?4, ?5, ?6, ?7, ?8, ?9) "
+         f"on_time, faults) VALUES (?1, ?2, ?3, CASE WHEN ?2 = 'node' THEN {_NEXT_SLOT} END, "
+         "?4, ?5, ?6, ?7, ?8, ?9) "
          "ON CONFLICT(id) DO UPDATE SET last_report = excluded.last_report, wh = excluded.wh, "
          "power_w = COALESCE(excluded.power_w, power_w), level = COALESCE(excluded.level, level), "
          "on_time = COALESCE(excluded.on_time, on_time), faults = excluded.faults "
          "WHERE nodes.last_report IS NULL OR nodes.last_report <= excluded.last_report")
-_DIRTY = ("INSERT INTO dirty(source, t_from, t_to) VALUES (?, ?, ?) ON CONFLICT(source) DO "
-          "UPDATE SET t_from = MIN(t_from, excluded.t_from), t_to = MAX(t_to, excluded.t_to)")
 
 
 class IngestWrite:
