@@ -25,7 +25,7 @@ import re
 import tomllib
 import zoneinfo
 from dataclasses import dataclass, field, make_dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,6 @@ def parse_time(text: str) -> float:
         s = s[:-1] + "+00:00"
     dt = datetime.fromisoformat(s)
     if dt.tzinfo is None:
-        from datetime import UTC
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
