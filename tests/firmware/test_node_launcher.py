@@ -104,3 +104,36 @@ def test_bad_arguments_exit_2(tmp_path):
     assert "lat" in subprocess.run([PY, "-m", "tools.slnode.emulate", *cases[2]], capture_output=True, text=True,
                                    timeout=30, cwd=ROOT).stderr
     assert json.dumps  # keep import used
+
+
+def test_launcher_killed_leaves_no_orphan_and_group_signal_stops_cleanly(tmp_path):
+    args = ["-m", "tools.slnode.emulate", "--id", "o1", "--gateway", "coap://127.0.0.1:9", "--flash",
+            str(tmp_path / "f"), "--truth", str(tmp_path / "t.jsonl"), "--clock-speed", "60"]
+    # SIGKILL of the launcher: the child sees its stdin close and stops (cleanly) by itself
+    with Proc([PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as p:
+        for _ in range(100):
+            if _children(p.pid):
+                break
+            time.sleep(0.05)
+        kid = _children(p.pid)[0]
+        time.sleep(1)
+        os.kill(p.pid, signal.SIGKILL)
+        p.p.wait(timeout=10)
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{kid}") or _zombie(kid):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(kid, signal.SIGKILL)
+            raise AssertionError("the emulator outlived its launcher")
+    assert read_truth(tmp_path / "t.jsonl")[-1]["event"] == "stop"
+    # SIGTERM to the whole process group (systemd, `timeout`, Ctrl-C): still a clean stop
+    with Proc([PY, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True) as p:
+        for _ in range(100):
+            if _children(p.pid):
+                break
+            time.sleep(0.05)
+        time.sleep(1)
+        os.killpg(p.pid, signal.SIGTERM)
+        assert p.p.wait(timeout=20) == 0
+    assert read_truth(tmp_path / "t.jsonl")[-1]["event"] == "stop"

@@ -232,7 +232,9 @@ def run(args) -> int:
     spec = prepare(args)
     mpy_dir = compile_mpy(os.path.join(os.path.abspath(args.flash), ".mpy-build")) if args.mpy else None
     cmd, env = build_command(spec, args.heap, mpy_dir)
-    child = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, cwd=ROOT)
+    # Own session: a terminal's Ctrl-C or a process-group SIGTERM (timeout, systemd) reaches
+    # only this launcher, which stops the child cleanly through its stdin.
+    child = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, cwd=ROOT, start_new_session=True)
     stopping = []
 
     def stop(signum, frame):
