@@ -64,3 +64,12 @@ def test_kernel_query_agrees_with_timedatectl():
                            capture_output=True, text=True, timeout=10)
         if p.returncode == 0 and p.stdout.strip() in ("yes", "no"):
             assert timex_synced(*r) == (p.stdout.strip() == "yes")
+
+
+def test_clock_from_config():
+    from gateway.config import load_config
+
+    c = Clock.from_config(load_config(None, {"clock.start": "2026-01-15T17:00:00Z",
+                                             "clock.speed": "60", "clock.anchor": "1000"}))
+    assert c.simulated and c.start == 1_768_496_400.0 and c.speed == 60.0 and c.anchor == 1000.0
+    assert not Clock.from_config(load_config(None, {})).simulated

@@ -147,3 +147,16 @@ def test_fast_path_declines_what_it_does_not_know():
     for v in variants:
         assert fast_parse_reports(cbor2.dumps(v)) is None, v
     assert fast_parse_reports(b"\xff") is None
+
+
+def test_parse_payload_is_parse_send_with_a_fast_path():
+    from gateway.ingest import parse_payload
+
+    data = pack(range(1, 4))
+    assert parse_payload(data, NOW) == parse_send(data, NOW)
+    rel = cbor2.dumps([{-2: "/10250/0/", -3: -60, 0: "0", 2: 1}, {-2: "/3311/0/", 0: "5805", 2: 3}])
+    assert parse_payload(rel, NOW) == parse_send(rel, NOW)  # the slow path
+    desc = encode_descriptor("1.0", 45.0, 4.0, "g", "c", 30.0, 100, "UTC0")
+    assert parse_payload(desc, NOW) == parse_send(desc, NOW)
+    with pytest.raises(ValueError):
+        parse_payload(b"\xff", NOW)
