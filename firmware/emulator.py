@@ -47,7 +47,7 @@ class Emulator:
             self.truth_file = open(spec["truth"], "a")
         self.factory = None
         for n in spec["nodes"]:
-            hal, self.factory = make_emulated(n["flash"], n["id"], spec, n.get("truth_wh", 0.0))
+            hal, self.factory = make_emulated(n["flash"], n["id"], spec, n.get("truth_wh", 0.0), n.get("uart"))
             self.nodes.append(self._make_node(n, hal))
         self.heap_peak = 0
 

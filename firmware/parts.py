@@ -45,6 +45,7 @@ class Parts:
             self.seq = SeqAllocator(self.counters)
         self._settle_from = 0
         self._last_target = None
+        self._next_read = 0
 
     def _meter(self, hal, cfg):
         m = cfg["meter"]
@@ -78,7 +79,14 @@ class Parts:
             if tl > 0:
                 self.last_on_level = tl
         self.counters.set("on_s", self.light.on_time_s())
-        await self.meter.poll()  # persists the counters (on-time included) when due
+        m = self.meter
+        if isinstance(m, Sdm120Meter):
+            # a Modbus read holds the line ~0.3 s at 2400 baud: every 10 s of node time is enough
+            now = self.mono()
+            if now < self._next_read:
+                return
+            self._next_read = now + 10
+        await m.poll()  # persists the counters (on-time included) when due
 
     def settled(self, node):
         """True once the meter can show the power of the current level: 30 s after the fade,
@@ -187,7 +195,7 @@ def _make_outbox(hal, cfg):
     return Outbox(root[:-1] if root.endswith("/") else root)
 
 
-def make_emulated(flash, node_id, spec, truth_wh=0.0):
+def make_emulated(flash, node_id, spec, truth_wh=0.0, uart_path=None):
     """The emulated HAL of one node and the parts factory (emulator entry point)."""
     from firmware import config as config_mod
     from firmware.hal.emulated import EmulatedHal
@@ -204,5 +212,6 @@ def make_emulated(flash, node_id, spec, truth_wh=0.0):
         clock_anchor=spec.get("clock_anchor"),
         truth_wh_start=truth_wh,
         rtc_valid=bool(spec.get("time_valid")),
+        uart_path=uart_path,
     )
     return hal, Parts

@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the mpy-cross build of firmware/ and protocol/ (as on the device) instead of the sources")
     p.add_argument("--ack-timeout", type=int, default=2000, help="CoAP ACK_TIMEOUT in ms (RFC 7252 default 2000)")
     p.add_argument("--report-period", type=int, help="override the config's report_period (s)")
+    p.add_argument("--uart", action="append", default=[],
+                   help="serial line (pty) of node i's Modbus meter; repeat for nodes 0, 1, ...")
     p.add_argument("--truth-period", type=float, help="simulated seconds between truth lines (default: the report period)")
 
 
@@ -154,7 +156,8 @@ def prepare(args) -> dict:
                 f.write(config.dumps(cfg))
             os.replace(tmp, cpath)
         nodes.append({"id": nid, "flash": flash, "port": args.port + n if args.port else 0,
-                      "truth_wh": last_truth.get(nid, {}).get("wh", 0.0)})
+                      "truth_wh": last_truth.get(nid, {}).get("wh", 0.0),
+                      "uart": args.uart[n] if n < len(args.uart) else None})
     return {
         "nodes": nodes,
         "gateway": args.gateway,
