@@ -234,7 +234,11 @@ def run(args) -> int:
     """Run the emulator until SIGTERM/SIGINT; returns the exit status."""
     spec = prepare(args)
     mpy_dir = compile_mpy(os.path.join(os.path.abspath(args.flash), ".mpy-build")) if args.mpy else None
-    cmd, env = build_command(spec, args.heap, mpy_dir)
+    heap = args.heap
+    if heap is None and args.count > 20:
+        # ~12 KB per node plus ~150 KB of code (docs/performance.md), with room for garbage
+        heap = f"{512 + 32 * args.count}k"
+    cmd, env = build_command(spec, heap, mpy_dir)
     # Own session: a terminal's Ctrl-C or a process-group SIGTERM (timeout, systemd) reaches
     # only this launcher, which stops the child cleanly through its stdin.
     child = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, cwd=ROOT, start_new_session=True)
