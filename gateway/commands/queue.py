@@ -15,8 +15,9 @@ marked delivered is never sent again.
 
 Delivery happens when a command is submitted (for online nodes), when a node Registers or
 Updates (SPEC §2 "After registering"), and in a periodic sweep. State writes are batched:
-one transaction marks a whole group command delivering, one records the outcomes, so 200 nodes
-cost two commits, not 400. Requests run concurrently, bounded by the NodeClient's semaphore;
+one transaction marks a whole group command delivering; each node's outcome is recorded as
+soon as it is known (a dead node does not hold the others' `delivered` back for a whole
+timeout), and the store's group commit merges the outcomes that arrive together. Requests run concurrently, bounded by the NodeClient's semaphore;
 one node's commands go out in order.
 """
 
@@ -201,15 +202,24 @@ class CommandQueue:
                 if r[0] not in claimed:
                     continue
                 per_node.setdefault(r[1], []).append(r)
-            results = await asyncio.gather(*(self._deliver_node(n, rs) for n, rs in per_node.items()))
+            results = await asyncio.gather(*(self._deliver_and_record(n, rs) for n, rs in per_node.items()))
             outcomes = [o for rs in results for o in rs]
-            await self.store.write(lambda conn: self._record(conn, outcomes))
         finally:
             self._in_flight.difference_update(ids)
         for cid, state, reason in outcomes:
             if state == "failed":
                 log.warning("command %d failed: %s", cid, reason)
         return len(rows)
+
+    async def _deliver_and_record(self, node: str, rows: list[tuple]) -> list[tuple[int, str, str | None]]:
+        # Record each node's outcome as soon as it is known, not when the slowest node of a
+        # group command times out: the CLI shows `delivered` at once, and a crash in between
+        # re-sends only what was really in flight. The store's group commit still puts the
+        # outcomes that arrive together in one transaction.
+        outcomes = await self._deliver_node(node, rows)
+        await self.store.write(lambda conn: self._record(conn, outcomes))
+        self._in_flight.difference_update(r[0] for r in rows)
+        return outcomes
 
     async def _deliver_node(self, node: str, rows: list[tuple]) -> list[tuple[int, str, str | None]]:
         # One node's commands go out in order, even when two deliveries overlap.
