@@ -271,7 +271,7 @@ class Node:
             self.reboot_at = self._part_mono()
             self.wake.set()
         elif name == "identify":
-            self.identify_until = self._part_mono() + 10 * self._part_speed()
+            self.identify_until = self._part_mono() + 10  # node seconds, as light.identify(10000 ms)
             self._part_identify()
 
     # -- network --------------------------------------------------------------------------

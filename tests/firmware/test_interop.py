@@ -153,6 +153,9 @@ async def test_write_read_observe_and_hostile_input(setup):
         n = len(peer.reports)
         await peer.wait_for(lambda: len(peer.reports) > n, 15)
         assert proc.p.poll() is None
+        # Execute: identify blinks (2.04), Execute on a value is 4.05
+        assert (await peer.request(aiocoap.POST, "/10250/0/9")).code == aiocoap.CHANGED
+        assert (await peer.request(aiocoap.POST, "/3311/0/5851")).code == aiocoap.METHOD_NOT_ALLOWED
         # cancel the override: back to the schedule / default level
         assert await peer.write("/10250/0/4", [None, 0]) == aiocoap.CHANGED
         await peer.wait_for(lambda: notes and notes[-1] == 100, 15)
