@@ -208,7 +208,11 @@ def main():
         spec["control"] = d + "/emulator-control.json"
     em = Emulator(spec)
     asyncio.run(em.main())
-    print("emulator: stopped cleanly")
+    import gc
+
+    gc.collect()
+    # the live MicroPython heap of all nodes here (the HIL memory bench divides it per node)
+    print("emulator: stopped cleanly, heap %d bytes in use for %d nodes" % (gc.mem_alloc(), len(em.nodes)))
 
 
 if __name__ == "__main__":
