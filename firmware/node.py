@@ -423,16 +423,24 @@ class Node:
                 if self.truth:
                     self.truth(self)
             for ob, msg, con in self.res.due_notifications(mono):
-                ok = await self.ep.send_notification(msg, ob[0], con)
-                ob[7] = msg.mid
-                if not ok:
-                    self.res.cancel(ob[0], ob[1])
+                if con:  # may take up to 93 s of retransmissions: never block the control loop
+                    asyncio.create_task(self._notify_con(ob, msg))
+                else:
+                    await self.ep.send_notification(msg, ob[0], False)
+                    ob[7] = msg.mid
             if self.reboot_at is not None:
                 self.log("reboot requested")
                 await asyncio.sleep_ms(200)  # let the 2.04 go out first
                 self._part_reset()
                 return
             await self._part_tick_sleep(next_report - self._part_mono())
+
+    async def _notify_con(self, ob, msg):
+        """A CON notification; an observer that resets or never acknowledges it is dropped
+        (RFC 7641 §4.5)."""
+        if not await self.ep.send_notification(msg, ob[0], True):
+            if self.res.cancel(ob[0], ob[1]):
+                self.log("observe: an observer did not acknowledge a notification: dropped")
 
     def _next_boundary(self, period):
         """Next report time (monotonic): aligned to wall-clock multiples of the period when

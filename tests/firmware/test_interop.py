@@ -192,3 +192,30 @@ async def test_503_waits_max_age_and_400_does_not_block_the_queue(setup):
     assert any(len(e["reports"]) == 1 for e in peer.refused)  # it was isolated, then dropped
     assert "dropped" in (tmp / "node.log").read_text()
     assert stop_emulator(proc) == 0
+
+
+async def test_vanished_observer_is_dropped_without_stalling_the_node(setup):
+    peer, proc, tmp = setup
+    await asyncio.wait_for(peer.registered.wait(), 15)
+    await peer.wait_for(lambda: len(peer.reports) >= 1, 20)
+    # an observer on a raw socket that acknowledges nothing
+    host, port = peer.node_addr.rsplit(":", 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    from protocol import coap
+
+    m = coap.Message(coap.CON, coap.GET, 0x3000, b"ob")
+    m.set_path("/3311/0/5851")
+    m.add_option(coap.OBSERVE, 0)
+    s.sendto(coap.encode(m), (host, int(port)))
+    assert coap.decode(s.recvfrom(2048)[0]).observe() is not None
+    for i in range(12):  # level changes: the tenth notification is CON and never acknowledged
+        assert await peer.write("/3311/0/5851", 20 + i * 5) == aiocoap.CHANGED
+        await asyncio.sleep(0.15)
+    n = len(peer.reports)
+    t0 = time.time()
+    await peer.wait_for(lambda: "did not acknowledge" in (tmp / "node.log").read_text(), 20)
+    # reports kept flowing while the CON notification was being retransmitted (1 per real s)
+    assert len(peer.reports) - n >= int(time.time() - t0) - 2
+    s.close()
+    assert stop_emulator(proc) == 0
