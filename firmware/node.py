@@ -458,10 +458,12 @@ class Node:
         self.ep.on_reset = self.res.on_reset
         self.ep.start()
         net = asyncio.create_task(self.net_loop())
+        meter = asyncio.create_task(self.p.meter_loop())
         try:
             await self.control_loop()
         finally:
             net.cancel()
+            meter.cancel()
             self.ep.close()
 
     def set_gateway(self, uri):

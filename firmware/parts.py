@@ -45,7 +45,6 @@ class Parts:
             self.seq = SeqAllocator(self.counters)
         self._settle_from = 0
         self._last_target = None
-        self._next_read = 0
 
     def _meter(self, hal, cfg):
         m = cfg["meter"]
@@ -79,14 +78,19 @@ class Parts:
             if tl > 0:
                 self.last_on_level = tl
         self.counters.set("on_s", self.light.on_time_s())
+        if not isinstance(self.meter, Sdm120Meter):  # the Modbus meter has its own task
+            await self.meter.poll()  # persists the counters (on-time included) when due
+
+    async def meter_loop(self):
+        """Read a Modbus meter every 10 s of node time, in its own task: a read holds the line
+        ~0.3 s at 2400 baud, and a dead meter costs 3 timeouts, which must not delay the
+        control loop (schedule, reports, watchdog)."""
         m = self.meter
-        if isinstance(m, Sdm120Meter):
-            # a Modbus read holds the line ~0.3 s at 2400 baud: every 10 s of node time is enough
-            now = self.mono()
-            if now < self._next_read:
-                return
-            self._next_read = now + 10
-        await m.poll()  # persists the counters (on-time included) when due
+        if not isinstance(m, Sdm120Meter):
+            return
+        while True:
+            await m.poll()
+            await self.hal.sleep_ms(10000)
 
     def settled(self, node):
         """True once the meter can show the power of the current level: 30 s after the fade,
