@@ -27,7 +27,7 @@ def build_hal(cfg):
     m = cfg["meter"]
     return Esp32Hal(
         pulses_per_kwh=m["pulses_per_kwh"],
-        uart_id=m["uart"] or 2,
+        uart_id=m["uart"],
         wifi_ssid=cfg["wifi_ssid"] or None,
         wifi_key=cfg["wifi_password"] or None,
         flash_root="/",
