@@ -81,7 +81,7 @@ class Node:
         self.reboot_at = None
         self.identify_until = 0
         self.wake = asyncio.Event()
-        self.retry_at = 0  # monotonic (real, ms) before which no Send (5.03 Max-Age)
+        self.retry_at = 0  # node time (s) before which no Send (5.03 Max-Age)
         self.single = False
         self.stats = {"sent_packs": 0, "acked_reports": 0, "dropped": 0, "registers": 0, "updates": 0}
         self.stopping = False
