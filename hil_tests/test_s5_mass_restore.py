@@ -28,6 +28,8 @@ every 0.5 s from before the first boot to the end; every call must succeed, with
 
 from __future__ import annotations
 
+import re
+
 from hil_tests._s5_helpers import CliProbe, ack_bound_s, boot_time, reports
 from hil_tests.harness import wait_for
 from hil_tests.sim import parse_iso
@@ -146,8 +148,14 @@ def test_two_hundred_nodes_restore_at_once(hil_clock, gateway, nodes):
     assert not probe.failures(), probe.failures()[:5]
     assert summ["cli"]["calls"] >= 10 and summ["health"]["calls"] >= 10, summ
     assert summ["cli"]["max_s"] < CLI_BOUND_S and summ["health"]["max_s"] < CLI_BOUND_S, summ
-    rss = [b.rss_kb() for b in town.batches]
-    rss = [r for r in rss if r]
+    rss = [r for r in (b.rss_kb() for b in town.batches) if r]
+    town.stop()  # clean stop: each interpreter prints its MicroPython heap peak
+    heap = [int(m.group(1)) for b in town.batches
+            for m in [re.search(r"heap peak (\d+) bytes", b.proc.log.read_text(errors="replace"))] if m]
+    assert len(heap) == len(town.batches), heap
+    print(f"memory per emulated node: MicroPython heap peak {max(heap) / PER_PROCESS / 1024:.1f} KB "
+          f"(max over {len(heap)} interpreters of {PER_PROCESS}; includes the shared code), interpreter "
+          f"peak RSS {max(rss) / PER_PROCESS:.0f} kB")
     print(f"boot spread {spread:.1f} sim s; registration delay after boot: min {delays[0]:.0f}, "
           f"max {delays[-1]:.0f} sim s (bound {t_reg:.0f}); first report stored after boot: "
           f"max {max(arrival.values()):.0f} sim s (bound {t_rep:.0f}); {n_reports} reports checked; "
