@@ -39,7 +39,7 @@ def plan() -> list[dict]:
 
 
 def test_winter_night_follows_the_astronomical_programme(hil_clock, gateway, nodes, tmp_path):
-    clock = hil_clock("2026-12-15T14:30:00Z", speed=SPEED)
+    clock = hil_clock("2026-12-15T14:00:00Z", speed=SPEED)
     end = parse_iso("2026-12-16T07:50:00Z")  # dawn is about 07:10Z: the last step is seen
     gw = gateway(clock)
     town = nodes(clock, gw.coap_url, plan(), per_process=5, truth_period=120.0)

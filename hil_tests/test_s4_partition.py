@@ -34,7 +34,7 @@ def plan() -> list[dict]:
 
 
 def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
-    clock = hil_clock("2026-12-15T20:30:00Z", speed=SPEED)
+    clock = hil_clock("2026-12-15T19:15:00Z", speed=SPEED)
     cut_from, cut_to = parse_iso("2026-12-15T21:15:00Z"), parse_iso("2026-12-16T03:15:00Z")
     gw = gateway(clock)
     rl = relay(gw.coap_port, seed=4)
