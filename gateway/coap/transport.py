@@ -105,7 +105,9 @@ def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int
         def received(address: Any, datagram: bytes, mi: Any = mi) -> None:
             try:
                 message = Message.decode(datagram, remote=address)
-            except error.UnparsableMessage:
+            except (error.UnparsableMessage, ValueError):
+                # ValueError: aiocoap lets a string option that is not UTF-8 (line noise that
+                # looks like a header) escape as UnicodeDecodeError; it is unparsable too
                 if len(datagram) >= 4 and (datagram[0] >> 4) & 3 == 0:  # a CON: RST its MID
                     address.send(bytes((0x70, 0, datagram[2], datagram[3])))
                 if on_bad is not None:

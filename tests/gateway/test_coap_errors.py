@@ -114,6 +114,10 @@ async def test_every_bad_request_gets_its_code_and_changes_nothing(tmp_path, cap
         rst = await c.raw(bytes([0x80, 0x01, 0x12, 0x34]))  # version 2, CON, mid 0x1234
         assert rst is not None and pc.decode(rst).mtype == pc.RST and pc.decode(rst).mid == 0x1234
         assert await c.raw(b"\x40", timeout=0.3) is None
+        # line noise that looks like a CON with a Uri-Path that is not UTF-8 (aiocoap raises
+        # UnicodeDecodeError there, found by HIL scenario 8): RST too, not a traceback
+        rst = await c.raw(bytes([0x40, 0x02, 0x56, 0x78, 0xB2, 0xC3, 0x28]))
+        assert rst is not None and pc.decode(rst).mtype == pc.RST and pc.decode(rst).mid == 0x5678
 
         # nothing of the above was stored; the gateway still serves a good Send
         n = await gw.store.read(lambda conn: conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
