@@ -16,7 +16,8 @@ Checked (ground truth: the nodes' truth files and the meter emulator's own regis
 
 - the gateway stays up and answers the API; it answers every well-formed bad request with the
   SPEC §8 code (4.00, 4.02, 4.04, 4.13, RST for an unparsable CON) and counts them
-  (``/api/health`` coap_stats.bad); the rogue's only stored reading is its valid one;
+  (``/api/health`` coap_stats.bad), logs them (rate-limited) and no exception escapes (no
+  traceback in its log); the rogue's only stored reading is its valid one;
 - every other node kept reporting through the flood (new seqs stored during it), every report
   the truth shows was taken is stored, and each stored counter trails the true energy by 0 to
   1 Wh + one poll; nothing forged in a real node's name was stored;
@@ -123,12 +124,12 @@ def _run(clock, cab, gateway, nodes) -> None:
     print(f"flood: {g.sent} datagrams in {FLOOD_S:.0f} s ({rounds} rounds); answers {g.answers}")
     assert g.sent >= 1000, g.sent
     # answered with the SPEC §8 codes, and counted
-    for code in ("4.00", "4.02", "4.04", "4.13", "RST"):
-        assert g.answers.get(code, 0) >= rounds // 2, (code, g.answers)
+    for code in ("4.00", "4.02", "4.04", "4.13", "RST"):  # (UDP: a loaded host may drop some)
+        assert g.answers.get(code, 0) >= rounds // 4, (code, g.answers)
     assert not {k for k in g.answers if k.startswith("2.")} - {"2.01", "2.04"}, g.answers
     assert g.answers.get("2.04", 0) == 1 and g.answers.get("2.01", 0) == 1, g.answers  # the rogue's own
     h = health(gw)
-    assert h["status"] == "ok" and h["coap_stats"].get("bad", 0) - bad_before >= rounds, h["coap_stats"]
+    assert h["status"] == "ok" and h["coap_stats"].get("bad", 0) - bad_before >= g.answers["4.04"], h["coap_stats"]
     assert gw.proc.alive()
     # the rogue's only reading is the valid one
     assert [(r["seq"], r["wh"], r["level"]) for r in gw.readings("rogue-1")] == [(1, 100, 50)]
@@ -175,6 +176,12 @@ def _run(clock, cab, gateway, nodes) -> None:
     _meter_matches(gw, cab, "C1")
     assert not cab.feeder_errors, cab.feeder_errors
     assert gw.proc.alive()
+    # every bad datagram was handled, none escaped as an exception (a traceback per datagram
+    # would flood the journal: aiocoap's UnicodeDecodeError on non-UTF-8 options once did)
+    log = gw.proc.log.read_text(errors="replace")
+    assert "Traceback" not in log and "Exception in callback" not in log, \
+        log[log.find("Traceback") - 300:log.find("Traceback") + 1500]
+    assert "bad request from 127.0.0.1" in log  # the flood was logged (rate-limited)
 
 
 def _meter_matches(gw, cab, cabinet: str) -> None:
