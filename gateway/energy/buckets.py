@@ -2,10 +2,11 @@
 
 Rules (field-notes §5; decisions written down in docs/energy.md):
 - Buckets are UTC, half-open ``[start, start + 900)``; ``start`` is a multiple of 900.
-- Energy is the difference of the cumulative Wh between consecutive readings ordered by
-  ``(t, seq)``. A delta is spread over ``[t0, t1)`` in proportion to time, so energy is
-  conserved across bucket edges and gaps. Two readings with the same ``t`` put their delta in
-  the bucket holding ``t``.
+- Energy is the difference of the cumulative Wh between consecutive readings in the source's
+  own order (``seq``: the counter grows in that order whatever the node's clock did). A delta
+  is spread over ``[t0, t1)`` in proportion to time, so energy is conserved across bucket
+  edges and gaps. Two readings with the same ``t`` put their delta in the bucket holding
+  ``t``; a clock that stepped back puts the delta at the later report's time (estimated).
 - A reading below 0.9 x the previous one starts a new meter cycle (a reset): the delta is the
   new reading itself (the counter restarted from 0), marked estimated since the moment of the
   reset is unknown. An integer counter near 2**32 that comes back small wrapped: the delta is
@@ -24,6 +25,7 @@ Rules (field-notes §5; decisions written down in docs/energy.md):
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 
 BUCKET_S = 900
@@ -59,27 +61,26 @@ def delta_of(prev_wh: float, wh: float) -> tuple[str, float]:
 def intervals(readings: Iterable[tuple], events: Iterable[tuple] = ()) -> Iterator[tuple]:
     """Turn readings into energy intervals.
 
-    ``readings``: ``(t, wh, w, rel_time)`` sorted by time (ties in seq order).
-    ``events``: ``(t, kind)`` with kind ``replacement`` or ``reset``, any order.
+    ``readings``: ``(t, wh, w, rel_time)`` in the source's own report order (by seq: the
+    cumulative counter grows in that order whatever the clock did). Time normally grows with
+    it; after a clock correction it may step back: that delta is put at the later report's
+    time, estimated, never taken as a meter reset.
+    ``events``: ``(t, kind)`` with kind ``replacement`` or ``reset``, any order; an event
+    applies to the pair of readings around it (``t0 < event <= t1``).
     Yields ``(t0, t1, wh, quality_rank)`` for consecutive accepted readings.
     """
     evs = sorted(events)
-    ei = 0
+    ev_t = [e[0] for e in evs]
     prev = None
     for r in readings:
-        t, wh, w, rel = r
         if prev is None:
             prev = r
-            while ei < len(evs) and evs[ei][0] <= t:
-                ei += 1
             continue
+        t, wh, w, rel = r
         pt, pwh, pw, prel = prev
-        kinds = []
-        while ei < len(evs) and evs[ei][0] <= t:
-            if evs[ei][0] > pt:
-                kinds.append(evs[ei][1])
-            ei += 1
-        estimated_time = bool(rel or prel)
+        backwards = t < pt
+        t0 = t if backwards else pt
+        kinds = () if backwards else [k for _t, k in evs[bisect_right(ev_t, pt):bisect_right(ev_t, t)]]
         if "replacement" in kinds:
             if w is not None and pw is not None:
                 yield pt, t, max(0.0, (w + pw) / 2 * (t - pt) / 3600.0), ESTIMATED
@@ -94,15 +95,13 @@ def intervals(readings: Iterable[tuple], events: Iterable[tuple] = ()) -> Iterat
         kind, d = delta_of(pwh, wh)
         if kind == "noise":
             continue  # keep the last accepted reading as the reference
-        if kind == "reset":
-            q = ESTIMATED
-        elif estimated_time:
+        if kind == "reset" or backwards or rel or prel:
             q = ESTIMATED
         elif t - pt <= MEASURED_MAX_GAP_S:
             q = MEASURED
         else:
             q = INTERPOLATED
-        yield pt, t, d, q
+        yield t0, t, d, q
         prev = r
 
 

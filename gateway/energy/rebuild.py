@@ -6,8 +6,8 @@ the writer's transaction. For a dirty range ``[t_from, t_to]`` of one source:
 1. widen it to whole buckets, from the bucket of the last reading before ``t_from`` to the
    bucket of the first reading after ``t_to`` (a new reading changes the deltas on both of its
    sides);
-2. read the readings that determine those buckets (plus a few earlier ones to warm up the noise
-   rule), and the meter events;
+2. read the readings that determine those buckets, in seq order (plus a few earlier ones to
+   warm up the noise rule), and the meter events;
 3. replace the buckets of that range, then recompute the hour and local-day roll-ups that
    contain it from the buckets.
 """
@@ -51,23 +51,32 @@ def rebuild_source(conn: sqlite3.Connection, source: str, t_from: float, t_to: f
     row = conn.execute("SELECT MIN(t) FROM readings WHERE source = ? AND t > ?",
                        (source, t_to)).fetchone()
     hi = floor_bucket(row[0] if row[0] is not None else t_to) + BUCKET_S
-    # Readings that determine buckets [lo, hi): from the last one at or before lo to the first
-    # at or after hi, plus a warm-up so the noise rule starts from the right reference.
+    # Readings that determine buckets [lo, hi): by time, from the last one at or before lo to the
+    # first at or after hi; then, since the chain runs in seq order, the whole seq range they
+    # span, the next one, and a warm-up before so the noise rule starts from the right reference.
     r = conn.execute("SELECT MAX(t) FROM readings WHERE source = ? AND t <= ?", (source, lo)
                      ).fetchone()[0]
     first = r if r is not None else lo
     r = conn.execute("SELECT MIN(t) FROM readings WHERE source = ? AND t >= ?", (source, hi)
                      ).fetchone()[0]
     last = r if r is not None else hi
-    warm = conn.execute("SELECT t, wh, w, rel_time FROM readings WHERE source = ? AND t < ? "
-                        "ORDER BY t DESC, seq DESC LIMIT ?", (source, first, WARMUP_READINGS)
-                        ).fetchall()
-    readings = warm[::-1] + conn.execute(
-        "SELECT t, wh, w, rel_time FROM readings WHERE source = ? AND t >= ? AND t <= ? "
-        "ORDER BY t, seq", (source, first, last)).fetchall()
-    ev_lo = readings[0][0] if readings else first
-    events = conn.execute("SELECT t, kind FROM meter_events WHERE source = ? AND t > ? AND t <= ?",
-                          (source, ev_lo, last)).fetchall()
+    smin, smax = conn.execute("SELECT MIN(seq), MAX(seq) FROM readings WHERE source = ? AND t >= ? "
+                              "AND t <= ?", (source, first, last)).fetchone()
+    readings: list = []
+    events: list = []
+    if smin is not None:
+        r = conn.execute("SELECT MIN(seq) FROM (SELECT seq FROM readings WHERE source = ? AND "
+                         "seq < ? ORDER BY seq DESC LIMIT ?)", (source, smin, WARMUP_READINGS)
+                         ).fetchone()[0]
+        s_lo = r if r is not None else smin
+        r = conn.execute("SELECT MIN(seq) FROM readings WHERE source = ? AND seq > ?",
+                         (source, smax)).fetchone()[0]
+        s_hi = r if r is not None else smax
+        readings = conn.execute("SELECT t, wh, w, rel_time FROM readings WHERE source = ? AND "
+                                "seq >= ? AND seq <= ? ORDER BY seq", (source, s_lo, s_hi)).fetchall()
+        ts = [x[0] for x in readings]
+        events = conn.execute("SELECT t, kind FROM meter_events WHERE source = ? AND t > ? AND "
+                              "t <= ?", (source, min(ts), max(ts))).fetchall()
     cells = spread(intervals(readings, events), lo, hi)
     conn.execute("DELETE FROM buckets WHERE source = ? AND start >= ? AND start < ?",
                  (source, lo, hi))

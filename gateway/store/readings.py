@@ -107,14 +107,15 @@ def mark_dirty(conn: sqlite3.Connection, source: str, t_from: float, t_to: float
 _INSERT = ("INSERT OR IGNORE INTO readings(source, seq, t, wh, w, level, on_time, faults, "
            "rel_time, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)")
 # Creates the source's row on its first report (nodes get the next Modbus slot) and moves the
-# live columns forward only: a late, older report never overwrites a newer state.
-_LIVE = ("INSERT INTO nodes(id, kind, created_at, modbus_slot, last_report, wh, power_w, level, "
-         f"on_time, faults) VALUES (?1, ?2, ?3, CASE WHEN ?2 = 'node' THEN {_NEXT_SLOT} END, "
-         "?4, ?5, ?6, ?7, ?8, ?9) "
-         "ON CONFLICT(id) DO UPDATE SET last_report = excluded.last_report, wh = excluded.wh, "
+# live columns forward only: a late, older report (lower seq) never overwrites a newer state.
+_LIVE = ("INSERT INTO nodes(id, kind, created_at, modbus_slot, last_seq, last_report, wh, power_w, "
+         f"level, on_time, faults) VALUES (?1, ?2, ?3, CASE WHEN ?2 = 'node' THEN {_NEXT_SLOT} END, "
+         "?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+         "ON CONFLICT(id) DO UPDATE SET last_seq = excluded.last_seq, "
+         "last_report = excluded.last_report, wh = excluded.wh, "
          "power_w = COALESCE(excluded.power_w, power_w), level = COALESCE(excluded.level, level), "
          "on_time = COALESCE(excluded.on_time, on_time), faults = excluded.faults "
-         "WHERE nodes.last_report IS NULL OR nodes.last_report <= excluded.last_report")
+         "WHERE nodes.last_seq IS NULL OR nodes.last_seq <= excluded.last_seq")
 
 
 class IngestWrite:
@@ -148,10 +149,11 @@ def ingest_many(conn: sqlite3.Connection, writes: list[IngestWrite]) -> list[Ing
         if stored:
             # Bounds over the whole pack (a superset of what was new): rebuilding a little more
             # than needed is harmless.
-            newest = max(w.rows, key=lambda r: r[1])
-            _seq, t, wh, pw, level, on_time, faults, _rel, _recv = newest
-            live.append((w.source, w.kind, w.now, t, wh, pw, level, on_time, faults))
-            dirty.append((w.source, min(r[1] for r in w.rows), t))
+            # The live columns follow the newest report by seq (a clock may have stepped back).
+            newest = max(w.rows, key=lambda r: r[0])
+            seq, t, wh, pw, level, on_time, faults, _rel, _recv = newest
+            live.append((w.source, w.kind, w.now, seq, t, wh, pw, level, on_time, faults))
+            dirty.append((w.source, min(r[1] for r in w.rows), max(r[1] for r in w.rows)))
     if live:
         conn.executemany(_LIVE, live)
         conn.executemany(_DIRTY, dirty)

@@ -86,7 +86,13 @@ CREATE INDEX commands_state ON commands(state);
 CREATE TABLE schedules(target TEXT PRIMARY KEY, steps TEXT, updated_at REAL);
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1]
+# The live columns of a node follow its newest report by seq, not by time: after a clock
+# correction that steps back, time alone would freeze them until the clock catches up.
+MIGRATION_2 = """
+ALTER TABLE nodes ADD COLUMN last_seq INTEGER;
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2]
 
 
 def current_version(conn: sqlite3.Connection) -> int:

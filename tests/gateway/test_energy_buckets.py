@@ -125,3 +125,23 @@ def test_local_day_rollup_on_a_dst_day_has_92_buckets():
     rebuild_dirty(c, "Europe/Paris")
     row = c.execute("SELECT n, wh FROM energy_day WHERE start = ?", (int(d0),)).fetchone()
     assert row[0] == 92 and row[1] == pytest.approx(92 * 3)
+
+
+def test_a_clock_stepped_back_is_not_a_meter_reset():
+    # A node's clock is corrected 31 min back after report 30 (the HIL scenario that once
+    # counted 13x the energy): the chain follows seq, so nothing is counted twice.
+    reps = [{"seq": k, "t": B + 60 * k - (1860 if k > 30 else 0), "wh": 10 + k} for k in range(1, 91)]
+    c = _db()
+    _ingest(c, "n1", reps[:35], B + 100_000)
+    rebuild_dirty(c, "Europe/Paris")
+    _ingest(c, "n1", reps[35:], B + 100_000)
+    rebuild_dirty(c, "Europe/Paris")
+    assert c.execute("SELECT SUM(wh) FROM buckets").fetchone()[0] == pytest.approx(89)
+    incremental = _dump(c)
+    rebuild_all(c, "Europe/Paris")
+    assert _dump(c) == incremental
+    # the step back is estimated; the steady stretches stay measured
+    quals = dict(c.execute("SELECT start, quality FROM buckets"))
+    step_bucket = (B + 60 * 31 - 1860) // 900 * 900
+    assert quals[step_bucket] == "estimated"
+    assert quals[B + 2700] == "measured"  # after the overlap, only post-correction reports

@@ -116,13 +116,20 @@ async def test_ingest_is_idempotent_and_replay_changes_nothing(store):
 
 
 async def test_node_live_columns_follow_the_newest_report(store):
-    await store.ingest_reports("n1", reports(10), received_at=T0 + 900)
-    # an older report arriving late does not overwrite the live state
-    await store.ingest_reports("n1", [{"seq": 100, "t": T0 - 3600, "wh": 5, "level": 20}],
-                               received_at=T0 + 900)
+    await store.ingest_reports("n1", reports(10, start_seq=11), received_at=T0 + 2000)
+    # an older report (lower seq) arriving late does not overwrite the live state
+    await store.ingest_reports("n1", [{"seq": 5, "t": T0 - 3600, "wh": 5, "level": 20}],
+                               received_at=T0 + 2000)
     row = await store.read(lambda c: c.execute(
-        "SELECT wh, level, last_report, modbus_slot, kind FROM nodes WHERE id='n1'").fetchone())
-    assert row == (1010.0, 100.0, T0 + 540, 0, "node")
+        "SELECT wh, level, last_report, last_seq, modbus_slot, kind FROM nodes WHERE id='n1'"
+    ).fetchone())
+    assert row == (1020.0, 100.0, T0 + 1140, 20, 0, "node")
+    # after a clock correction that steps back, the next report (higher seq) is the live state
+    await store.ingest_reports("n1", [{"seq": 21, "t": T0 - 600, "wh": 1021, "level": 40}],
+                               received_at=T0 + 2000)
+    row = await store.read(lambda c: c.execute(
+        "SELECT wh, level, last_report, last_seq FROM nodes WHERE id='n1'").fetchone())
+    assert row == (1021.0, 40.0, T0 - 600, 21)
 
 
 async def test_modbus_slots_are_assigned_once_in_order(store):
