@@ -98,3 +98,16 @@ def boot_time(lines: list[dict]) -> float | None:
         if x["event"] == "boot":
             return x["t"]
     return None
+
+
+def gateway_log_errors(gw: Gateway) -> list[str]:
+    """ERROR/CRITICAL lines and tracebacks in every log of this test's gateway processes
+    (all starts: ``slgw-1``, ``slgw-2`` ...)."""
+    bad = []
+    for p in gw.procs.procs:
+        if not p.name.startswith("slgw-"):
+            continue
+        for line in p.log.read_text(errors="replace").splitlines():
+            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+                bad.append(f"{p.name}: {line[:300]}")
+    return bad

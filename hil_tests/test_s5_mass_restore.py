@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 
-from hil_tests._s5_helpers import CliProbe, ack_bound_s, boot_time, reports
+from hil_tests._s5_helpers import CliProbe, ack_bound_s, boot_time, gateway_log_errors, reports
 from hil_tests.harness import wait_for
 from hil_tests.sim import parse_iso
 
@@ -143,6 +143,7 @@ def test_two_hundred_nodes_restore_at_once(hil_clock, gateway, nodes):
         assert got[i]["wh"] == rows[last]["wh"], (i, got[i]["wh"], rows[last])
         assert parse_iso(got[i]["last_report"]) == rows[last]["t"], (i, got[i]["last_report"], rows[last]["t"])
 
+    assert not gateway_log_errors(gw), gateway_log_errors(gw)[:10]  # nothing failed on the way
     # the gateway answered the CLI throughout
     summ = probe.summary()
     assert not probe.failures(), probe.failures()[:5]

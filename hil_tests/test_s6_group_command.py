@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from hil_tests._s5_helpers import gateway_log_errors
 from hil_tests.harness import wait_for
 from hil_tests.sim import parse_iso
 
@@ -89,6 +90,7 @@ def test_group_command_reaches_every_lamp_under_loss(hil_clock, gateway, nodes, 
         # it stays at 30 once there (the command was applied once, nothing re-applied another level)
         first = next(k for k, x in enumerate(after) if x["level"] == 30)
         assert all(x["level"] == 30 for x in after[first:]), (i, [x["level"] for x in after[first:]])
+    assert not gateway_log_errors(gw), gateway_log_errors(gw)[:10]  # nothing failed on the way
     retried = sum(1 for c in cmds if c["attempts"] > 1)
     # ~0.26 expected (0.13 % each); aiocoap's 64-socket client pool once made it ~37
     assert retried <= 5, f"{retried} of 200 Writes needed another attempt (expected < 1)"

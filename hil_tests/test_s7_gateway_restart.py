@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from hil_tests._s5_helpers import gateway_log_errors
 from hil_tests.harness import wait_for
 from hil_tests.sim import parse_iso
 
@@ -143,5 +144,6 @@ def test_pending_commands_survive_a_gateway_crash(hil_clock, gateway, nodes):
         assert nodes_now[i]["registered"] and nodes_now[i]["online"], nodes_now[i]
         if i in b.ids + c.ids:
             assert parse_iso(nodes_now[i]["registered_at"]) >= t_power - 1, nodes_now[i]
+    assert not gateway_log_errors(gw), gateway_log_errors(gw)[:10]  # nothing failed on the way
     print(f"s7: kill at {t_kill:.0f}, power back at {t_power:.0f}; every command delivered "
           f"{max(parse_iso(s2[i]['delivered_at']) for i in town.ids) - t_power:.0f} sim s after power returned")

@@ -34,7 +34,7 @@ import math
 import time
 import urllib.request
 
-from hil_tests._s5_helpers import reports
+from hil_tests._s5_helpers import gateway_log_errors, reports
 from hil_tests._s8_helpers import Garbage, RtuCabinetMeters, report_pack
 from hil_tests.harness import wait_for
 from protocol import coap
@@ -181,6 +181,7 @@ def _run(clock, cab, gateway, nodes) -> None:
     log = gw.proc.log.read_text(errors="replace")
     assert "Traceback" not in log and "Exception in callback" not in log, \
         log[log.find("Traceback") - 300:log.find("Traceback") + 1500]
+    assert not gateway_log_errors(gw), gateway_log_errors(gw)[:10]  # nothing failed on the way
     assert "bad request from 127.0.0.1" in log  # the flood was logged (rate-limited)
 
 
