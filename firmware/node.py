@@ -301,7 +301,7 @@ class Node:
         self.log("registered as %s" % self.reg_path)
         d = report.encode_descriptor(FW_VERSION, c["lat"], c["lon"], c["group"], c["cabinet"], c["rated_w"],
                                      c["default_level"], c["tz"])
-        r = await self.request(coap.POST, "/dp", ("ep=" + c["id"],), d, CF_SENML_CBOR)
+        r = await self.request(coap.POST, "/dp", (), d, CF_SENML_CBOR)
         return r is not None
 
     async def update(self):
@@ -325,7 +325,9 @@ class Node:
             return True
         packs = report.pack_reports([self.wire_report(r) for r in pending], MAX_PAYLOAD)
         pack = packs[0][:1] if self.single else packs[0]
-        r = await self.request(coap.POST, "/dp", ("ep=" + self.cfg["id"],), report.encode_reports(pack),
+        # No ep query (SPEC §3): the gateway knows us by the address we registered from, and
+        # every request leaves from that one socket; a 4.04 makes us Register again.
+        r = await self.request(coap.POST, "/dp", (), report.encode_reports(pack),
                                CF_SENML_CBOR)
         if r is None:
             return False

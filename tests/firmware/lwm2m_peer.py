@@ -37,7 +37,7 @@ def split_reports(resolved):
     reports, attrs, cur = [], {}, None
     for name, t, val in resolved:
         if name == "/10250/0/0":
-            cur = {"seq": val, "t": t}
+            cur = {"seq": val, "t": t, "faults": 0}  # SPEC §3.1: an absent /10250/0/1 means no fault
             reports.append(cur)
         elif cur is None:
             attrs[name] = val

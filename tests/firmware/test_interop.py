@@ -63,18 +63,25 @@ async def test_register_descriptor_reports_and_update(setup):
         assert obj in links
     # the descriptor (a pack without /10250/0/0) arrives first
     first = await peer.wait_for(lambda: peer.sends and peer.sends[0], 15)
-    assert first["reports"] == [] and first["cf"] == 112 and first["query"] == {"ep": "lamp-1"}
+    assert first["reports"] == [] and first["cf"] == 112 and first["query"] == {}  # SPEC §3: no ep query
     a = first["attrs"]
     assert a["/6/0/0"] == pytest.approx(45.76) and a["/6/0/1"] == pytest.approx(4.84)
     assert a["/10250/0/5"] == "rue-A" and a["/10250/0/6"] == "C7" and a["/10250/0/7"] == 60
     assert a["/10250/0/3"] == 100 and a["/3/0/15"] == "CET-1CEST,M3.5.0,M10.5.0/3" and "/3/0/3" in a
     # reports: exact SenML-CBOR layout of SPEC §3.1
     await peer.wait_for(lambda: len(peer.reports) >= 3, 30)
+    # the first report after boot carries supplyLoss: six records; later ones without a fault
+    # leave the fault record out (five records)
     send = next(s for s in peer.sends if s["reports"])
     recs = send["records"]
+    assert send["reports"][0]["faults"] & 0x20
     assert [sorted(r) for r in recs[:6]] == [[-3, -2, 0, 2], [0, 2], [-2, 0, 2], [0, 2], [0, 2], [-2, 0, 2]]
     assert [r.get(-2) for r in recs[:6]] == ["/10250/0/", None, "/3311/0/", None, None, "/3305/0/"]
     assert [r[0] for r in recs[:6]] == ["0", "1", "5805", "5851", "5852", "5800"]
+    quiet = next(s for s in peer.sends if s["reports"] and s["reports"][-1]["faults"] == 0)
+    last = quiet["records"][-5:]
+    assert [r[0] for r in last] == ["0", "5805", "5851", "5852", "5800"]
+    assert [sorted(r) for r in last] == [[-3, -2, 0, 2], [-2, 0, 2], [0, 2], [0, 2], [-2, 0, 2]]
     seqs = sorted(peer.reports)
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     for s in seqs:

@@ -118,13 +118,23 @@ async def test_schedule_override_fault_and_reboot_on_accelerated_clock(tmp_path)
         await peer.wait_for(lambda: _last(truth_path)["t"] > 1736506800 + 300, 20)
         at12 = next(x for x in read_truth(truth_path) if x["level"] == 80)
         assert 1736506800 <= at12["t"] <= 1736506800 + 300
+        # a clock jump (Write /3/0/13 far from the node's time) re-evaluates the schedule at
+        # once: back to 10:30 CET is the 30 % step again
+        assert await peer.write("/3/0/13", 1736501400) == aiocoap.CHANGED
+        code, lvl = await peer.read("/3311/0/5851")
+        code, target = await peer.read("/10250/0/4")
+        await peer.wait_for(lambda: _last(truth_path)["level"] == 30, 5)
+        code, now = await peer.read("/3/0/13")
+        assert 1736501400 <= now < 1736501400 + 600
+        peer.time_to_write = None
         # lamp failure: the next reports carry lampFailure
         ctl = flash / "emulator-control.json"
         ctl.write_text(json.dumps([{"id": "*", "fail_lamp": True}]))
         n = max(peer.reports)
         await peer.wait_for(lambda: any(r["faults"] & FAULT_LAMP_FAILURE for s, r in peer.reports.items() if s > n),
                             20)
-        # power cut; the restarted node is at the scheduled 80 % from its first truth line
+        # power cut; the restarted node (valid RTC) is at the level the schedule wants now
+        # (its clock restarts from the simulated time: 12:xx CET, 80 %)
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].p.wait(timeout=10)
         ctl.unlink()
