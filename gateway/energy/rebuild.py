@@ -45,12 +45,26 @@ def rebuild_source(conn: sqlite3.Connection, source: str, t_from: float, t_to: f
 
     Returns the rebuilt bucket range ``(lo, hi)``.
     """
+    # The buckets that change: those under the deltas that start or end at a reading in the
+    # range, i.e. from its neighbours in time and, since the chain runs in seq order, in seq
+    # (they differ only after a node's clock stepped back).
     row = conn.execute("SELECT MAX(t) FROM readings WHERE source = ? AND t < ?",
                        (source, t_from)).fetchone()
-    lo = floor_bucket(row[0] if row[0] is not None else t_from)
+    a = row[0] if row[0] is not None else t_from
     row = conn.execute("SELECT MIN(t) FROM readings WHERE source = ? AND t > ?",
                        (source, t_to)).fetchone()
-    hi = floor_bucket(row[0] if row[0] is not None else t_to) + BUCKET_S
+    b = row[0] if row[0] is not None else t_to
+    smin, smax = conn.execute("SELECT MIN(seq), MAX(seq) FROM readings WHERE source = ? AND t >= ? "
+                              "AND t <= ?", (source, t_from, t_to)).fetchone()
+    if smin is not None:
+        ta, tb = conn.execute(
+            "SELECT MIN(t), MAX(t) FROM readings WHERE source = ? AND seq >= COALESCE((SELECT "
+            "MAX(seq) FROM readings WHERE source = ?1 AND seq < ?2), ?2) AND seq <= COALESCE(("
+            "SELECT MIN(seq) FROM readings WHERE source = ?1 AND seq > ?3), ?3)",
+            (source, smin, smax)).fetchone()
+        a, b = min(a, ta), max(b, tb)
+    lo = floor_bucket(a)
+    hi = floor_bucket(b) + BUCKET_S
     # Readings that determine buckets [lo, hi): by time, from the last one at or before lo to the
     # first at or after hi; then, since the chain runs in seq order, the whole seq range they
     # span, the next one, and a warm-up before so the noise rule starts from the right reference.

@@ -48,7 +48,9 @@ def meter_history(draw):
                 seq += 1
                 dip = wh - draw(st.integers(1, wh // 10))
                 reports.append({"seq": seq, "t": t, "wh": dip, "w": 20.0})
-            t += draw(st.sampled_from([0, 1, 59, 60, 61, 300, 899, 900, 901, 3600, 7300, 86400]))
+            # mostly forward; now and then a clock corrected backwards (the chain follows seq)
+            t += draw(st.sampled_from([0, 1, 59, 60, 61, 300, 899, 900, 901, 3600, 7300, 86400,
+                                       -1860, -61]))
             wh += draw(st.integers(0, 500))
         last = top  # the last real (non-dip) reading of the cycle
         expected += (last - first) if c == 0 else last
