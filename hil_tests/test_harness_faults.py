@@ -4,6 +4,8 @@ unplugged cabinet meter (reported by `slgw meters`, back when plugged in)."""
 
 from __future__ import annotations
 
+import time
+
 from hil_tests.harness import wait_for
 
 SPEED = 120.0
@@ -37,7 +39,6 @@ def test_clock_jump_lamp_failure_and_meter_unplug(hil_clock, gateway, nodes, met
 
     jumped, back = wait_for(ahead_then_back, timeout=30, what="a report 2 h ahead, then corrected ones")
     assert back[0] > jumped[0]
-
     # the failed lamp: its light is off in the truth, and the gateway lists lampFailure
     wait_for(lambda: "lampFailure" in (gw.nodes()[failing]["faults"] or []), timeout=30,
              what="lampFailure reported for the failed lamp")
@@ -50,3 +51,44 @@ def test_clock_jump_lamp_failure_and_meter_unplug(hil_clock, gateway, nodes, met
     wait_for(lambda: gw.cli("meters")["meters"][0]["status"] != "ok", timeout=20, what="the unplugged meter")
     cab.unplug("C9", False)
     wait_for(lambda: gw.cli("meters")["meters"][0]["status"] == "ok", timeout=30, what="the meter back")
+
+    # SPEC §6: a clock jump leaves the energy counter alone, so the gateway's energy over the
+    # node's reports is still its last counter minus its first (the reports stamped 2 h ahead
+    # must not be taken for a counter going backwards)
+    town.stop()  # nothing more arrives while the gateway's view is compared
+    time.sleep(1.5)
+    stored = gw.readings(jumper)
+    total = gw.cli("energy", "--node", jumper)["total_wh"]
+    assert abs(total - (stored[-1]["wh"] - stored[0]["wh"])) < 0.01, (total, stored[0], stored[-1])
+
+
+
+def test_clock_jump_back_keeps_the_energy(hil_clock, gateway, nodes):
+    """A node whose clock steps 2 h back (then corrected by the gateway) stamps one report
+    before many older ones; the gateway chains its counter in seq order, so the energy over
+    the run is still the last counter minus the first (regression guard for the 13x
+    over-count this suite found when deltas followed time order)."""
+    clock = hil_clock("2026-12-15T16:00:00Z", speed=600.0)
+    gw = gateway(clock)
+    town = nodes(clock, gw.coap_url, [{"cabinet": "C9", "group": "g", "rated_w": 40.0, "report_period": 60,
+                                       "jitter": 2, "lifetime": 3600}], per_process=1)
+    (nid,) = town.ids
+    wait_for(lambda: len(gw.readings(nid)) >= 5, timeout=20, what="five reports")
+    clock.sleep(2.5 * 3600)  # so that 2 h back lands among the node's earlier reports
+    jumped_at = clock.now()
+    town.control(nid, clock_jump=-7200)  # the node's clock goes 2 h back; the gateway corrects it
+
+    def corrected():
+        truth = {x["seq"]: x for x in town.truth()[nid] if x["event"] == "report"}
+        offs = [(r["seq"], r["t"] - truth[r["seq"]]["t"]) for r in gw.readings(nid)
+                if r["seq"] in truth and truth[r["seq"]]["t"] > jumped_at]
+        jumped = [s for s, off in offs if abs(off + 7200) < 60]
+        return jumped and any(s > jumped[0] and abs(off) < 30 for s, off in offs)
+
+    wait_for(corrected, timeout=30, what="a report 2 h behind, then corrected ones")
+    clock.sleep(600)
+    town.stop()
+    time.sleep(1.5)
+    stored = gw.readings(nid)
+    total = gw.cli("energy", "--node", nid)["total_wh"]
+    assert abs(total - (stored[-1]["wh"] - stored[0]["wh"])) < 0.01, (total, stored[0], stored[-1])

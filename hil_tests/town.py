@@ -82,7 +82,8 @@ class Batch:
             cfg, errors = cfgmod.validate(c)
             if errors:
                 raise ValueError(f"node config {c.get('id')}: " + "; ".join(errors))
-            d = self.flash / c["id"]
+            # `slnode emulate --count 1` uses the flash directory itself, K > 1 a subdirectory per id
+            d = self.flash / c["id"] if len(self.configs) > 1 else self.flash
             d.mkdir(parents=True, exist_ok=True)
             (d / "config.json").write_text(cfgmod.dumps(cfg))
 
