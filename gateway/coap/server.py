@@ -6,7 +6,7 @@ One root resource dispatches on the whole path, so unknown paths and methods get
 log line instead of a traceback. Malformed datagrams never reach this code: aiocoap answers
 them with RST or drops them (SPEC §8, first row).
 
-What a Send costs: parse (protocol.report.parse_send), then `sink(ep, reports, attrs, now)`
+What a Send costs: parse (gateway.ingest.parse_payload: protocol.report.parse_send behind a cbor2 fast path), then `sink(ep, reports, attrs, now)`
 (the service's glue to gateway.ingest.Ingestor), which makes the pack durable before it
 returns and says what to answer (a gateway.ingest.Answer: 2.04, 4.00 for a value out of range,
 5.03 with Max-Age when the store cannot write, so the node keeps its outbox).
@@ -25,8 +25,9 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
+from gateway.ingest import parse_payload
 from gateway.store import StoreUnavailable
-from protocol import linkformat, lwm2m, report
+from protocol import linkformat, lwm2m
 
 log = logging.getLogger("slgw.coap")
 
@@ -285,7 +286,7 @@ class LwM2MServer(resource.Resource):
                 raise BadRequest(Code.NOT_FOUND, "no registration at this address; Register first")
         now = self.clock.now()
         try:
-            reports, attrs = report.parse_send(bytes(request.payload), now)
+            reports, attrs = parse_payload(bytes(request.payload), now)
         except ValueError as exc:  # CBORError, SenMLError are ValueErrors (SPEC §8)
             raise BadRequest(Code.BAD_REQUEST, f"report: {exc}") from None
         answer = await self.sink(ep, reports, attrs, now)
