@@ -18,15 +18,26 @@ IN_FLIGHT = 32
 
 
 class Burst(asyncio.DatagramProtocol):
+    """Matches answers by token: under load aiocoap may send an empty ACK first and the
+    response later as a separate CON (RFC 7252 §5.2.2), which we acknowledge."""
+
     def __init__(self) -> None:
-        self.waiters: dict[int, asyncio.Future] = {}
+        self.waiters: dict[bytes, asyncio.Future] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
         try:
             msg = pc.decode(data)
         except ValueError:
             return
-        fut = self.waiters.pop(msg.mid, None)
+        if msg.code == 0:
+            return  # empty ACK: the response follows separately
+        if msg.mtype == pc.CON and self.transport is not None:
+            self.transport.sendto(pc.encode(pc.Message(pc.ACK, 0, msg.mid)))
+        fut = self.waiters.pop(msg.token, None)
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
@@ -48,7 +59,7 @@ async def burst_and_kill(gw: SlgwProcess, kill_after: int) -> set[int]:
     try:
         async def exchange(mid: int, data: bytes, timeout: float = 1.0) -> pc.Message | None:
             fut = loop.create_future()
-            proto.waiters[mid] = fut
+            proto.waiters[mid.to_bytes(2, "big")] = fut
             transport.sendto(data)
             try:
                 return await asyncio.wait_for(fut, timeout)
