@@ -62,6 +62,9 @@ def test_group_command_reaches_every_lamp_under_loss(hil_clock, gateway, nodes, 
     assert batch["kind"] == "level" and batch["target"] == f"group:{GROUP}"
     assert len(batch["commands"]) == N_NODES
     assert {c["node"] for c in batch["commands"]} == set(town.ids)
+    # the CLI's answer already shows where delivery stands (after --wait's 5 s)
+    assert sum(batch["summary"].values()) == N_NODES, batch["summary"]
+    assert set(batch["summary"]) <= {"pending", "delivering", "delivered"}, batch["summary"]
 
     def all_delivered():
         doc = gw.cli("commands", "--batch", batch["batch"])
