@@ -111,3 +111,25 @@ def gateway_log_errors(gw: Gateway) -> list[str]:
             if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
                 bad.append(f"{p.name}: {line[:300]}")
     return bad
+
+
+def cpu_s(pid: int, children: bool = True) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and, with ``children``, its direct
+    children (the launcher's micropython interpreter); 0 for a process that is gone."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    if children:
+        try:
+            pids += [int(x) for x in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+        except OSError:
+            pass
+    total = 0.0
+    for p in pids:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total

@@ -29,8 +29,9 @@ every 0.5 s from before the first boot to the end; every call must succeed, with
 from __future__ import annotations
 
 import re
+import time
 
-from hil_tests._s5_helpers import CliProbe, ack_bound_s, boot_time, gateway_log_errors, reports
+from hil_tests._s5_helpers import CliProbe, ack_bound_s, boot_time, cpu_s, gateway_log_errors, reports
 from hil_tests.harness import wait_for
 from hil_tests.sim import parse_iso
 
@@ -54,6 +55,7 @@ def test_two_hundred_nodes_restore_at_once(hil_clock, gateway, nodes):
     clock = hil_clock("2026-12-15T18:00:00Z", speed=SPEED)
     gw = gateway(clock)
     probe = CliProbe(gw, interval=0.5, timeout=20.0).start()
+    t_start = time.monotonic()
     try:
         town = nodes(clock, gw.coap_url, plan(), per_process=PER_PROCESS, truth_period=60.0)
         w_sim = ack_bound_s(town.ack_timeout_ms) * SPEED
@@ -150,6 +152,11 @@ def test_two_hundred_nodes_restore_at_once(hil_clock, gateway, nodes):
     assert summ["cli"]["calls"] >= 10 and summ["health"]["calls"] >= 10, summ
     assert summ["cli"]["max_s"] < CLI_BOUND_S and summ["health"]["max_s"] < CLI_BOUND_S, summ
     rss = [r for r in (b.rss_kb() for b in town.batches) if r]
+    wall = time.monotonic() - t_start
+    cpu_nodes = sum(cpu_s(b.proc.pid) for b in town.batches)
+    cpu_gw = cpu_s(gw.proc.pid, children=False)
+    print(f"CPU over the {wall:.0f} s run: 200 nodes {cpu_nodes:.1f} s ({cpu_nodes / wall:.2f} cores), "
+          f"gateway {cpu_gw:.1f} s ({cpu_gw / wall:.2f} cores)")
     town.stop()  # clean stop: each interpreter prints its MicroPython heap peak
     heap = [int(m.group(1)) for b in town.batches
             for m in [re.search(r"heap peak (\d+) bytes", b.proc.log.read_text(errors="replace"))] if m]
