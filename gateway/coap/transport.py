@@ -99,6 +99,10 @@ def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int
     wrapped = 0
     for ri in getattr(ctx, "request_interfaces", []):
         mi = getattr(getattr(ri, "token_interface", None), "message_interface", None)
+        if hasattr(mi, "datagram_msg_received"):  # udp6 (wildcard/IPv6 binds)
+            _guard_udp6(mi, on_bad)
+            wrapped += 1
+            continue
         if not isinstance(mi, GenericMessageInterface):
             continue
 
@@ -119,3 +123,20 @@ def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int
         mi._received_datagram = received
         wrapped += 1
     return wrapped
+
+
+def _guard_udp6(mi: Any, on_bad: Callable[[str], None] | None) -> None:
+    """udp6 ignores unparsable datagrams itself (no RST: it gives no Message ID to us), but
+    lets the UnicodeDecodeError of a non-UTF-8 string option escape into the event loop's
+    callback, a traceback per datagram of line noise. Treat that as unparsable too (dispatch
+    errors are caught inside aiocoap, so a ValueError here can only come from decoding)."""
+    orig = mi.datagram_msg_received
+
+    def received(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        try:
+            orig(data, ancdata, flags, address)
+        except ValueError:
+            if on_bad is not None:
+                on_bad(str(address[0]) if isinstance(address, tuple) else str(address))
+
+    mi.datagram_msg_received = received

@@ -191,3 +191,18 @@ async def test_unexpected_failure_is_500_and_logged_not_a_crash(tmp_path, caplog
         assert code(await c.req(pc.GET, "/nothing")) == "4.04"
         c.transport.close()
         assert gw.coap.stats["error"] == 1
+
+
+async def test_wildcard_bind_ignores_non_utf8_options_without_a_traceback(tmp_path, caplog):
+    """The udp6 transport (a wildcard bind) lets aiocoap's UnicodeDecodeError escape into the
+    event loop for a string option that is not UTF-8; the gateway drops such a datagram quietly
+    (counted as bad), logs no traceback, and keeps serving (found by HIL scenario 8)."""
+    caplog.set_level(logging.WARNING)
+    async with gateway(tmp_path, coap__bind="0.0.0.0") as gw:
+        port = int(gw.coap_address.rsplit(":", 1)[1])
+        c = await RawClient.open(port)
+        assert await c.raw(bytes([0x40, 0x02, 0x56, 0x78, 0xB2, 0xC3, 0x28]), timeout=0.5) is None
+        r = await c.req(pc.POST, "/rd", REG, b"</3/0>", lwm2m.CF_LINK_FORMAT)
+        assert code(r) == "2.01"  # still serving
+        c.transport.close()
+    assert not [r for r in caplog.records if r.exc_info or "Exception in callback" in r.getMessage()]
