@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 
+from hil_tests._s5_helpers import gateway_log_errors
 from hil_tests.harness import wait_for
 from hil_tests.schedule_ref import changes, level_at, timeline
 from hil_tests.sim import parse_iso
@@ -103,3 +104,5 @@ def test_winter_night_follows_the_astronomical_programme(hil_clock, gateway, nod
     # a truth line comes every 120 sim s, so lateness includes up to 120 s of sampling
     print(f"step lateness (sim s, incl. 120 s truth sampling): max {max(lateness):.0f}, "
           f"mean {sum(lateness) / len(lateness):.0f} over {len(lateness)} steps")
+    # the gateway kept serving without an error on the way (SIGKILLs and faults are warnings at most)
+    assert not gateway_log_errors(gw), gateway_log_errors(gw)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 
+from hil_tests._s5_helpers import gateway_log_errors
 from hil_tests.harness import wait_for
 from hil_tests.sim import iso, parse_iso
 
@@ -175,6 +176,9 @@ def test_energy_is_conserved_under_faults(hil_clock, gateway, nodes, meters, rel
         print(f"{c}: meter {circ['meter_wh']:.1f} Wh, nodes {circ['nodes_wh']:.1f} Wh, truth {true_sum:.1f} Wh, "
               f"unaccounted {circ['meter_wh'] - circ['nodes_wh']:.1f} Wh "
               f"({100 * (circ['meter_wh'] / circ['nodes_wh'] - 1):.2f} %), tolerance {tol:.1f} Wh")
+
+    # the gateway kept serving without an error on the way (SIGKILLs and faults are warnings at most)
+    assert not gateway_log_errors(gw), gateway_log_errors(gw)
 
 
 def _true_at(town, nid: str, lines: list[dict], t: float) -> float:
