@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from hil_tests._s5_helpers import gateway_log_errors
 from hil_tests.harness import wait_for
 from hil_tests.sim import iso, parse_iso
@@ -38,11 +40,11 @@ FLUSH_WH = 10.0  # firmware/meter.py FLUSH_WH: the stated bound's main term
 Q_WH = 1.0  # reports carry integer Wh
 
 
-def plan() -> list[dict]:
+def plan(n: int = 10) -> list[dict]:
     return [{"group": "avenue-general-leclerc", "cabinet": "C1" if i % 2 == 0 else "C2",
              "lat": 45.52 + 0.001 * i, "lon": 4.87, "tz": "CET-1CEST,M3.5.0,M10.5.0/3",
-             "rated_w": 40.0 + 4.0 * i, "report_period": 60, "jitter": 5, "lifetime": 3600}
-            for i in range(10)]
+             "rated_w": 40.0 + 4.0 * (i % 10), "report_period": 60, "jitter": 5, "lifetime": 3600}
+            for i in range(n)]
 
 
 def power_w(rated: float) -> float:
@@ -70,13 +72,23 @@ def circuit_tolerance(n_nodes: int, changes_w: list[float], feeder_interval: flo
 
 
 def test_energy_is_conserved_under_faults(hil_clock, gateway, nodes, meters, relay):
+    run_scenario(hil_clock, gateway, nodes, meters, relay, n_nodes=10, per_process=5, hours=2)
+
+
+@pytest.mark.soak
+def test_energy_soak_forty_nodes_six_hours(hil_clock, gateway, nodes, meters, relay):
+    """The same faults over 40 nodes in four interpreters and a six-hour window (~2.5 min)."""
+    run_scenario(hil_clock, gateway, nodes, meters, relay, n_nodes=40, per_process=10, hours=6)
+
+
+def run_scenario(hil_clock, gateway, nodes, meters, relay, n_nodes: int, per_process: int, hours: int) -> None:
     clock = hil_clock("2026-12-15T17:30:00Z", speed=SPEED)
     cab = meters(clock, ["C1", "C2"], line_loss=LOSS, period="0.5s")
     gw = gateway(clock, extra_toml=cab.toml())
     rl = relay(gw.coap_port, seed=3)
-    town = nodes(clock, rl.url, plan(), per_process=5, truth_period=60.0)
+    town = nodes(clock, rl.url, plan(n_nodes), per_process=per_process, truth_period=60.0)
     cab.feed(town)
-    a, b = town.batches
+    a, b = town.batches[:2]
     changes_w = {"C1": [], "C2": []}  # power steps the meters had to follow
 
     def note_change(batch) -> None:
@@ -84,8 +96,9 @@ def test_energy_is_conserved_under_faults(hil_clock, gateway, nodes, meters, rel
             changes_w[town.configs[nid]["cabinet"]].append(power_w(town.configs[nid]["rated_w"]))
 
     t0 = parse_iso("2026-12-15T18:00:00Z")
-    t1 = parse_iso("2026-12-15T20:00:00Z")
-    wait_for(lambda: len([n for n in gw.nodes().values() if n["registered"]]) == 10, 30, what="10 registered nodes")
+    t1 = t0 + hours * 3600
+    wait_for(lambda: len([n for n in gw.nodes().values() if n["registered"]]) == n_nodes, 30,
+             what="every node registered")
     assert clock.now() < t0 - 120, "start-up took too long for the window"
     rl.set(drop=0.10, dup=0.05, reorder=0.05, delay_ms=[0, 30])
 
@@ -133,7 +146,7 @@ def test_energy_is_conserved_under_faults(hil_clock, gateway, nodes, meters, rel
         bound = FLUSH_WH + poll_bound_wh(rated)
         batch = town.batch(nid)
         cut_times = [t for (n, t, _last) in batch.cuts if n == nid]
-        assert len(cut_times) == (2 if batch is a else 1)
+        assert len(cut_times) == (2 if batch is a else 1 if batch is b else 0)
         stored = {r["seq"]: r for r in gw.readings(nid)}
         reports = [x for x in truth[nid] if x["event"] == "report" and x["seq"] in stored]
         # 2. report by report, the stored counter trails the truth within the stated bound
