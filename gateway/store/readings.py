@@ -26,6 +26,7 @@ from typing import Any
 T_MIN = 1_577_836_800.0  # 2020-01-01: no node report is older than the project
 FUTURE_SLACK_S = 86400.0
 MAX_SEQ = 2**63 - 1
+_NUMBER = (int, float)  # exact types: bool is an int subclass, not a number here
 
 
 @dataclass
@@ -58,6 +59,21 @@ def validate_report(r: Any, received_at: float) -> tuple:
     Returns ``(seq, t, wh, w, level, on_time, faults, rel_time, received_at)``.
     Raises ValueError naming the field for a missing, non-numeric or out-of-range value.
     """
+    # The common case first, with the same checks inlined: a parser's complete report with a
+    # plausible absolute time (backlog packs make this a per-report cost). Anything else,
+    # including every invalid value (nan and inf fail the range tests), takes the full path,
+    # which names the bad field.
+    if type(r) is dict and r.get("rel_time") is False:
+        seq, t, wh = r.get("seq"), r.get("t"), r.get("wh")
+        w, level, on_time, faults = r.get("w"), r.get("level"), r.get("on_time"), r.get("faults")
+        if (type(seq) is int and 0 <= seq <= MAX_SEQ
+                and type(t) in _NUMBER and T_MIN <= t <= received_at + FUTURE_SLACK_S
+                and type(wh) in _NUMBER and 0 <= wh <= 1e15
+                and type(w) in _NUMBER and -1e7 <= w <= 1e7
+                and type(level) in _NUMBER and 0 <= level <= 100
+                and type(on_time) in _NUMBER and 0 <= on_time <= 1e12
+                and type(faults) is int and 0 <= faults < 2**32):
+            return (seq, float(t), float(wh), w, level, on_time, faults, 0, received_at)
     if not isinstance(r, dict):
         raise ValueError("report must be a dict")
     seq = r.get("seq")

@@ -160,3 +160,61 @@ def test_parse_payload_is_parse_send_with_a_fast_path():
     assert parse_payload(desc, NOW) == parse_send(desc, NOW)
     with pytest.raises(ValueError):
         parse_payload(b"\xff", NOW)
+
+
+def test_template_and_dict_paths_agree_and_decline_alike():
+    from gateway.ingest import _dict_parse_reports, _template_parse_reports
+
+    reps = [(s, 1_768_000_000 + 60 * s, 1000 + s, 42.5, 100, 60 * s, s % 3) for s in range(1, 12)]
+    data = encode_reports(reps)
+    assert _template_parse_reports(data) == _dict_parse_reports(data) == parse_send(data, NOW)[0]
+    # a wrong record count in the array head, trailing bytes, a cut pack: both paths decline
+    for bad in (b"\x9a" + data[1:], data + b"\x00", data[:-1], data[:40]):
+        assert _template_parse_reports(bad) is None, bad[:4]
+    # values the template admits syntactically but parse_send refuses: declined
+
+    def node_layout(seq, t, wh, w, level, on_time):  # the node's key order, raw values
+        return cbor2.dumps([{0: "0", 2: seq, -2: "/10250/0/", -3: t},
+                            {0: "5805", 2: wh, -2: "/3311/0/"}, {0: "5851", 2: level},
+                            {0: "5852", 2: on_time}, {0: "5800", 2: w, -2: "/3305/0/"}])
+
+    good = node_layout(1, 1_768_000_000, 10, 1.5, 50, 60)
+    assert _template_parse_reports(good) == parse_send(good, NOW)[0]
+    for rep in [(1, 1_768_000_000, 10, float("inf"), 50, 60),
+                (1, 1_768_000_000, 10, float("nan"), 50, 60),
+                (1, float("inf"), 10, 1.0, 50, 60),
+                (1, 1_768_000_000, -1, 1.0, 50, 60),
+                (1, 1_768_000_000, 10, 1.0, 101, 60),
+                (1, 1_768_000_000, 10, 1.0, 50, -60),
+                (2**63, 1_768_000_000, 10, 1.0, 50, 60),
+                (1.0, 1_768_000_000, 10, 1.0, 50, 60),    # a float seq
+                (1, 1_768_000_000, True, 1.0, 50, 60),    # a bool
+                (1, 1000, 10, 1.0, 50, 60)]:  # relative time: parse_send resolves it
+        assert _template_parse_reports(node_layout(*rep)) is None, rep
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({
+    "seq": st.one_of(st.integers(-1, 2**63), st.booleans(), st.floats()),
+    "t": st.one_of(st.floats(), st.integers(-10, 2**34), st.none()),
+    "wh": st.one_of(st.floats(), st.integers(-1, 10**16), st.booleans()),
+    "w": st.one_of(st.floats(), st.none(), st.integers(-10**8, 10**8)),
+    "level": st.one_of(st.floats(), st.integers(-1, 101), st.none()),
+    "on_time": st.one_of(st.floats(), st.integers(-1, 10**13), st.none()),
+    "faults": st.one_of(st.integers(-1, 2**33), st.booleans(), st.none()),
+    "rel_time": st.just(False)}))
+def test_validate_report_fast_path_equals_the_full_checks(r):
+    """validate_report's inlined common case gives what the field-by-field checks give."""
+    from gateway.store.readings import validate_report
+
+    now = 1_768_000_000.0
+    slow = dict(r, rel_time=0)  # not `is False`: forces the full path, same meaning
+    try:
+        want = validate_report(slow, now)
+    except ValueError:
+        want = ValueError
+    try:
+        got = validate_report(r, now)
+    except ValueError:
+        got = ValueError
+    assert got == want or (got != got and want != want)
