@@ -240,6 +240,9 @@ class Store:
             first = ingests[0]
             calls = calls[:first] + [merged] + [c for i, c in enumerate(calls)
                                                  if i > first and i not in set(ingests)]
+        if len(calls) == 1:
+            self._run_single(conn, *calls[0])
+            return
         done: list = []  # (fut, loop, result) awaiting COMMIT
         try:
             for fn, targets, is_merged in calls:
@@ -278,6 +281,45 @@ class Store:
                 unresolved += [(f, lp) for f, lp in targets if id(f) not in started]
             _fail(unresolved, err)
             return
+        self._committed(done)
+
+    def _run_single(self, conn: sqlite3.Connection, fn: Callable, targets: list,
+                    is_merged: bool) -> None:
+        """A group that is one call (alone, or the group's ingests merged, the usual case
+        under load): no SAVEPOINT, since a failure rolls back the whole transaction, which
+        holds only this call's work. Three statements instead of five: each one is a GIL
+        hand-off between this thread and the busy event loop."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            _fail(targets, _unavailable(_classify(e)))
+            return
+        try:
+            result = fn(conn)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            err = _classify(e)
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            _fail(targets, err)
+            return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            _fail(targets, _unavailable(_classify(e)))
+            return
+        results = result if is_merged else [result]
+        self._committed([(f, lp, r) for (f, lp), r in zip(targets, results, strict=True)])
+
+    def _committed(self, done: list) -> None:
+        """Resolve the futures of a committed group: (fut, loop, result) each."""
         if not done:
             return
         self.commits += 1
