@@ -112,7 +112,10 @@ def test_pending_commands_survive_a_gateway_crash(hil_clock, gateway, nodes):
     truth = town.truth()
     for i in town.ids:
         lines = truth[i]
-        k70 = next(k for k, x in enumerate(lines) if x["level"] == 70)
+        # settled at 70 after the override's delivery (a fade 100 -> 30 passes through 70 on
+        # the way down, so only a line with the lamp really at 70 after the delivery counts)
+        t_ovr = parse_iso(s2[i]["delivered_at"]) - 1
+        k70 = next(k for k, x in enumerate(lines) if x["t"] >= t_ovr and x["level"] == x["lamp"] == 70)
         assert all(x["level"] == 70 for x in lines[k70:]), (i, [x["level"] for x in lines[k70:]])
         if i in b.ids + c.ids:  # after the reboot: the default, then what the gateway delivered
             boot2 = max(k for k, x in enumerate(lines) if x["event"] == "boot")
