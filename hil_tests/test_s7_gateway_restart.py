@@ -92,9 +92,9 @@ def test_pending_commands_survive_a_gateway_crash(hil_clock, gateway, nodes):
         assert s1[i]["state"] == "cancelled" and s2[i]["state"] == "pending", (s1[i], s2[i])
 
     # power returns to B and C
+    t_power = clock.now()
     b.restart()
     c.restart()
-    t_power = clock.now()
 
     def all_delivered():
         s1, s2 = states(lvl["batch"]), states(ovr["batch"])
