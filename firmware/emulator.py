@@ -103,6 +103,8 @@ class Emulator:
             "faults": node.faults,
             "event": event,
         }
+        if event == "report" and node.last_taken is not None:
+            line["report_t"] = node.last_taken[1]  # the time the report carries (node clock)
         f.write(json.dumps(line))
         f.write("\n")
         f.flush()

@@ -87,6 +87,7 @@ class Node:
         self.stopping = False
         self.last_report_mono = None
         self.truth = None  # callback(node) the emulator sets
+        self.last_taken = None  # the last report taken (the emulator's truth line shows its time)
 
     # -- boot -----------------------------------------------------------------------------
     def boot(self):
@@ -420,7 +421,7 @@ class Node:
             self.apply_level()
             mono = self._part_mono()
             if mono >= next_report:
-                self.take_report()
+                self.last_taken = self.take_report()
                 next_report = self._next_boundary(period)
                 if self.truth:
                     self.truth(self)
