@@ -114,6 +114,10 @@ def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
             lo, hi = by_t.get(row["start"]), by_t.get(row["end"])
             assert lo is not None and hi is not None, (nid, row)
             true_wh = reports[hi["seq"]]["wh"] - reports[lo["seq"]]["wh"]
-            assert abs(row["wh"] - true_wh) <= 1.0 + 1e-6, (nid, row, true_wh)
+            # 1 Wh: the node reports whole Wh; plus, at each end, the energy the lamp draws
+            # between taking a report and writing its truth line (up to 20 ms real = 24 s
+            # simulated at 1200x, a loaded machine's scheduling delay)
+            lag_wh = 2 * 50.0 * (0.02 * SPEED) / 3600
+            assert abs(row["wh"] - true_wh) <= 1.0 + lag_wh, (nid, row, true_wh)
     # the gateway kept serving without an error on the way (SIGKILLs and faults are warnings at most)
     assert not gateway_log_errors(gw), gateway_log_errors(gw)
