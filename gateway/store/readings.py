@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 T_MIN = 1_577_836_800.0  # 2020-01-01: no node report is older than the project
@@ -120,8 +121,6 @@ def mark_dirty(conn: sqlite3.Connection, source: str, t_from: float, t_to: float
     conn.execute(_DIRTY, (source, t_from, t_to))
 
 
-_INSERT = ("INSERT OR IGNORE INTO readings(source, seq, t, wh, w, level, on_time, faults, "
-           "rel_time, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)")
 # Creates the source's row on its first report (nodes get the next Modbus slot) and moves the
 # live columns forward only: a late, older report (lower seq) never overwrites a newer state.
 _LIVE = ("INSERT INTO nodes(id, kind, created_at, modbus_slot, last_seq, last_report, wh, power_w, "
@@ -151,16 +150,45 @@ class IngestWrite:
         return ingest_many(conn, [self])[0]
 
 
+# Rows go in with multi-row INSERTs: Python's sqlite3 releases and retakes the GIL around every
+# sqlite3_step, i.e. per row with executemany, and each retake waits for the busy event loop to
+# let go (a backlog group of 32 packs is ~350 rows). One statement per _CHUNK rows instead.
+_INSERT_HEAD = ("INSERT OR IGNORE INTO readings(source, seq, t, wh, w, level, on_time, faults, "
+                "rel_time, received_at) VALUES ")
+_CHUNK = 32  # 320 parameters; statements for 1.._CHUNK rows fit sqlite3's statement cache
+_INSERT_SQL = {n: _INSERT_HEAD + ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * n) for n in range(1, _CHUNK + 1)}
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+    """Insert (source, *row) tuples, ignoring duplicates; return how many were new."""
+    before = conn.total_changes
+    for i in range(0, len(rows), _CHUNK):
+        chunk = rows[i:i + _CHUNK]
+        conn.execute(_INSERT_SQL[len(chunk)], list(chain.from_iterable(chunk)))
+    return conn.total_changes - before
+
+
 def ingest_many(conn: sqlite3.Connection, writes: list[IngestWrite]) -> list[IngestResult]:
     """Store the rows of several ingest calls; INSERT OR IGNORE makes duplicates no-ops.
 
     Returns one IngestResult per call, in order.
     """
+    rows = [(w.source, *row) for w in writes for row in w.rows]
+    if len(writes) == 1:
+        stored_each = [_insert_rows(conn, rows)]
+    else:
+        # All calls' rows at once; only if some were duplicates (rare: a node resending a pack
+        # whose answer it missed) undo that and insert call by call to count them per call.
+        conn.execute("SAVEPOINT ingest_all")
+        if _insert_rows(conn, rows) == len(rows):
+            conn.execute("RELEASE ingest_all")
+            stored_each = [len(w.rows) for w in writes]
+        else:
+            conn.execute("ROLLBACK TO ingest_all")
+            conn.execute("RELEASE ingest_all")
+            stored_each = [_insert_rows(conn, [(w.source, *row) for row in w.rows]) for w in writes]
     results, live, dirty = [], [], []
-    for w in writes:
-        before = conn.total_changes
-        conn.executemany(_INSERT, [(w.source, *row) for row in w.rows])
-        stored = conn.total_changes - before
+    for w, stored in zip(writes, stored_each, strict=True):
         results.append(IngestResult(stored, len(w.rows) - stored))
         if stored:
             # Bounds over the whole pack (a superset of what was new): rebuilding a little more
@@ -171,9 +199,30 @@ def ingest_many(conn: sqlite3.Connection, writes: list[IngestWrite]) -> list[Ing
             live.append((w.source, w.kind, w.now, seq, t, wh, pw, level, on_time, faults))
             dirty.append((w.source, min(r[1] for r in w.rows), max(r[1] for r in w.rows)))
     if live:
-        conn.executemany(_LIVE, live)
-        conn.executemany(_DIRTY, dirty)
+        conn.executemany(_LIVE, live)  # one row per call: new nodes take max + 1 one by one
+        _mark_dirty_many(conn, dirty)
     return results
+
+
+_DIRTY_SQL: dict[int, str] = {}
+
+
+def _mark_dirty_many(conn: sqlite3.Connection, marks: list[tuple]) -> None:
+    """mark_dirty for several (source, t_from, t_to), in one statement per _CHUNK sources."""
+    merged: dict[str, list] = {}
+    for src, lo, hi in marks:  # one row per source: an upsert may not touch a row twice
+        m = merged.get(src)
+        if m is None:
+            merged[src] = [src, lo, hi]
+        else:
+            m[1], m[2] = min(m[1], lo), max(m[2], hi)
+    rows = list(merged.values())
+    for i in range(0, len(rows), _CHUNK):
+        chunk = rows[i:i + _CHUNK]
+        sql = _DIRTY_SQL.get(len(chunk))
+        if sql is None:
+            sql = _DIRTY_SQL[len(chunk)] = _DIRTY.replace("(?, ?, ?)", ",".join(["(?,?,?)"] * len(chunk)))
+        conn.execute(sql, list(chain.from_iterable(chunk)))
 
 
 def ingest_fn(source: str, rows: list[tuple], kind: str, now: float) -> IngestWrite:
