@@ -394,7 +394,9 @@ def decode(data):
     mtype = (b0 >> 4) & 3
     mid = (data[2] << 8) | data[3]
     if b0 >> 6 != 1:
-        raise CoAPError("CoAP version %d is not 1" % (b0 >> 6), mid, mtype)
+        # RFC 7252 §3: a message of unknown version MUST be silently ignored, so no MID
+        # is handed out for an RST
+        raise CoAPError("CoAP version %d is not 1" % (b0 >> 6))
     tkl = b0 & 0x0F
     code = data[1]
     if tkl > 8:

@@ -112,7 +112,8 @@ def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int
             except (error.UnparsableMessage, ValueError):
                 # ValueError: aiocoap lets a string option that is not UTF-8 (line noise that
                 # looks like a header) escape as UnicodeDecodeError; it is unparsable too
-                if len(datagram) >= 4 and (datagram[0] >> 4) & 3 == 0:  # a CON: RST its MID
+                # a version-1 CON: RST its MID (an unknown version is ignored, RFC 7252 §3)
+                if len(datagram) >= 4 and datagram[0] >> 6 == 1 and (datagram[0] >> 4) & 3 == 0:
                     address.send(bytes((0x70, 0, datagram[2], datagram[3])))
                 if on_bad is not None:
                     on_bad(getattr(address, "hostinfo", str(address)))

@@ -111,8 +111,10 @@ async def test_every_bad_request_gets_its_code_and_changes_nothing(tmp_path, cap
         assert code(await c.req(pc.GET, "/dp")) == "4.05"
 
         # --- datagrams that are not CoAP: RST when a Message ID is readable, else silence ---
-        rst = await c.raw(bytes([0x80, 0x01, 0x12, 0x34]))  # version 2, CON, mid 0x1234
+        rst = await c.raw(bytes([0x40, 0x01, 0x12, 0x34, 0xF1]))  # CON, mid 0x1234, option nibble 15
         assert rst is not None and pc.decode(rst).mtype == pc.RST and pc.decode(rst).mid == 0x1234
+        # an unknown version is ignored silently (RFC 7252 §3)
+        assert await c.raw(bytes([0x80, 0x01, 0x12, 0x35]), timeout=0.3) is None
         assert await c.raw(b"\x40", timeout=0.3) is None
         # line noise that looks like a CON with a Uri-Path that is not UTF-8 (aiocoap raises
         # UnicodeDecodeError there, found by HIL scenario 8): RST too, not a traceback

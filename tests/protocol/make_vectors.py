@@ -263,9 +263,9 @@ def coap_vectors():
     invalid = [
         ("empty datagram", "", None),
         ("3 bytes", "400100", None),
-        ("version 0", "00011234", 0x1234),
-        ("version 2", "80011234", 0x1234),
-        ("version 3", "c0011234", 0x1234),
+        ("version 0", "00011234", None),  # RFC 7252 §3: ignored silently, no MID for an RST
+        ("version 2", "80011234", None),
+        ("version 3", "c0011234", None),
         ("token length 9", "49011234" + "00" * 9, 0x1234),
         ("token length 15", "4f011234" + "00" * 15, 0x1234),
         ("truncated token", "42011234ab", 0x1234),
