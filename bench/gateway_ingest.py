@@ -47,7 +47,8 @@ T0 = 1_768_000_000
 
 
 # --- server side ---------------------------------------------------------------------------
-async def serve(mode: str, port: int, db: str, commit_ms: float = 0.0) -> None:
+async def serve(mode: str, port: int, db: str, commit_ms: float = 0.0,
+                transport: str | None = None) -> None:
     import aiocoap
     import aiocoap.resource
 
@@ -85,7 +86,8 @@ async def serve(mode: str, port: int, db: str, commit_ms: float = 0.0) -> None:
 
     site = aiocoap.resource.Site()
     site.add_resource(["dp"], Dp())
-    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
+    ctx = await aiocoap.Context.create_server_context(
+        site, bind=("127.0.0.1", port), transports=[transport] if transport else None)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -194,11 +196,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, mode: str, db: str, commit_ms: float = 0.0) -> None:
+    def __init__(self, mode: str, db: str, commit_ms: float = 0.0,
+                 transport: str | None = None) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", mode,
                                       "--port", str(self.port), "--db", db,
-                                      "--commit-interval-ms", str(commit_ms)],
+                                      "--commit-interval-ms", str(commit_ms)]
+                                     + (["--transport", transport] if transport else []),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      cwd=ROOT)
         line = self.proc.stdout.readline()
@@ -341,11 +345,12 @@ def main() -> None:
     ap.add_argument("--serve", choices=("bare", "store"))
     ap.add_argument("--port", type=int)
     ap.add_argument("--db")
+    ap.add_argument("--transport", help="aiocoap server transport (default: aiocoap's own choice)")
     ap.add_argument("--commit-interval-ms", type=float, default=None,
                     help="the store's [store] commit_interval_ms")
     a = ap.parse_args()
     if a.serve:
-        asyncio.run(serve(a.serve, a.port, a.db, a.commit_interval_ms or 0.0))
+        asyncio.run(serve(a.serve, a.port, a.db, a.commit_interval_ms or 0.0, a.transport))
     else:
         from gateway.config import SCHEMA
 
