@@ -47,7 +47,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
     },
     "store": {
         "path": (str, DEFAULT_STORE_PATH, "SQLite database file (see the resolution rule)"),
-        "commit_interval_ms": (float, 5.0, "under load, how long the writer waits for more writes "
+        "commit_interval_ms": (float, 0.0, "under load, how long the writer waits for more writes "
                                "to share one commit (one fsync); 0 = group only what is already "
                                "queued. Never delays a write when the store is idle"),
         "retention_raw_days": (int, 0, "keep raw readings this many days; 0 = forever"),

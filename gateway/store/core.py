@@ -92,7 +92,7 @@ class Store:
 
     # --- life cycle ------------------------------------------------------------------------
     @classmethod
-    async def open(cls, path: str, *, commit_interval_ms: float = 5.0, readers: int = 2,
+    async def open(cls, path: str, *, commit_interval_ms: float = 0.0, readers: int = 2,
                    timezone: str = "UTC", aggregate_interval_s: float | None = None) -> Store:
         """Open (creating and migrating if needed) the database at ``path`` and start the writer.
 
