@@ -237,9 +237,9 @@ class Store:
             # in the place of the first one, so writes queued before it still run before it.
             merged = (_MergedIngest([calls[i][0] for i in ingests]),
                       [calls[i][1][0] for i in ingests], True)
-            first = ingests[0]
+            first, merged_ids = ingests[0], set(ingests)
             calls = calls[:first] + [merged] + [c for i, c in enumerate(calls)
-                                                 if i > first and i not in set(ingests)]
+                                                 if i > first and i not in merged_ids]
         if len(calls) == 1:
             self._run_single(conn, *calls[0])
             return
