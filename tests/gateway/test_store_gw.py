@@ -349,3 +349,34 @@ async def test_the_writer_survives_a_failing_begin(store):
     # the writer is still alive and writes still work
     await store.ingest_reports("n1", reports(3), received_at=T0 + 600)
     assert await store.read(lambda c: c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]) == 3
+
+
+async def test_live_columns_of_a_group_with_new_and_known_nodes(tmp_path):
+    """One commit group holding known and new nodes, two calls for one node (the newer seq
+    wins, a missing power keeps the last one) and an older, late report (ignored)."""
+    import asyncio
+
+    from gateway.store import Store
+
+    s = await Store.open(str(tmp_path / "g.db"))
+    try:
+        t0 = 1_768_000_000
+
+        def rep(seq, w=42.0):
+            return {"seq": seq, "t": t0 + seq, "wh": 100.0 + seq, "w": w, "level": 50,
+                    "on_time": 10, "faults": 0, "rel_time": False}
+
+        await s.ingest_reports("known", [rep(5)], received_at=t0 + 100)
+        await asyncio.gather(
+            s.ingest_reports("known", [rep(7, w=7.0)], received_at=t0 + 100),
+            s.ingest_reports("known", [rep(8, w=None)], received_at=t0 + 100),
+            s.ingest_reports("known", [rep(6, w=6.0)], received_at=t0 + 100),
+            s.ingest_reports("new1", [rep(1)], received_at=t0 + 100),
+            s.ingest_reports("new2", [rep(2), rep(3)], received_at=t0 + 100))
+        rows = await s.read(lambda c: c.execute(
+            "SELECT id, last_seq, wh, power_w, modbus_slot FROM nodes ORDER BY id").fetchall())
+        assert rows[0] == ("known", 8, 108.0, 7.0, 0)
+        assert [r[:3] for r in rows[1:]] == [("new1", 1, 101.0), ("new2", 3, 103.0)]
+        assert sorted(r[4] for r in rows) == [0, 1, 2]  # max + 1, no slot twice
+    finally:
+        await s.close()
