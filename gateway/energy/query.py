@@ -118,14 +118,16 @@ def energy(conn: sqlite3.Connection, *, node: str | None = None, group: str | No
         q = combine_quality(kq, nmiss > 0)
         expected = (e - p) // 900 * max(nsrc, 1)
         cov = min(1.0, n / expected) if expected else 0.0
-        rows.append({"start": p, "end": e, "local": iso_local(p, tz), "wh": wh,
+        # rounded to the µWh: splitting in proportion to time leaves float noise
+        # (60.00000000000001) that integrators comparing totals should not see
+        rows.append({"start": p, "end": e, "local": iso_local(p, tz), "wh": round(wh, 6),
                      "quality": QUALITY_NAMES[q], "coverage": round(cov, 4)})
         total += wh
         if kq is not None and (worst_known is None or kq > worst_known):
             worst_known = kq
         any_missing = any_missing or q == MISSING or nmiss > 0
     return {"selection": label, "by": by, "timezone": tz, "start": lo, "end": hi,
-            "total_wh": total, "quality": QUALITY_NAMES[combine_quality(worst_known, any_missing)],
+            "total_wh": round(total, 6), "quality": QUALITY_NAMES[combine_quality(worst_known, any_missing)],
             "rows": rows}
 
 

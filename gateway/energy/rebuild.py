@@ -4,8 +4,8 @@ Runs in the store's writer (``Store.refresh`` and the background aggregation loo
 the writer's transaction. For a dirty range ``[t_from, t_to]`` of one source:
 
 1. widen it to whole buckets, from the bucket of the last reading before ``t_from`` to the
-   bucket of the first reading after ``t_to`` (a new reading changes the deltas on both of its
-   sides);
+   bucket of the source's last reading (a new reading changes the deltas on both of its sides,
+   and the reset/noise reading of every delta after it);
 2. read the readings that determine those buckets, in seq order (plus a few earlier ones to
    warm up the noise rule), and the meter events;
 3. replace the buckets of that range, then recompute the hour and local-day roll-ups that
@@ -63,6 +63,14 @@ def rebuild_source(conn: sqlite3.Connection, source: str, t_from: float, t_to: f
             "SELECT MIN(seq) FROM readings WHERE source = ?1 AND seq > ?3), ?3)",
             (source, smin, smax)).fetchone()
         a, b = min(a, ta), max(b, tb)
+    # A reading that arrives late can change how every later delta is read (the reset and
+    # noise rules compare against the reading before, and a reset found earlier shifts the
+    # reference), so the rebuild runs to the source's last reading. In the usual case the new
+    # readings are the newest and this adds nothing; a late straggler costs the readings after it.
+    row = conn.execute("SELECT MAX(t) FROM readings WHERE source = ? AND (t > ? OR seq > ?)",
+                       (source, t_to, smax if smax is not None else 1 << 62)).fetchone()
+    if row[0] is not None:
+        b = max(b, row[0])
     lo = floor_bucket(a)
     hi = floor_bucket(b) + BUCKET_S
     # Readings that determine buckets [lo, hi): by time, from the last one at or before lo to the
