@@ -12,7 +12,7 @@ import random
 import sqlite3
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.energy.rebuild import rebuild_all, rebuild_dirty
@@ -72,8 +72,20 @@ def _dump(c):
             c.execute("SELECT source, start, round(wh, 6), q, n FROM energy_day ORDER BY 1, 2").fetchall())
 
 
+# Found by hypothesis: a straggler at t+59 turns a later "noise dip" into a reset, which
+# changes a delta two buckets on; the incremental rebuild lost 0.58 Wh until it ran to the end.
+_LATE_RESET = [(1, 0, 252), (2, 0, 252), (3, 0, 252), (4, 0, 252), (5, 0, 252), (6, 0, 252),
+               (7, 0, 252), (8, 0, 214), (9, 0, 214), (10, 0, 214), (11, 0, 644), (12, 0, 735),
+               (13, 0, 955), (14, 0, 965), (15, 0, 1465), (16, 0, 1819), (17, 0, 2186),
+               (18, 0, 2346), (19, 0, 2846), (20, 0, 3346), (21, 0, 3846), (22, 0, 3841),
+               (23, 59, 3846), (24, 59, 4131), (25, 59, 3511), (28, 59, 3511), (29, 118, 3718),
+               (30, 119, 3718), (31, 1018, 3719)]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hist=meter_history(), seed=st.integers(0, 2**32 - 1))
+@example(hist=([{"seq": s, "t": T0 + dt, "wh": w, "w": 20.0} for s, dt, w in _LATE_RESET], 7850.0),
+         seed=1753)
 def test_conservation_under_reordering_duplication_and_batching(hist, seed):
     reports, expected = hist
     rnd = random.Random(seed)
