@@ -47,31 +47,10 @@ import sys
 import pytest
 
 from hil_tests.gateway import Gateway
-from hil_tests.harness import ProcessGroup, control, read_json_line
+from hil_tests.harness import control, read_json_line
 from hil_tests.meters import CabinetMeters
 from hil_tests.sim import SimClock
 from hil_tests.town import Town
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """On failure, attach the tail of every process log of the test to the report."""
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.failed:
-        group = getattr(item, "_hil_procs", None)
-        if group is not None and group.procs:
-            rep.sections.append(("HIL process logs", group.dump_logs()))
-
-
-@pytest.fixture
-def procs(request, tmp_path):
-    group = ProcessGroup(tmp_path)
-    request.node._hil_procs = group
-    try:
-        yield group
-    finally:
-        group.stop_all()
 
 
 @pytest.fixture

@@ -10,20 +10,10 @@ import subprocess
 import pytest
 from core_support import MICROPYTHON, MP_CORE, ROOT, mp_env
 
-from hil_tests.harness import ProcessGroup
 from tools.meters.harness import start_rtu_line
 from tools.meters.model import write_control
 
 CLIENT = os.path.join(MP_CORE, "rtu_client.py")
-
-
-@pytest.fixture
-def group(tmp_path):
-    g = ProcessGroup(tmp_path)
-    try:
-        yield g
-    finally:
-        g.stop_all()
 
 
 def _poll(tmp_path, bus, baud, polls, unplug_at=-1):
@@ -34,10 +24,10 @@ def _poll(tmp_path, bus, baud, polls, unplug_at=-1):
     return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
 
 
-def test_sdm120_read_through_pty(tmp_path, group):
+def test_sdm120_read_through_pty(tmp_path, procs):
     control = tmp_path / "control.json"
     write_control(control, {"load_w": 42.5, "fault": None})
-    line = start_rtu_line(group, tmp_path, baud=9600, model="sdm120", units="1", load_w=42.5,
+    line = start_rtu_line(procs, tmp_path, baud=9600, model="sdm120", units="1", load_w=42.5,
                           control=control, extra=["--energy-kwh", "1234.5"])
     out = _poll(tmp_path, line.bus, 9600, 3)
     assert len(out) == 3
@@ -55,10 +45,10 @@ def test_sdm120_read_through_pty(tmp_path, group):
 
 
 @pytest.mark.parametrize("fault", ["unplugged", "crc", "garbage"])
-def test_sdm120_faults_reported_not_fatal(tmp_path, group, fault):
+def test_sdm120_faults_reported_not_fatal(tmp_path, procs, fault):
     control = tmp_path / "control.json"
     write_control(control, {"load_w": 10.0, "fault": fault})
-    line = start_rtu_line(group, tmp_path, baud=19200, model="sdm120", units="1", load_w=10.0,
+    line = start_rtu_line(procs, tmp_path, baud=19200, model="sdm120", units="1", load_w=10.0,
                           control=control, extra=["--energy-kwh", "5.0"])
     out = _poll(tmp_path, line.bus, 19200, 2)
     assert [o["ok"] for o in out] == [False, False]
@@ -66,16 +56,16 @@ def test_sdm120_faults_reported_not_fatal(tmp_path, group, fault):
     assert out[-1]["last_error"]
 
 
-def test_sdm120_exception_answer(tmp_path, group):
+def test_sdm120_exception_answer(tmp_path, procs):
     control = tmp_path / "control.json"
     write_control(control, {"load_w": 10.0, "fault": "exception"})
-    line = start_rtu_line(group, tmp_path, baud=19200, model="sdm120", units="1", control=control)
+    line = start_rtu_line(procs, tmp_path, baud=19200, model="sdm120", units="1", control=control)
     out = _poll(tmp_path, line.bus, 19200, 1)
     assert not out[0]["ok"] and "exception 4" in out[0]["last_error"]
 
 
-def test_emulated_hal_unplug_switch_silences_the_line(tmp_path, group):
-    line = start_rtu_line(group, tmp_path, baud=19200, model="sdm120", units="1", load_w=20.0,
+def test_emulated_hal_unplug_switch_silences_the_line(tmp_path, procs):
+    line = start_rtu_line(procs, tmp_path, baud=19200, model="sdm120", units="1", load_w=20.0,
                           extra=["--energy-kwh", "7.0"])
     out = _poll(tmp_path, line.bus, 19200, 3, unplug_at=1)
     assert out[0]["ok"] and 7000 <= out[0]["wh"] <= 7001

@@ -7,32 +7,20 @@ import asyncio
 import os
 import sys
 
-import pytest
-
 sys.path.insert(0, os.path.dirname(__file__))
 from app_support import emulator_spec, free_udp_port, start_emulator, stop_emulator, write_toml  # noqa: E402
 from lwm2m_peer import Peer  # noqa: E402
 
-from hil_tests.harness import ProcessGroup  # noqa: E402
 from tools.meters.harness import start_rtu_line  # noqa: E402
 from tools.meters.model import write_control  # noqa: E402
 
 FAULT_METER_FAILURE = 0x10
 
 
-@pytest.fixture
-def group(tmp_path):
-    g = ProcessGroup(tmp_path)
-    try:
-        yield g
-    finally:
-        g.stop_all()
-
-
-async def test_node_reports_the_sdm120_register_and_meter_failure(tmp_path, group):
+async def test_node_reports_the_sdm120_register_and_meter_failure(tmp_path, procs):
     control = tmp_path / "control.json"
     write_control(control, {"load_w": 55.0, "fault": None})
-    line = start_rtu_line(group, tmp_path, baud=9600, model="sdm120", units="3", load_w=55.0, control=control,
+    line = start_rtu_line(procs, tmp_path, baud=9600, model="sdm120", units="3", load_w=55.0, control=control,
                           extra=["--energy-kwh", "1234.5"])
     port = free_udp_port()
     peer = await Peer.start(port)
