@@ -33,7 +33,11 @@ def test_sigkill_at_random_points_keeps_invariants(tmp_path):
     acked = 0
     runs = 0
     full = 0
-    for _ in range(25):
+    # at least 25 power cuts, and more (up to 60) until 5 of them hit a full, merging ring:
+    # how far the writer gets before a random cut depends on the machine's load
+    for _ in range(60):
+        if runs >= 25 and full >= 5:
+            break
         log = tmp_path / f"run{runs}.log"
         with open(log, "wb") as fout:
             p = subprocess.Popen([MICROPYTHON, WRITER, str(tmp_path)], env=mp_env(), stdout=fout,
@@ -88,5 +92,5 @@ def test_sigkill_at_random_points_keeps_invariants(tmp_path):
             assert not missing, f"stored reports lost: {missing[:5]!r}"
         assert len(pend) <= 40
         full += len(pend) == 40
-    assert runs == 25 and len(used) > 200  # the kills landed across many writes
+    assert runs >= 25 and len(used) > 200  # the kills landed across many writes
     assert full >= 5  # ...and the ring was full (merging) at many of them
