@@ -12,25 +12,41 @@ heap even when the bytecode stays in flash, so "fits in 64 KB" depends on how co
 Each figure is ``gc.mem_alloc()`` after ``gc.collect()`` once every module a node imports is
 loaded, minus the same figure with nothing imported (the baseline of the same run). The
 per-module split of the ROMFS run shows where the footprint is.
+
+Then the smallest ``-X heapsize`` that carries a node through 24 simulated hours, from the
+ROMFS image: the run of tests/firmware/test_node_memory.py (7200x, 15-min reports delivered to
+an aiocoap LwM2M peer, a sun-based night programme written over CoAP, Reads) repeated in a
+bisection over the heap size (4 KB steps; about a minute). A run passes when the emulator lives
+through the day without MemoryError or traceback, the peer got every report, and it stops
+cleanly. The modules that run really loaded are checked against ``MODULES`` (so the import
+figures above count exactly the code a node uses).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+SPEED = 7200.0  # simulated seconds per real second in the 24 h run
+STEP_K = 4  # bisection resolution, KB
+# Every module an emulated node loads (checked against a real run: see smallest_day_heap), in an
+# order where each one's own cost is what is added (dependencies first). protocol.linkformat is
+# not here: only the gateway parses link-format; the node's Register body is a constant string.
 MODULES = [
-    "protocol.lwm2m", "protocol.cbor", "protocol.coap", "protocol.senml", "protocol.linkformat",
+    "protocol.lwm2m", "protocol.cbor", "protocol.coap_exchange", "protocol.coap", "protocol.senml",
     "protocol.report", "firmware.config", "firmware.endpoint", "firmware.resources", "firmware.durable",
     "firmware.light", "firmware.meter", "firmware.sun", "firmware.tzrule", "firmware.schedule",
-    "firmware.outbox", "firmware.faults", "firmware.hal.emulated", "firmware.parts", "firmware.node",
-    "firmware.emulator",
+    "firmware.outbox", "firmware.faults", "firmware.hal.base", "firmware.hal.emulated", "firmware.parts",
+    "firmware.node", "firmware.emulator",
 ]
 
 _PROBE = """
@@ -49,18 +65,31 @@ out["total"] = prev - base
 print(out)
 """
 
+# CPython launcher: the image in a ctypes buffer (outside the MicroPython heap, like a flash
+# partition mapped into the address space), then micropython in-process on the boot script.
 _ROM_RUNNER = """
 import ctypes, sys
 from micropython_run import run_main
 img = open(sys.argv[1], "rb").read()
 buf = ctypes.create_string_buffer(img, len(img))
-sys.exit(run_main(["micropython", "-X", "heapsize=1m", sys.argv[2], str(ctypes.addressof(buf)), str(len(img))]))
+heap = sys.argv[3] if len(sys.argv) > 3 else "1m"
+sys.exit(run_main(["micropython", "-X", "heapsize=" + heap, sys.argv[2], str(ctypes.addressof(buf)), str(len(img))]
+                  + sys.argv[4:]))
 """
 
 _ROM_BOOT = """
 import sys, uctypes, vfs
 vfs.mount(vfs.VfsRom(uctypes.bytearray_at(int(sys.argv[1]), int(sys.argv[2]))), "/rom")
 sys.path.insert(0, "/rom")
+"""
+
+# the emulator from the image; at exit, which firmware/protocol modules the run loaded
+_ROM_EMULATOR = """
+sys.argv[:] = ["emulator", sys.argv[3]]
+from firmware import emulator
+emulator.main()
+print("modules:", " ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("firmware", "protocol")
+                                  and m not in ("firmware", "protocol", "firmware.hal"))))
 """
 
 
@@ -73,6 +102,126 @@ def _run_mp(path_env: str, script: str) -> dict:
     return json.loads(r.stdout.strip().replace("'", '"'))
 
 
+def build_romfs(d: str) -> str:
+    """Build the ROMFS image of firmware/ and protocol/ in ``d`` (as `mpremote romfs build`
+    does for the device); returns its path."""
+    tree = os.path.join(d, "rom")
+    for pkg in ("firmware", "protocol"):
+        shutil.copytree(os.path.join(ROOT, pkg), os.path.join(tree, pkg),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.md", "vectors", "*.json"))
+    img = os.path.join(d, "fw.romfs")
+    subprocess.run([os.path.join(BIN, "mpremote"), "romfs", "-o", img, "build", tree], check=True,
+                   capture_output=True, timeout=120)
+    with open(os.path.join(d, "run.py"), "w") as f:
+        f.write(_ROM_RUNNER)
+    return img
+
+
+def _rom_cmd(img: str, boot: str, heap: str, *args: str) -> list[str]:
+    return [sys.executable, os.path.join(os.path.dirname(img), "run.py"), img, boot, heap, *args]
+
+
+async def _day(img: str, heap_k: int, work: str) -> dict:
+    """One node, ROMFS code, ``heap_k`` KB of heap, through 24 simulated hours (see the module
+    docstring). Returns {"ok", "why", "peak", "live", "modules"}."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "firmware"))
+    import aiocoap
+    from app_support import Proc, emulator_spec, free_udp_port, write_toml
+    from lwm2m_peer import Peer
+
+    from tools.slnode import emulate
+
+    os.makedirs(work)
+    port = free_udp_port()
+    peer = await Peer.start(port)
+    toml = write_toml(os.path.join(work, "node.toml"), report_period=900, lifetime=86400, jitter=5, rated_w=60,
+                      lat=48.85, lon=2.35, tz="CET-1CEST,M3.5.0,M10.5.0/3")
+    spec = emulator_spec(os.path.join(work, "flash"), "lamp-m", port, config=toml, speed=SPEED,
+                         clock_start="2025-03-01T12:00:00Z", time_valid=True, ack_timeout=50)
+    spec_path = emulate.build_command(spec)[0][-1]
+    boot = os.path.join(work, "boot.py")
+    with open(boot, "w") as f:
+        f.write(_ROM_BOOT + _ROM_EMULATOR)
+    log_path = os.path.join(work, "node.log")
+    log = open(log_path, "ab")
+    proc = Proc(_rom_cmd(img, boot, f"{heap_k}k", spec_path), env=dict(os.environ, MICROPYPATH=".frozen"),
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd="/")
+    why = None
+    try:
+        t0 = time.monotonic()
+        await asyncio.wait_for(peer.registered.wait(), 15)
+        sched = [[1, 0, 100], [0, 1350, 40], [0, 0, 0], [0, 300, 40], [2, 0, 0]]
+        if await peer.write("/10250/0/2", sched) != aiocoap.CHANGED:
+            why = "schedule write refused"
+        for _ in range(5):
+            await peer.read("/3311/0/5851")
+            await peer.read("/3311/0", accept=112)
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(max(0.0, 24 * 3600 / SPEED - (time.monotonic() - t0)))
+        await peer.wait_for(lambda: len(peer.reports) >= 92 or proc.p.poll() is not None, 20)
+        if proc.p.poll() is not None:
+            why = "exited during the day"
+        elif len(peer.reports) < 92:
+            why = f"only {len(peer.reports)} reports"
+        proc.p.stdin.close()
+        if proc.p.wait(timeout=20) != 0 and why is None:
+            why = "unclean stop"
+    except Exception as e:  # any failure of the run (node dead, no answer) fails the trial
+        why = why or f"{type(e).__name__}: {e}"
+    finally:
+        proc.kill()
+        log.close()
+        await peer.stop()
+    text = open(log_path, errors="replace").read()
+    if why is None and ("MemoryError" in text or "Traceback" in text):
+        why = "MemoryError" if "MemoryError" in text else "traceback"
+    m = re.search(r"heap peak (\d+) bytes, after collect (\d+) in use", text)
+    mods = re.search(r"modules: (.*)", text)
+    return {"ok": why is None, "why": why, "peak": int(m.group(1)) if m else None,
+            "live": int(m.group(2)) if m else None, "modules": mods.group(1).split() if mods else None}
+
+
+def smallest_day_heap(img: str, code_bytes: int, d: str) -> dict:
+    """Bisect ``-X heapsize`` (STEP_K resolution) for the 24 h run from the ROMFS image."""
+    trials = {}
+
+    def trial(k):
+        if k in trials:
+            return trials[k]["ok"]
+        r = asyncio.run(_day(img, k, os.path.join(d, f"day-{k}k")))
+        trials[k] = r
+        print(f"  24 h at heapsize={k}k: {'pass' if r['ok'] else r['why']}", file=sys.stderr)
+        return r["ok"]
+
+    lo = code_bytes // 1024 + 8  # below this the code alone leaves no room
+    hi = lo + 32
+    while not trial(hi):
+        lo, hi = hi, hi + 32
+        if hi > 1024:
+            raise RuntimeError(f"24 h run fails even with {lo}k: {trials[lo]!r}")
+    if trial(lo):
+        hi = lo  # passes already at the low bracket
+    while hi - lo > STEP_K:
+        mid = (lo + hi) // 2 // STEP_K * STEP_K
+        if mid <= lo:
+            break
+        if trial(mid):
+            hi = mid
+        else:
+            lo = mid
+    best = trials[hi]
+    return {
+        "smallest_heapsize_k": hi,
+        "fails_at_k": lo if lo != hi else None,
+        "failure_below": trials[lo]["why"] if lo != hi else None,
+        "at_smallest_peak_bytes": best["peak"],
+        "at_smallest_live_after_collect_bytes": best["live"],
+        "live_above_code_bytes": best["live"] - code_bytes if best["live"] else None,
+        "trials": {f"{k}k": ("pass" if r["ok"] else r["why"]) for k, r in sorted(trials.items())},
+        "modules_loaded": best["modules"],
+    }
+
+
 def run() -> dict:
     from tools.slnode import emulate
 
@@ -80,24 +229,19 @@ def run() -> dict:
     src = _run_mp(ROOT, probe)
     with tempfile.TemporaryDirectory() as d:
         mpy = _run_mp(emulate.compile_mpy(os.path.join(d, "mpy")), probe)
-        tree = os.path.join(d, "rom")
-        for pkg in ("firmware", "protocol"):
-            shutil.copytree(os.path.join(ROOT, pkg), os.path.join(tree, pkg),
-                            ignore=shutil.ignore_patterns("__pycache__", "*.md", "vectors", "*.json"))
-        img = os.path.join(d, "fw.romfs")
-        subprocess.run([os.path.join(BIN, "mpremote"), "romfs", "-o", img, "build", tree], check=True,
-                       capture_output=True, timeout=120)
-        runner = os.path.join(d, "run.py")
+        img = build_romfs(d)
         boot = os.path.join(d, "boot.py")
-        open(runner, "w").write(_ROM_RUNNER)
-        open(boot, "w").write(_ROM_BOOT + probe)
-        r = subprocess.run([sys.executable, runner, img, boot], capture_output=True, text=True, timeout=60, cwd="/",
+        with open(boot, "w") as f:
+            f.write(_ROM_BOOT + probe)
+        r = subprocess.run(_rom_cmd(img, boot, "1m"), capture_output=True, text=True, timeout=60, cwd="/",
                            env=dict(os.environ, MICROPYPATH=".frozen"))
         if r.returncode:
             raise RuntimeError(r.stderr)
         rom = json.loads(r.stdout.strip().replace("'", '"'))
         rom_size = os.path.getsize(img)
-    top = sorted(((v, k) for k, v in rom.items() if k not in ("baseline", "total")), reverse=True)[:6]
+        day = smallest_day_heap(img, rom["total"] + rom["baseline"], d)
+    loaded = set(day.pop("modules_loaded") or ())
+    per_module = sorted(((v, k) for k, v in rom.items() if k not in ("baseline", "total")), reverse=True)
     return {
         "command": "python -m bench node_heap",
         "empty_interpreter_baseline_bytes": src["baseline"],
@@ -106,7 +250,10 @@ def run() -> dict:
         "import_from_romfs_bytes": rom["total"],
         "romfs_image_bytes": rom_size,
         "romfs_vs_mpy": round(rom["total"] / mpy["total"], 3),
-        "largest_modules_romfs": {k: v for v, k in top},
+        "modules_romfs": {k: v for v, k in per_module},
+        "modules_loaded_but_not_measured": sorted(loaded - set(MODULES)),
+        "modules_measured_but_not_loaded": sorted(set(MODULES) - loaded),
+        "day_24h_romfs": day,
     }
 
 
