@@ -18,7 +18,7 @@ touched. Lines longer than MAX_LINE are refused whole.
 
 Started by the device's main.py next to the node (the REPL's UART/USB line is stdin/stdout)::
 
-    console = Console(node)  # config.json found through node._part_path
+    console = Console(node)  # config.json found through node.hal.path
     asyncio.create_task(console.serve(asyncio.StreamReader(sys.stdin.buffer), sys.stdout.write))
 
 Ctrl-C still interrupts main.py (MicroPython intercepts it below stdin), so mpremote and the
@@ -90,8 +90,8 @@ class Console:
     def __init__(self, node, config_path=None):
         self.node = node
         if config_path is None:
-            part_path = getattr(node, "_part_path", None)
-            config_path = part_path("config.json") if part_path else "config.json"
+            hal = getattr(node, "hal", None)
+            config_path = hal.path("config.json") if hal is not None else "config.json"
         self.config_path = config_path
         self.reboot_pending = False
         self.last_log = None
@@ -131,11 +131,11 @@ class Console:
 
     def _identifying(self):
         until = getattr(self.node, "identify_until", 0)
-        mono = getattr(self.node, "_part_mono", None)
-        if not until or mono is None:
+        parts = getattr(self.node, "p", None)
+        if not until or parts is None:
             return False
         try:
-            return mono() < until
+            return parts.mono() < until
         except Exception:  # noqa: BLE001 - parts not built yet (node still booting)
             return False
 

@@ -99,7 +99,7 @@ class Emulator:
             "lamp": h.lamp_level(),
             "w": h.power_w(),
             "seq": node.seq,
-            "time_valid": node._part_unix() is not None,
+            "time_valid": h.rtc_get() is not None,
             "faults": node.faults,
             "event": event,
         }

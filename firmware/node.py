@@ -14,9 +14,11 @@ Owns the application behaviour of SPEC §2-§7 on the node side:
 * the schedule tick, override expiry, fault flags (SPEC §7), time from Write /3/0/13 (§6),
   Observe notifications (§5.4), the watchdog.
 
-The parts come from the firmware core (firmware/hal, light, meter, schedule, durable, outbox);
-this module only talks to them through the ``_part`` methods near the end, so the HAL and the
-application meet in one place. No module-level state: many Nodes run in one interpreter.
+The parts come from the firmware core (firmware/hal, light, meter, schedule, durable, outbox):
+``self.hal`` and ``self.p`` (firmware/parts.Parts), called directly. (They used to be reached
+through ~40 one-line ``_part_*`` forwarding methods; each method costs about 100 bytes of heap
+even with the bytecode in ROMFS, so they went: docs/performance.md.) No module-level state:
+many Nodes run in one interpreter.
 
 Decisions:
 * Application time (report period, schedule, override) is the HAL clock, which the emulator
@@ -33,6 +35,7 @@ Decisions:
 """
 
 import asyncio
+import os
 
 from firmware import config as config_mod
 from firmware import faults as faults_mod
@@ -92,7 +95,7 @@ class Node:
     # -- boot -----------------------------------------------------------------------------
     def boot(self):
         """Load config and durable state, and light the lamp as the schedule wants now."""
-        cfg, errs = config_mod.load_file(self._part_path("config.json"))
+        cfg, errs = config_mod.load_file(self.hal.path("config.json"))
         self.cfg = cfg
         self.cfg_errors = errs
         if errs:
@@ -101,44 +104,45 @@ class Node:
         if self.overrides:
             cfg.update(self.overrides)
         if not cfg["id"]:
-            cfg["id"] = self._part_uid()
-        self._part_boot()
+            cfg["id"] = "node-" + "".join("%02x" % b for b in self.hal.unique_id())
+        self.p = self.make_parts(self.hal, self.cfg, self.log)
+        self.faults |= self.p.faults  # e.g. a schedule or outbox record found corrupt
         self.faults |= FAULT_SUPPLY_LOSS  # reported once (first report after boot)
-        self.first_seq = self._part_peek_seq()
+        self.first_seq = self.p.seq.peek()
         self.apply_level(instant=True)  # power-on: straight to the level wanted now, no fade
 
     # -- levels ---------------------------------------------------------------------------
     def wanted_level(self):
         """The level in force now: override, else schedule, else default (SPEC §5.2, §6)."""
-        now = self._part_unix()
-        lvl = self._part_override_level()
+        now = self.hal.rtc_get()
+        lvl = self.p.override.active_level()
         if lvl is not None:
             return lvl
         if now is None:
             return self.cfg["default_level"]
-        lvl = self._part_schedule_level(now)
+        lvl = self.p.engine.level_at(now)
         return self.cfg["default_level"] if lvl is None else lvl
 
     def apply_level(self, instant=False):
         lvl = self.wanted_level()
-        if self.identify_until and self._part_mono() < self.identify_until:
+        if self.identify_until and self.p.mono() < self.identify_until:
             return
         if instant:
             self.p.light.apply_now(lvl)
-        elif lvl != self._part_target_level():
-            self._part_set_level(lvl)
+        elif lvl != self.p.light.target_level:
+            self.p.light.set_level(lvl)
 
     def check_faults(self):
         """Recompute fault flags from the meter and the level (SPEC §7)."""
         f = self.faults & (FAULT_CONFIG_ERROR | FAULT_SUPPLY_LOSS)
-        if self._part_unix() is None:
+        if self.hal.rtc_get() is None:
             f |= FAULT_TIME_INVALID
-        if not self._part_meter_ok():
+        if not self.p.meter.ok():
             f |= FAULT_METER_FAILURE
-        elif self._part_settled():
-            level = self._part_actual_level()
-            f |= faults_mod.power_flags(level, self._part_power(), self._part_expected_w(level),
-                                        self._part_standby_w())
+        elif self.p.settled(self):
+            level = self.p.light.actual_level
+            f |= faults_mod.power_flags(level, self.p.meter.power_w(), self._part_expected_w(level),
+                                        0.7)
         self.faults = f
 
     # -- reports --------------------------------------------------------------------------
@@ -148,16 +152,17 @@ class Node:
         # The energy a report carries is persisted first: after a power cut the counter
         # resumes at or above every value already reported, so the reported energy never
         # decreases (at most one counters write per report period on top of the meter's own).
-        self._part_persist_energy()
-        seq = self._part_next_seq()
-        now = self._part_unix()
-        t = int(now) if now is not None else -max(1, int(self._part_mono()))
-        r = (seq, t, self._part_wh(), self._part_power(), self._part_actual_level(), self._part_on_time(),
+        self.p.counters.set("on_s", self.p.light.on_time_s())
+        self.p.meter.flush()
+        seq = self.p.seq.next()
+        now = self.hal.rtc_get()
+        t = int(now) if now is not None else -max(1, int(self.p.mono()))
+        r = (seq, t, self.p.meter.wh(), self.p.meter.power_w(), self.p.light.actual_level, self.p.light.on_time_s(),
              self.faults)
-        self._part_outbox_put(r)
+        self.p.outbox.put(r)
         self.seq = seq
         self.faults &= ~FAULT_SUPPLY_LOSS
-        self.last_report_mono = self._part_mono()
+        self.last_report_mono = self.p.mono()
         self.wake.set()
         return r
 
@@ -166,57 +171,57 @@ class Node:
         t = r[1]
         if t >= 0:
             return r
-        mono = self._part_mono()
+        mono = self.p.mono()
         if r[0] >= self.first_seq:
             age = mono - (-t)
         else:
             age = mono + (self.first_seq - r[0]) * self.cfg["report_period"]
-        now = self._part_unix()
+        now = self.hal.rtc_get()
         t = int(now - age) if now is not None else -max(1, int(age))
         return (r[0], t) + tuple(r[2:])
 
     # -- resources (called by firmware/resources.py) --------------------------------------
     def now(self):
-        return self._part_mono()
+        return self.p.mono()
 
     def res_get(self, name):
         c = self.cfg
         if name == "level":
-            return self._part_actual_level()
+            return self.p.light.actual_level
         if name == "w":
-            return report.round_power(self._part_power())
+            return report.round_power(self.p.meter.power_w())
         if name == "wh":
-            return self._part_wh()
+            return self.p.meter.wh()
         if name == "on":
-            return self._part_target_level() > 0
+            return self.p.light.target_level > 0
         if name == "on_time":
-            return self._part_on_time()
+            return self.p.light.on_time_s()
         if name == "time":
-            t = self._part_unix()
+            t = self.hal.rtc_get()
             return int(t) if t is not None else 0
         if name == "time_valid":
-            return self._part_unix() is not None
+            return self.hal.rtc_get() is not None
         if name == "faults" or name == "err":
             self.check_faults()
             return self.faults
         if name == "seq":
             return self.seq
         if name == "schedule":
-            return self._part_schedule_get()
+            return self.p.schedule_get()
         if name == "override":
-            return self._part_override_get()
+            return self.p.override.state()
         if name == "override_left":
-            return self._part_override_get()[1]
+            return self.p.override.state()[1]
         if name == "default":
             return c["default_level"]
         if name == "rated":
             return c["rated_w"]
         if name == "pf":
-            return 0.95 if self._part_actual_level() > 0 else 0.0
+            return 0.95 if self.p.light.actual_level > 0 else 0.0
         if name == "lifetime":
             return c["lifetime"]
         return {
-            "srv_id": 1, "binding": "U", "mfr": "streetlight-edge", "model": self._part_model(),
+            "srv_id": 1, "binding": "U", "mfr": "streetlight-edge", "model": "emulated" if c["meter"]["type"] == "emulated" else "esp32",
             "serial": c["id"], "fw": FW_VERSION, "tz": c["tz"], "lat": c["lat"], "lon": c["lon"],
             "group": c["group"], "cabinet": c["cabinet"],
         }[name]
@@ -225,23 +230,23 @@ class Node:
         """Apply a checked value. Returns None, or a reason to answer 4.00 (state unchanged)."""
         c = self.cfg
         if name == "level":
-            self._part_override_set(v, 86400)  # SPEC §5.3: a manual level is a day's override
+            self.p.override.set(v, 86400)  # SPEC §5.3: a manual level is a day's override
         elif name == "on":
             if not v:
-                self._part_override_set(0, 86400)
+                self.p.override.set(0, 86400)
             else:
-                last = self._part_last_on_level() or c["default_level"] or 100
-                self._part_override_set(last, 86400)
+                last = self.p.last_on_level or c["default_level"] or 100
+                self.p.override.set(last, 86400)
         elif name == "override":
             if v[0] is None:
-                self._part_override_cancel()
+                self.p.override.cancel()
             else:
-                self._part_override_set(v[0], v[1])
+                self.p.override.set(v[0], v[1])
         elif name == "time":
-            self._part_set_unix(v)
+            self.hal.rtc_set(v)
             self.log("time set to %d" % v)
         elif name == "schedule":
-            err = self._part_schedule_set(v)
+            err = self.p.schedule_set(v)
             if err:
                 return err
         elif name == "tz":
@@ -250,17 +255,17 @@ class Node:
                 return why
             c["tz"] = v
             self.p.set_tz(v)
-            self._part_config_changed()
+            self.p.save_config(c)
         elif name == "default":
             if 0 < v < c["min_level"]:
                 return "below the driver's minimum level %d" % c["min_level"]
             c["default_level"] = v
-            self._part_config_changed()
+            self.p.save_config(c)
         elif name in ("lat", "lon", "group", "cabinet"):
             c[name] = v
             if name in ("lat", "lon"):
                 self.p.set_position(c["lat"], c["lon"])
-            self._part_config_changed()
+            self.p.save_config(c)
         else:
             return "not writable"
         self.apply_level()
@@ -269,11 +274,11 @@ class Node:
 
     def res_exec(self, name):
         if name == "reboot":
-            self.reboot_at = self._part_mono()
+            self.reboot_at = self.p.mono()
             self.wake.set()
         elif name == "identify":
-            self.identify_until = self._part_mono() + 10  # node seconds, as light.identify(10000 ms)
-            self._part_identify()
+            self.identify_until = self.p.mono() + 10  # node seconds, as light.identify(10000 ms)
+            self.p.light.identify(10000)
 
     # -- network --------------------------------------------------------------------------
     async def request(self, method, path, query=(), payload=b"", cf=None):
@@ -298,7 +303,7 @@ class Node:
         loc = r.location_path()
         self.reg_path = "/" + "/".join(loc) if loc else None
         self.registered = True
-        self.update_due = self._part_mono() + c["lifetime"] * 2 // 3
+        self.update_due = self.p.mono() + c["lifetime"] * 2 // 3
         self.log("registered as %s" % self.reg_path)
         d = report.encode_descriptor(FW_VERSION, c["lat"], c["lon"], c["group"], c["cabinet"], c["rated_w"],
                                      c["default_level"], c["tz"])
@@ -310,7 +315,7 @@ class Node:
         self.stats["updates"] += 1
         r = await self.request(coap.POST, self.reg_path or "/rd", ("lt=%d" % self.cfg["lifetime"],))
         if r is not None and r.code == coap.CHANGED:
-            self.update_due = self._part_mono() + self.cfg["lifetime"] * 2 // 3
+            self.update_due = self.p.mono() + self.cfg["lifetime"] * 2 // 3
             return True
         self.registered = False
         if r is None:
@@ -321,7 +326,7 @@ class Node:
     async def send_pack(self):
         """Send the oldest pack of the outbox. Returns True (sent or nothing to send),
         False (no answer: the gateway is unreachable) or None (answered, but not 2.04)."""
-        pending = self._part_outbox_peek(12)
+        pending = self.p.outbox.peek(12)
         if not pending:
             return True
         packs = report.pack_reports([self.wire_report(r) for r in pending], MAX_PAYLOAD)
@@ -334,20 +339,20 @@ class Node:
             return False
         self.stats["sent_packs"] += 1
         if r.code == coap.CHANGED:
-            self._part_outbox_remove(len(pack))
+            self.p.outbox.remove(len(pack))
             self.stats["acked_reports"] += len(pack)
             self.single = False
             return True
         if r.code == coap.NOT_FOUND:  # the gateway does not know us (any more): Register now
             self.registered = False
         elif r.code == coap.SERVICE_UNAVAILABLE:
-            self.retry_at = self._part_mono() + r.max_age()
+            self.retry_at = self.p.mono() + r.max_age()
         elif r.code == coap.BAD_REQUEST:
             if len(pack) > 1:
                 self.single = True
             else:
                 self.log("gateway refused report seq %d (4.00): dropped" % pack[0][0])
-                self._part_outbox_remove(1)
+                self.p.outbox.remove(1)
                 self.stats["dropped"] += 1
         else:
             self.log("send: gateway answered %s" % r.code_str())
@@ -359,7 +364,7 @@ class Node:
         if not c["gateway"]:
             self.log("no gateway configured: running the schedule alone")
             return
-        await self._part_sleep(self._rand01() * c["jitter"])
+        await self.hal.sleep_ms(int(self._rand01() * c["jitter"] * 1000))
         backoff = 15 * self.ack_timeout_ms / 1000
         while not self.stopping:
             if not self.hal.net_ok():  # no link (Wi-Fi down): keep the reports, retry later
@@ -377,18 +382,18 @@ class Node:
             ok = True
             if not self.registered:
                 ok = await self.register()
-                if ok and self._part_outbox_len() > 1:
-                    await self._part_sleep(self._rand01() * c["jitter"])  # mass restore: spread the flush
-            elif self._part_mono() >= self.update_due:
+                if ok and len(self.p.outbox) > 1:
+                    await self.hal.sleep_ms(int(self._rand01() * c["jitter"] * 1000))  # mass restore: spread the flush
+            elif self.p.mono() >= self.update_due:
                 ok = await self.update()
-            elif self._part_outbox_len() and self._part_mono() >= self.retry_at:
+            elif len(self.p.outbox) and self.p.mono() >= self.retry_at:
                 ok = await self.send_pack()
-                if ok and self._part_outbox_len():
+                if ok and len(self.p.outbox):
                     await asyncio.sleep_ms(10)  # pacing between backlog packs
                     continue
             else:
-                await self._wait_wake(min(self.update_due, self.retry_at if self.retry_at > self._part_mono()
-                                      else self.update_due) - self._part_mono())
+                await self._wait_wake(min(self.update_due, self.retry_at if self.retry_at > self.p.mono()
+                                      else self.update_due) - self.p.mono())
                 continue
             if ok is False:  # no answer: back off, then start again with a Register
                 self.registered = False
@@ -407,7 +412,7 @@ class Node:
         if sim_seconds <= 0:
             return
         try:
-            await asyncio.wait_for(self.wake.wait(), sim_seconds / self._part_speed())
+            await asyncio.wait_for(self.wake.wait(), sim_seconds / getattr(self.hal, "speed", 1.0))
         except asyncio.TimeoutError:
             pass
 
@@ -416,10 +421,10 @@ class Node:
         period = self.cfg["report_period"]
         next_report = self._next_boundary(period)
         while not self.stopping:
-            self._part_feed()
-            await self._part_poll()
+            self.hal.watchdog_feed()
+            await self.p.poll(self)
             self.apply_level()
-            mono = self._part_mono()
+            mono = self.p.mono()
             if mono >= next_report:
                 self.last_taken = self.take_report()
                 next_report = self._next_boundary(period)
@@ -434,9 +439,10 @@ class Node:
             if self.reboot_at is not None:
                 self.log("reboot requested")
                 await asyncio.sleep_ms(200)  # let the 2.04 go out first
-                self._part_reset()
+                self.p.shutdown(self)
+                self.hal.reset()
                 return
-            await self._part_tick_sleep(next_report - self._part_mono())
+            await self._part_tick_sleep(next_report - self.p.mono())
 
     async def _notify_con(self, ob, msg):
         """A CON notification; an observer that resets or never acknowledges it is dropped
@@ -448,8 +454,8 @@ class Node:
     def _next_boundary(self, period):
         """Next report time (monotonic): aligned to wall-clock multiples of the period when
         time is valid (15-min reports at :00, :15...), else one period from now."""
-        mono = self._part_mono()
-        now = self._part_unix()
+        mono = self.p.mono()
+        now = self.hal.rtc_get()
         if now is None:
             return mono + period
         return mono + (period - now % period)
@@ -457,7 +463,7 @@ class Node:
     async def run(self):
         """Boot and run until ``stop()``; the caller builds the parts."""
         self.boot()
-        self.ep = Endpoint(self.res.handle, self._part_urandom, port=self.port, ack_timeout_ms=self.ack_timeout_ms)
+        self.ep = Endpoint(self.res.handle, os.urandom, port=self.port, ack_timeout_ms=self.ack_timeout_ms)
         self.ep.on_reset = self.res.on_reset
         self.ep.start()
         net = asyncio.create_task(self.net_loop())
@@ -480,162 +486,30 @@ class Node:
     def stop(self):
         """Persist what must survive and stop the loops (a clean shutdown)."""
         self.stopping = True
-        self._part_shutdown()
+        self.p.shutdown(self)
         self.wake.set()
 
     def _rand01(self):
-        b = self._part_urandom(2)
+        b = os.urandom(2)
         return ((b[0] << 8) | b[1]) / 65536
 
     # -- the parts (firmware core) ----------------------------------------------------------
-    # Every call into the HAL and the core modules goes through these methods.
-    def _part_boot(self):
-        self.p = self.make_parts(self.hal, self.cfg, self.log)
-        self.faults |= self.p.faults  # e.g. a schedule or outbox record found corrupt
-
-    def _part_path(self, name):
-        return self.hal.path(name)
-
-    def _part_uid(self):
-        return "node-" + "".join("%02x" % b for b in self.hal.unique_id())
-
-    def _part_model(self):
-        return "emulated" if self.cfg["meter"]["type"] == "emulated" else "esp32"
-
-    def _part_mono(self):
-        """Application monotonic time, s (simulated in the emulator)."""
-        return self.p.mono()
-
-    def _part_speed(self):
-        return getattr(self.hal, "speed", 1.0)
-
-    def _part_unix(self):
-        return self.hal.rtc_get()
-
-    def _part_set_unix(self, t):
-        self.hal.rtc_set(t)
-
-    async def _part_sleep(self, sim_s):
-        await self.hal.sleep_ms(int(sim_s * 1000))
-
     async def _part_tick_sleep(self, until_report_s):
         """Sleep until the next control tick: 1 s of node time (50 ms while a fade runs), but
         never less than 20 real ms, and not past the next report."""
         step = 0.05 if self.p.light.fading() else 1.0
-        floor = 0.02 * self._part_speed()
+        floor = 0.02 * getattr(self.hal, "speed", 1.0)
         if step < floor:
             step = floor
         if 0 < until_report_s < step:
             step = until_report_s
         await self.hal.sleep_ms(int(step * 1000) or 1)
 
-    def _part_urandom(self, n):
-        import os
-
-        return os.urandom(n)
-
-    def _part_feed(self):
-        self.hal.watchdog_feed()
-
-    def _part_reset(self):
-        self.p.shutdown(self)
-        self.hal.reset()
-
-    def _part_shutdown(self):
-        self.p.shutdown(self)
-
-    async def _part_poll(self):
-        await self.p.poll(self)
-
-    def _part_config_changed(self):
-        self.p.save_config(self.cfg)
-
-    # lamp
-    def _part_set_level(self, lvl):
-        self.p.light.set_level(lvl)
-
-    def _part_target_level(self):
-        return self.p.light.target_level
-
-    def _part_actual_level(self):
-        return self.p.light.actual_level
-
-    def _part_fading(self):
-        return self.p.light.fading()
-
-    def _part_on_time(self):
-        return self.p.light.on_time_s()
-
-    def _part_last_on_level(self):
-        return self.p.last_on_level
-
-    def _part_identify(self):
-        self.p.light.identify(10000)
-
-    # meter
-    def _part_wh(self):
-        return self.p.meter.wh()
-
-    def _part_power(self):
-        return self.p.meter.power_w()
-
-    def _part_persist_energy(self):
-        self.p.counters.set("on_s", self.p.light.on_time_s())
-        self.p.meter.flush()
-
-    def _part_meter_ok(self):
-        return self.p.meter.ok()
-
     def _part_standby_w(self):
         return 0.7
 
     def _part_expected_w(self, level):
-        return faults_mod.expected_w(level, self.cfg["rated_w"], self._part_standby_w(), self.cfg["min_level"])
-
-    def _part_settled(self):
-        """Long enough since the last level change for the meter to show the new power."""
-        return self.p.settled(self)
-
-    # seq / outbox
-    def _part_next_seq(self):
-        return self.p.seq.next()
-
-    def _part_peek_seq(self):
-        return self.p.seq.peek()
-
-    def _part_outbox_put(self, r):
-        self.p.outbox.put(r)
-
-    def _part_outbox_peek(self, n):
-        return self.p.outbox.peek(n)
-
-    def _part_outbox_remove(self, n):
-        self.p.outbox.remove(n)
-
-    def _part_outbox_len(self):
-        return len(self.p.outbox)
-
-    # schedule / override
-    def _part_schedule_level(self, now):
-        return self.p.schedule_level(now, self.cfg)
-
-    def _part_schedule_get(self):
-        return self.p.schedule_get()
-
-    def _part_schedule_set(self, steps):
-        return self.p.schedule_set(steps)
-
-    def _part_override_level(self):
-        return self.p.override_level(self._part_mono())
-
-    def _part_override_get(self):
-        return self.p.override_get(self._part_mono())
-
-    def _part_override_set(self, level, secs):
-        self.p.override_set(level, secs, self._part_mono())
-
-    def _part_override_cancel(self):
-        self.p.override_cancel()
+        return faults_mod.expected_w(level, self.cfg["rated_w"], 0.7, self.cfg["min_level"])
 
 
 def _print(msg):

@@ -150,26 +150,12 @@ class Parts:
         self._sched_rec.save(cbor.dumps(steps))
         return None
 
-    def schedule_level(self, now, cfg):
-        return self.engine.level_at(now)
-
     def set_tz(self, tz):
         self.engine.set_tz(_tz(tz, self.log))
 
     def set_position(self, lat, lon):
         self.engine.set_position(lat, lon)
 
-    def override_level(self, mono):
-        return self.override.active_level()
-
-    def override_get(self, mono):
-        return self.override.state()
-
-    def override_set(self, level, secs, mono):
-        self.override.set(level, secs)
-
-    def override_cancel(self):
-        self.override.cancel()
 
 
 def _tz(spec, log):
