@@ -1,5 +1,9 @@
 """Energy metering on the node: the pulse meter, the Modbus-RTU SDM120, and the energy counter.
 
+The SDM120 class lives in firmware/meter_sdm120.py, imported only by a node whose config says
+``meter.type = "modbus"``: a pulse-metered node does not carry its code in RAM (see
+docs/performance.md, "Node application"). The policy for both is described here.
+
 Both meters expose the same small interface to the node::
 
     wh()          cumulative active energy, int Wh, never decreasing
@@ -55,15 +59,6 @@ COUNTER_FIELDS = ("wh", "rem", "on_s", "seq_hw", "mb_offset", "mb_last_wh", "rep
 
 FLUSH_WH = const(10)
 FLUSH_MS = const(900000)  # 15 min
-
-# Eastron SDM120 input registers (field notes §6)
-SDM_BLOCK_ADDR = const(0x0000)
-SDM_BLOCK_REGS = const(0x20)  # voltage .. power factor (0x001E) in one read
-SDM_VOLTAGE = const(0x0000)
-SDM_CURRENT = const(0x0006)
-SDM_POWER = const(0x000C)
-SDM_PF = const(0x001E)
-SDM_TOTAL_KWH = const(0x0156)
 
 
 def open_counters(hal, name="counters"):
@@ -179,97 +174,4 @@ class PulseMeter:
         wrote = c.flush()
         self.batch.done(self.base_wh)
         self.flushes += 1
-        return wrote
-
-
-class Sdm120Meter:
-    """An Eastron SDM120 (or SDM630, same map) on Modbus RTU through ``RtuMaster``."""
-
-    def __init__(self, hal, counters, master, unit=1, flush_wh=FLUSH_WH, flush_ms=FLUSH_MS):
-        self.hal = hal
-        self.c = counters
-        self.m = master
-        self.unit = unit
-        self.offset = counters.get("mb_offset")
-        self.last_wh = counters.get("mb_last_wh")  # last register reading, Wh
-        self.replacements = counters.get("replacements")
-        self._wh = self.offset + self.last_wh
-        self._w = 0.0
-        self.pf = 1.0
-        self.voltage = 0.0
-        self.current = 0.0
-        self._ok = True
-        self.errors = 0
-        self.last_error = None
-        self.batch = _Batch(hal, counters, flush_wh, flush_ms)
-        self.batch.saved_wh = self._wh
-
-    def wh(self):
-        return self._wh
-
-    def power_w(self):
-        return self._w
-
-    def report_wh(self):
-        """Persist the counter state if needed, then return the energy for a report."""
-        if self.c.dirty():
-            self.flush()
-        return self._wh
-
-    def ok(self):
-        return self._ok
-
-    async def poll(self):
-        """Read the meter (two requests). Returns True if it wrote flash."""
-        from firmware.modbus_rtu import ModbusError
-
-        try:
-            p = await self.m.read(self.unit, SDM_BLOCK_ADDR, SDM_BLOCK_REGS)
-            v = p.float32(SDM_VOLTAGE)
-            i = p.float32(SDM_CURRENT)
-            w = p.float32(SDM_POWER)
-            pf = p.float32(SDM_PF)
-            p = await self.m.read(self.unit, SDM_TOTAL_KWH, 2)
-            kwh = p.float32(0)
-        except ModbusError as e:
-            self._ok = False
-            self.errors += 1
-            self.last_error = str(e)
-            return False
-        if not (kwh >= 0.0 and kwh < 1e9) or not (w > -1e6 and w < 1e6):  # NaN/inf/garbage
-            self._ok = False
-            self.errors += 1
-            self.last_error = "implausible values"
-            return False
-        self._ok = True
-        self.voltage = v
-        self.current = i
-        self._w = w if w > 0 else 0.0
-        self.pf = pf
-        return self._account(int(kwh * 1000.0 + 0.5))
-
-    def _account(self, reading):
-        """Fold one register reading (Wh) into the monotonic counter; persist when due."""
-        c = self.c
-        if reading < self.last_wh * 9 // 10:
-            # meter replaced or reset: continue from where the old one stopped
-            self.offset += self.last_wh
-            self.replacements += 1
-            self.last_wh = reading
-            self._wh = self.offset + reading
-            c.set("mb_offset", self.offset)
-            c.set("replacements", self.replacements)
-            c.set("mb_last_wh", reading)
-            return self.flush()
-        if reading > self.last_wh:
-            self.last_wh = reading
-            self._wh = self.offset + reading
-            c.set("mb_last_wh", reading)
-        if self.batch.due(self._wh):
-            return self.flush()
-        return False
-
-    def flush(self):
-        wrote = self.c.flush()
-        self.batch.done(self._wh)
         return wrote

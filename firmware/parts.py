@@ -10,7 +10,7 @@ No module-level state.
 
 from firmware.durable import Record, SeqAllocator
 from firmware.light import Light
-from firmware.meter import PulseMeter, Sdm120Meter, open_counters
+from firmware.meter import PulseMeter, open_counters
 from firmware.schedule import Override
 from protocol import cbor
 from protocol.lwm2m import FAULT_CONFIG_ERROR
@@ -49,6 +49,7 @@ class Parts:
     def _meter(self, hal, cfg):
         m = cfg["meter"]
         if m["type"] == "modbus":
+            from firmware.meter_sdm120 import Sdm120Meter
             from firmware.modbus_rtu import RtuMaster
 
             try:
@@ -78,7 +79,7 @@ class Parts:
             if tl > 0:
                 self.last_on_level = tl
         self.counters.set("on_s", self.light.on_time_s())
-        if not isinstance(self.meter, Sdm120Meter):  # the Modbus meter has its own task
+        if isinstance(self.meter, PulseMeter):  # the Modbus meter has its own task
             await self.meter.poll()  # persists the counters (on-time included) when due
 
     async def meter_loop(self):
@@ -86,7 +87,7 @@ class Parts:
         ~0.3 s at 2400 baud, and a dead meter costs 3 timeouts, which must not delay the
         control loop (schedule, reports, watchdog)."""
         m = self.meter
-        if not isinstance(m, Sdm120Meter):
+        if isinstance(m, PulseMeter):
             return
         while True:
             await m.poll()

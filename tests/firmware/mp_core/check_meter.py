@@ -9,7 +9,8 @@ from mprun import FakeClock
 from firmware.durable import Counters
 from firmware.hal.emulated import EmulatedHal
 from firmware.light import Light
-from firmware.meter import COUNTER_FIELDS, FLUSH_MS, FLUSH_WH, PulseMeter, Sdm120Meter, open_counters
+from firmware.meter import COUNTER_FIELDS, FLUSH_MS, FLUSH_WH, PulseMeter, open_counters
+from firmware.meter_sdm120 import Sdm120Meter
 from firmware.modbus_rtu import ModbusError
 
 D = sys.argv[1]

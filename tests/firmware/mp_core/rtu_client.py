@@ -10,7 +10,8 @@ import json
 import sys
 
 from firmware.hal.emulated import EmulatedHal
-from firmware.meter import Sdm120Meter, open_counters
+from firmware.meter import open_counters
+from firmware.meter_sdm120 import Sdm120Meter
 from firmware.modbus_rtu import RtuMaster
 
 
