@@ -89,7 +89,7 @@ class Slgw:
 
 
 async def bench(duration: float, rounds: int, bare_transport: str | None,
-                commit_ms: float | None) -> None:
+                commit_ms: float | None, slgw_args: list[str] | None = None) -> None:
     """Both servers run side by side; the load alternates between them slice by slice (bare,
     slgw live, slgw packed; bare and slgw swap places every other round), so each pair sees
     the same background load on this shared machine. Ratios are medians of the pairs."""
@@ -102,7 +102,8 @@ async def bench(duration: float, rounds: int, bare_transport: str | None,
     g = None
     acked = []
     try:
-        g = Slgw(db, [] if commit_ms is None else ["--store-commit-interval-ms", str(commit_ms)])
+        g = Slgw(db, ([] if commit_ms is None else ["--store-commit-interval-ms", str(commit_ms)])
+                 + (slgw_args or []))
         for rnd in range(rounds):
             g.register(f"live{rnd}-")
             g.register(f"pack{rnd}-")
@@ -178,9 +179,12 @@ def main() -> None:
                     help="aiocoap transport of the bare server ('default' = aiocoap's choice, udp6)")
     ap.add_argument("--commit-interval-ms", type=float, default=None,
                     help="slgw's [store] commit_interval_ms (default: the config default)")
+    ap.add_argument("--slgw-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for `slgw serve` (repeat; e.g. --slgw-arg=--store-"
+                    "aggregate-interval-s=60)")
     a = ap.parse_args()
     asyncio.run(bench(a.duration, a.rounds, None if a.bare_transport == "default" else a.bare_transport,
-                      a.commit_interval_ms))
+                      a.commit_interval_ms, a.slgw_arg))
 
 
 if __name__ == "__main__":
