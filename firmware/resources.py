@@ -39,57 +39,57 @@ from protocol.lwm2m import (
     parse_path,
 )
 
-R = const(1)
-W = const(2)
-E = const(4)
-O = const(8)  # noqa: E741 - observable
+_R = const(1)
+_W = const(2)
+_E = const(4)
+_O = const(8)  # observable
 
 # kinds
-K_INT = const(0)
-K_FLOAT = const(1)
-K_BOOL = const(2)
-K_STR = const(3)
-K_SCHED = const(4)
-K_OVERRIDE = const(5)
-K_NONE = const(6)
+_K_INT = const(0)
+_K_FLOAT = const(1)
+_K_BOOL = const(2)
+_K_STR = const(3)
+_K_SCHED = const(4)
+_K_OVERRIDE = const(5)
+_K_NONE = const(6)
 
-MAX_STEPS = const(16)
-MAX_OBSERVERS = const(4)
-NOTIFY_MAX_S = const(300)
+_MAX_STEPS = const(16)
+_MAX_OBSERVERS = const(4)
+_NOTIFY_MAX_S = const(300)
 
 # (obj, inst, res) -> (ops, kind, lo, hi, name); lo/hi are the range (max length for strings)
-TABLE = {
-    (1, 0, 0): (R, K_INT, 0, 65535, "srv_id"),
-    (1, 0, 1): (R, K_INT, 60, 86400, "lifetime"),
-    (1, 0, 7): (R, K_STR, 0, 8, "binding"),
-    (3, 0, 0): (R, K_STR, 0, 64, "mfr"),
-    (3, 0, 1): (R, K_STR, 0, 64, "model"),
-    (3, 0, 2): (R, K_STR, 0, 64, "serial"),
-    (3, 0, 3): (R, K_STR, 0, 64, "fw"),
-    (3, 0, 4): (E, K_NONE, 0, 0, "reboot"),
-    (3, 0, 11): (R, K_INT, 0, 255, "err"),
-    (3, 0, 13): (R | W, K_INT, 1600000000, 4200000000, "time"),
-    (3, 0, 15): (R | W, K_STR, 3, 64, "tz"),
-    (6, 0, 0): (R | W, K_FLOAT, -90, 90, "lat"),
-    (6, 0, 1): (R | W, K_FLOAT, -180, 180, "lon"),
-    (3311, 0, 5850): (R | W, K_BOOL, 0, 1, "on"),
-    (3311, 0, 5851): (R | W | O, K_INT, 0, 100, "level"),
-    (3311, 0, 5852): (R, K_INT, 0, 0, "on_time"),
-    (3311, 0, 5805): (R, K_INT, 0, 0, "wh"),
-    (3311, 0, 5820): (R, K_FLOAT, 0, 1, "pf"),
-    (3305, 0, 5800): (R | O, K_FLOAT, 0, 0, "w"),
-    (3305, 0, 5805): (R, K_INT, 0, 0, "wh"),
-    (10250, 0, 0): (R, K_INT, 0, 0, "seq"),
-    (10250, 0, 1): (R, K_INT, 0, 255, "faults"),
-    (10250, 0, 2): (R | W, K_SCHED, 0, 0, "schedule"),
-    (10250, 0, 3): (R | W, K_INT, 0, 100, "default"),
-    (10250, 0, 4): (R | W, K_OVERRIDE, 1, 604800, "override"),
-    (10250, 0, 5): (R | W, K_STR, 0, 32, "group"),
-    (10250, 0, 6): (R | W, K_STR, 0, 32, "cabinet"),
-    (10250, 0, 7): (R, K_FLOAT, 0, 0, "rated"),
-    (10250, 0, 8): (R, K_BOOL, 0, 1, "time_valid"),
-    (10250, 0, 9): (E, K_NONE, 0, 0, "identify"),
-    (10250, 0, 10): (R, K_INT, 0, 0, "override_left"),
+_TABLE = {
+    (1, 0, 0): (_R, _K_INT, 0, 65535, "srv_id"),
+    (1, 0, 1): (_R, _K_INT, 60, 86400, "lifetime"),
+    (1, 0, 7): (_R, _K_STR, 0, 8, "binding"),
+    (3, 0, 0): (_R, _K_STR, 0, 64, "mfr"),
+    (3, 0, 1): (_R, _K_STR, 0, 64, "model"),
+    (3, 0, 2): (_R, _K_STR, 0, 64, "serial"),
+    (3, 0, 3): (_R, _K_STR, 0, 64, "fw"),
+    (3, 0, 4): (_E, _K_NONE, 0, 0, "reboot"),
+    (3, 0, 11): (_R, _K_INT, 0, 255, "err"),
+    (3, 0, 13): (_R | _W, _K_INT, 1600000000, 4200000000, "time"),
+    (3, 0, 15): (_R | _W, _K_STR, 3, 64, "tz"),
+    (6, 0, 0): (_R | _W, _K_FLOAT, -90, 90, "lat"),
+    (6, 0, 1): (_R | _W, _K_FLOAT, -180, 180, "lon"),
+    (3311, 0, 5850): (_R | _W, _K_BOOL, 0, 1, "on"),
+    (3311, 0, 5851): (_R | _W | _O, _K_INT, 0, 100, "level"),
+    (3311, 0, 5852): (_R, _K_INT, 0, 0, "on_time"),
+    (3311, 0, 5805): (_R, _K_INT, 0, 0, "wh"),
+    (3311, 0, 5820): (_R, _K_FLOAT, 0, 1, "pf"),
+    (3305, 0, 5800): (_R | _O, _K_FLOAT, 0, 0, "w"),
+    (3305, 0, 5805): (_R, _K_INT, 0, 0, "wh"),
+    (10250, 0, 0): (_R, _K_INT, 0, 0, "seq"),
+    (10250, 0, 1): (_R, _K_INT, 0, 255, "faults"),
+    (10250, 0, 2): (_R | _W, _K_SCHED, 0, 0, "schedule"),
+    (10250, 0, 3): (_R | _W, _K_INT, 0, 100, "default"),
+    (10250, 0, 4): (_R | _W, _K_OVERRIDE, 1, 604800, "override"),
+    (10250, 0, 5): (_R | _W, _K_STR, 0, 32, "group"),
+    (10250, 0, 6): (_R | _W, _K_STR, 0, 32, "cabinet"),
+    (10250, 0, 7): (_R, _K_FLOAT, 0, 0, "rated"),
+    (10250, 0, 8): (_R, _K_BOOL, 0, 1, "time_valid"),
+    (10250, 0, 9): (_E, _K_NONE, 0, 0, "identify"),
+    (10250, 0, 10): (_R, _K_INT, 0, 0, "override_left"),
 }
 
 
@@ -103,11 +103,11 @@ class Bad(Exception):
 
 
 def _payload_limit(kind, hi, cf):
-    if kind == K_STR:
+    if kind == _K_STR:
         lim = 4 * hi + 8
-    elif kind == K_SCHED:
-        lim = 16 + MAX_STEPS * 12
-    elif kind == K_OVERRIDE:
+    elif kind == _K_SCHED:
+        lim = 16 + _MAX_STEPS * 12
+    elif kind == _K_OVERRIDE:
         lim = 24
     else:
         lim = 24
@@ -121,7 +121,7 @@ def check_value(kind, lo, hi, v):
 
     Raises Bad(4.00) naming what is wrong (SPEC §5 ranges; state is not touched here).
     """
-    if kind == K_INT:
+    if kind == _K_INT:
         if isinstance(v, float) and v == int(v):
             v = int(v)
         if not isinstance(v, int) or isinstance(v, bool):
@@ -129,19 +129,19 @@ def check_value(kind, lo, hi, v):
         if hi > lo and not lo <= v <= hi:
             raise Bad(coap.BAD_REQUEST, "out of range %d..%d" % (lo, hi))
         return v
-    if kind == K_FLOAT:
+    if kind == _K_FLOAT:
         if not senml.is_number(v):
             raise Bad(coap.BAD_REQUEST, "number expected")
         if hi > lo and not lo <= v <= hi:
             raise Bad(coap.BAD_REQUEST, "out of range %s..%s" % (lo, hi))
         return float(v)
-    if kind == K_BOOL:
+    if kind == _K_BOOL:
         if isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
             v = bool(v)
         if not isinstance(v, bool):
             raise Bad(coap.BAD_REQUEST, "boolean expected")
         return v
-    if kind == K_STR:
+    if kind == _K_STR:
         if not isinstance(v, str):
             raise Bad(coap.BAD_REQUEST, "text expected")
         if not lo <= len(v) <= hi:
@@ -152,16 +152,16 @@ def check_value(kind, lo, hi, v):
             v = cbor.loads(v)
         except cbor.CBORError:
             raise Bad(coap.BAD_REQUEST, "opaque value is not CBOR") from None
-    if kind == K_SCHED:
+    if kind == _K_SCHED:
         return check_schedule(v)
-    if kind == K_OVERRIDE:
+    if kind == _K_OVERRIDE:
         return check_override(v, lo, hi)
     raise Bad(coap.METHOD_NOT_ALLOWED, "not writable")
 
 
 def check_schedule(steps):
     """Validate a schedule (SPEC §5.2). Returns a list of [kind, minutes, level]; raises Bad."""
-    if not isinstance(steps, list) or len(steps) > MAX_STEPS:
+    if not isinstance(steps, list) or len(steps) > _MAX_STEPS:
         raise Bad(coap.BAD_REQUEST, "schedule: list of <= 16 steps")
     out = []
     for st in steps:
@@ -205,22 +205,22 @@ def _from_text(kind, text):
         s = str(text, "utf-8")
     except UnicodeError:
         raise Bad(coap.BAD_REQUEST, "invalid UTF-8") from None
-    if kind == K_STR:
+    if kind == _K_STR:
         return s
     s = s.strip()
     try:
-        if kind == K_INT:
+        if kind == _K_INT:
             return int(s)
-        if kind == K_FLOAT:
+        if kind == _K_FLOAT:
             return float(s)
-        if kind == K_BOOL:
+        if kind == _K_BOOL:
             if s in ("1", "true"):
                 return True
             if s in ("0", "false"):
                 return False
     except ValueError:
         pass
-    if kind in (K_SCHED, K_OVERRIDE):
+    if kind in (_K_SCHED, _K_OVERRIDE):
         raise Bad(coap.UNSUPPORTED_CONTENT_FORMAT, "opaque takes CF 60 or 112")
     raise Bad(coap.BAD_REQUEST, "bad text value")
 
@@ -234,11 +234,11 @@ def _senml_value(rec, kind):
 
 def _record(key, kind, value):
     name = "/%d/%d/%d" % key
-    if kind == K_STR:
+    if kind == _K_STR:
         return {SENML_N: name, SENML_VS: value}
-    if kind == K_BOOL:
+    if kind == _K_BOOL:
         return {SENML_N: name, SENML_VB: bool(value)}
-    if kind in (K_SCHED, K_OVERRIDE):
+    if kind in (_K_SCHED, _K_OVERRIDE):
         return {SENML_N: name, SENML_VD: cbor.dumps(value)}
     return {SENML_N: name, SENML_V: value}
 
@@ -273,7 +273,7 @@ class Resources:
             if not s.isdigit() or len(s) > 5:
                 raise Bad(coap.NOT_FOUND, "no such path")
             ids.append(int(s))
-        keys = [k for k in TABLE if k[: len(ids)] == tuple(ids)]
+        keys = [k for k in _TABLE if k[: len(ids)] == tuple(ids)]
         if not keys:
             raise Bad(coap.NOT_FOUND, "no such path")
         keys.sort()
@@ -287,10 +287,10 @@ class Resources:
         elif code == coap.PUT:
             self._write(req, resp, ids, keys)
         elif code == coap.POST:
-            if len(ids) != 3 or not TABLE[keys[0]][0] & E:
+            if len(ids) != 3 or not _TABLE[keys[0]][0] & _E:
                 raise Bad(coap.METHOD_NOT_ALLOWED, "not executable")
             resp.code = coap.CHANGED
-            self.app.res_exec(TABLE[keys[0]][4])
+            self.app.res_exec(_TABLE[keys[0]][4])
         else:
             raise Bad(coap.METHOD_NOT_ALLOWED, "method not allowed")
 
@@ -298,15 +298,15 @@ class Resources:
     def _read(self, req, resp, peer, ids, keys):
         accept = req.accept()
         if len(ids) == 3:
-            ops = TABLE[keys[0]][0]
-            if not ops & R:
+            ops = _TABLE[keys[0]][0]
+            if not ops & _R:
                 raise Bad(coap.METHOD_NOT_ALLOWED, "not readable")
             if accept not in (None, CF_CBOR, CF_SENML_CBOR, CF_TEXT):
                 raise Bad(coap.NOT_ACCEPTABLE, "CF 60, 112 or 0")
-            if accept == CF_TEXT and TABLE[keys[0]][1] in (K_SCHED, K_OVERRIDE):
+            if accept == CF_TEXT and _TABLE[keys[0]][1] in (_K_SCHED, _K_OVERRIDE):
                 raise Bad(coap.NOT_ACCEPTABLE, "opaque: CF 60 or 112")
             obs = req.observe()
-            if obs is not None and ops & O:
+            if obs is not None and ops & _O:
                 if obs == 0:
                     self._add_observer(peer, req.token, keys[0], accept)
                     resp.add_option(coap.OBSERVE, self._next_obs())
@@ -318,21 +318,21 @@ class Resources:
             raise Bad(coap.NOT_ACCEPTABLE, "objects and instances are read as CF 112")
         recs = []
         for k in keys:
-            ent = TABLE[k]
-            if ent[0] & R:
+            ent = _TABLE[k]
+            if ent[0] & _R:
                 recs.append(_record(k, ent[1], self.app.res_get(ent[4])))
         resp.payload = senml.encode(recs)
         resp.add_option(coap.CONTENT_FORMAT, CF_SENML_CBOR)
 
     def render(self, resp, key, accept):
         """Put resource ``key``'s current value in ``resp`` in the format asked for."""
-        ops, kind, lo, hi, name = TABLE[key]
+        ops, kind, lo, hi, name = _TABLE[key]
         v = self.app.res_get(name)
         if accept == CF_SENML_CBOR:
             resp.payload = senml.encode([_record(key, kind, v)])
             cf = CF_SENML_CBOR
         elif accept == CF_TEXT:
-            if kind == K_BOOL:
+            if kind == _K_BOOL:
                 v = 1 if v else 0
             resp.payload = str(v).encode()
             cf = CF_TEXT
@@ -351,9 +351,9 @@ class Resources:
             raise Bad(coap.UNSUPPORTED_CONTENT_FORMAT, "CF 60, 0 or 112")
         data = req.payload
         if len(ids) == 3:
-            ops, kind, lo, hi, name = TABLE[keys[0]]
-            if not ops & W:
-                raise Bad(coap.METHOD_NOT_ALLOWED, "read-only" if ops & R else "not writable")
+            ops, kind, lo, hi, name = _TABLE[keys[0]]
+            if not ops & _W:
+                raise Bad(coap.METHOD_NOT_ALLOWED, "read-only" if ops & _R else "not writable")
             if len(data) > _payload_limit(kind, hi, cf):
                 raise Bad(coap.REQUEST_ENTITY_TOO_LARGE, "payload too large for this resource")
             if cf == CF_SENML_CBOR:
@@ -375,7 +375,7 @@ class Resources:
             values = self._from_pack(data, keys)
         # everything is checked: apply in order; the application may still refuse (4.00)
         for key, v in values:
-            err = self.app.res_set(TABLE[key][4], v)
+            err = self.app.res_set(_TABLE[key][4], v)
             if err:
                 raise Bad(coap.BAD_REQUEST, err)
         resp.code = coap.CHANGED
@@ -394,9 +394,9 @@ class Resources:
             except ValueError:
                 raise Bad(coap.BAD_REQUEST, "bad name in pack") from None
             if key not in keys:
-                raise Bad(coap.NOT_FOUND if key not in TABLE else coap.BAD_REQUEST, "name outside target")
-            ops, kind, lo, hi, name = TABLE[key]
-            if not ops & W:
+                raise Bad(coap.NOT_FOUND if key not in _TABLE else coap.BAD_REQUEST, "name outside target")
+            ops, kind, lo, hi, name = _TABLE[key]
+            if not ops & _W:
                 raise Bad(coap.METHOD_NOT_ALLOWED, "read-only resource in pack")
             out.append((key, check_value(kind, lo, hi, _senml_value(rec, kind))))
         return out
@@ -412,9 +412,9 @@ class Resources:
             if ob[0] == peer and ob[2] == key:
                 self.observers.remove(ob)
                 break
-        if len(self.observers) >= MAX_OBSERVERS:
+        if len(self.observers) >= _MAX_OBSERVERS:
             self.observers.pop(0)
-        self.observers.append([peer, token, key, accept, self.app.res_get(TABLE[key][4]), self.app.now(), 0, -1])
+        self.observers.append([peer, token, key, accept, self.app.res_get(_TABLE[key][4]), self.app.now(), 0, -1])
 
     def cancel(self, peer, token):
         """Drop the observation with this token (Observe 1, or a failed CON notification)."""
@@ -438,13 +438,13 @@ class Resources:
         out = []
         for ob in self.observers:
             key = ob[2]
-            v = self.app.res_get(TABLE[key][4])
+            v = self.app.res_get(_TABLE[key][4])
             last = ob[4]
-            if TABLE[key][1] == K_FLOAT:
+            if _TABLE[key][1] == _K_FLOAT:
                 changed = abs(v - last) > max(1.0, 0.05 * abs(last))
             else:
                 changed = v != last
-            if not changed and now - ob[5] < NOTIFY_MAX_S:
+            if not changed and now - ob[5] < _NOTIFY_MAX_S:
                 continue
             msg = coap.Message(coap.NON, coap.CONTENT, 0, ob[1])
             msg.add_option(coap.OBSERVE, self._next_obs())
