@@ -26,6 +26,7 @@ Decisions:
 """
 
 import asyncio
+import gc
 import socket
 
 try:
@@ -97,7 +98,7 @@ class Endpoint:
         self._t_mono = 0
         self._task = None
         self.closed = False
-        self.stats = {"rx": 0, "tx": 0, "retx": 0, "bad": 0, "dup": 0, "timeouts": 0}
+        self.stats = {"rx": 0, "tx": 0, "retx": 0, "bad": 0, "dup": 0, "timeouts": 0, "nomem": 0}
 
     # -- helpers --------------------------------------------------------------------------
     def now_ms(self):
@@ -238,6 +239,24 @@ class Endpoint:
                     data, peer = sock.recvfrom(_RX_SIZE)
                 except OSError:  # EAGAIN: drained
                     break
+                except MemoryError:
+                    # No free block of _RX_SIZE bytes: the heap is full or fragmented. A
+                    # collection may merge holes; else drop this datagram (its sender
+                    # retransmits a CON) instead of letting this task die: a node whose
+                    # receive task died would never hear the gateway again.
+                    gc.collect()
+                    try:
+                        data, peer = sock.recvfrom(_RX_SIZE)
+                    except OSError:
+                        break
+                    except MemoryError:
+                        self.stats["nomem"] += 1
+                        print("endpoint: no memory for a datagram: dropped")
+                        try:
+                            sock.recvfrom(1)  # read and discard it
+                        except (OSError, MemoryError):
+                            break
+                        continue
                 try:
                     self.datagram_received(data, peer)
                 except Exception as e:  # noqa: BLE001 - a receiver never dies on input

@@ -256,3 +256,32 @@ def test_default_transmission_parameters_are_rfc7252():
     assert sig.parameters["ack_timeout_ms"].default == 2000
     assert coap.ACK_RANDOM_FACTOR == 1.5 and coap.MAX_RETRANSMIT == 4
     assert struct  # keep import used
+
+
+def test_receive_task_survives_a_heap_without_room_for_a_datagram():
+    """A fragmented heap (free memory only in ~100-byte holes) makes recvfrom(1280) raise
+    MemoryError: the endpoint drops that datagram and keeps its receive task, so the
+    retransmitted request is answered once memory is back (before, the task died: a deaf node)."""
+    port = free_udp_port()
+    with Proc([MICROPYTHON, "-X", "heapsize=256k", os.path.join(MP_APP, "endpoint_nomem.py"), str(port)],
+              env=mp_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+              text=True) as p:
+        assert json.loads(p.p.stdout.readline())["ready"]
+        frag = json.loads(p.p.stdout.readline())
+        assert frag["largest"] < 1280, frag  # the heap really has no room for the buffer
+        s = udp(0.5)
+        answer = None
+        for _ in range(20):  # a CON client's retransmissions, every 0.5 s
+            s.sendto(coap.encode(req(coap.GET, "/x", 77)), ("127.0.0.1", port))
+            try:
+                answer = coap.decode(s.recvfrom(2048)[0])
+                break
+            except OSError:
+                pass
+        s.close()
+        p.p.stdin.close()
+        out = p.p.stdout.read()
+        assert p.p.wait(timeout=10) == 0, out
+    assert "no memory for a datagram: dropped" in out, out
+    assert '"released": true' in out and "Traceback" not in out, out
+    assert answer is not None and answer.code == coap.CONTENT and answer.mid == 77 and answer.payload == b"pong"
