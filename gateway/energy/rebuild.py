@@ -149,6 +149,25 @@ def rebuild_dirty(conn: sqlite3.Connection, tz: str, max_sources: int = 500) -> 
     return len(rows)
 
 
+def dirty_sources(conn: sqlite3.Connection) -> list[str]:
+    """The sources whose buckets wait for a rebuild, oldest mark first."""
+    return [r[0] for r in conn.execute("SELECT source FROM dirty ORDER BY rowid")]
+
+
+def rebuild_sources(conn: sqlite3.Connection, tz: str, sources: list[str]) -> int:
+    """Rebuild the given sources that are still dirty (over their current marks) and clear
+    the marks. Returns how many were rebuilt."""
+    n = 0
+    for source in sources:
+        row = conn.execute("SELECT t_from, t_to FROM dirty WHERE source = ?", (source,)).fetchone()
+        if row is None:  # rebuilt meanwhile
+            continue
+        rebuild_source(conn, source, row[0], row[1], tz)
+        conn.execute("DELETE FROM dirty WHERE source = ?", (source,))
+        n += 1
+    return n
+
+
 def rebuild_all(conn: sqlite3.Connection, tz: str) -> int:
     """Mark every source with readings dirty over its whole span and rebuild everything."""
     conn.execute("DELETE FROM buckets")

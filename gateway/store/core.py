@@ -395,16 +395,26 @@ class Store:
 
         ensure_rollup_tz(conn, self.timezone)
 
-    async def refresh(self, max_sources: int = 500) -> int:
-        """Rebuild the buckets of every dirty source now. Returns the number of sources rebuilt."""
-        from ..energy.rebuild import rebuild_dirty
+    # Sources rebuilt per transaction. The writer is the only one: a rebuild of every dirty
+    # source in one transaction (after a mass restore, hundreds of sources with days of
+    # backlog: seconds of work) would hold every Send's acknowledgement for that long. In
+    # chunks, ingest commits run between them.
+    REFRESH_CHUNK = 16
 
+    async def refresh(self) -> int:
+        """Rebuild the buckets of every source that is dirty now; returns how many.
+
+        Sources dirtied while it runs are left for the next call (a query that refreshes
+        first sees everything stored before it started).
+        """
+        from ..energy.rebuild import dirty_sources, rebuild_sources
+
+        todo = await self.read(dirty_sources)
         total = 0
-        while True:
-            n = await self.write(lambda conn: rebuild_dirty(conn, self.timezone, max_sources))
-            total += n
-            if n < max_sources:
-                return total
+        for i in range(0, len(todo), self.REFRESH_CHUNK):
+            chunk = todo[i:i + self.REFRESH_CHUNK]
+            total += await self.write(lambda conn, c=chunk: rebuild_sources(conn, self.timezone, c))
+        return total
 
     async def _aggregate_loop(self, interval: float) -> None:
         while True:
