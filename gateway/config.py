@@ -53,7 +53,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "retention_raw_days": (int, 0, "keep raw readings this many days; 0 = forever"),
         "retention_bucket_days": (int, 0, "keep 15-minute buckets this many days; 0 = forever "
                                   "(hour/day roll-ups are always kept)"),
-        "aggregate_interval_s": (float, 5.0, "how often dirty sources are re-aggregated"),
+        "aggregate_interval_s": (float, 5.0, "how often dirty sources are re-aggregated (put "
+                                 "off while Sends keep the writer over half busy, at most 60 s)"),
     },
     "api": {
         "bind": (str, "127.0.0.1", "address of the HTTP/JSON API"),

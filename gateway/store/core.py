@@ -77,7 +77,8 @@ class Store:
         self.path = path
         self.commit_interval_s = commit_interval_ms / 1000.0
         self.timezone = timezone
-        self._q: queue.Queue = queue.Queue()
+        # SimpleQueue: put/get in C, no Python-level Condition (each Send puts once)
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
         self._readpool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="slgw-read")
@@ -89,6 +90,8 @@ class Store:
         self._last_group = 0
         self.commits = 0  # groups committed (for benches and tests)
         self.writes = 0  # write functions committed
+        self.busy_s = 0.0  # writer time spent in commit groups (written by the writer only)
+        self.deferred = 0  # background aggregations put off because the writer was busy
 
     # --- life cycle ------------------------------------------------------------------------
     @classmethod
@@ -207,6 +210,7 @@ class Store:
                     work.append(item)
             self._last_group = len(work)
             if work:
+                t0 = time.perf_counter()
                 try:
                     self._run_group(conn, work)
                 except Exception as e:  # a bug must not kill the only writer: report, go on
@@ -217,6 +221,7 @@ class Store:
                             conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
+                self.busy_s += time.perf_counter() - t0
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
@@ -416,15 +421,30 @@ class Store:
             total += await self.write(lambda conn, c=chunk: rebuild_sources(conn, self.timezone, c))
         return total
 
+    # Background aggregation uses the writer's spare time. While Sends keep the writer busy
+    # (a backlog drain after a mass restore) it waits, at most AGG_MAX_DEFER_S: buckets are
+    # derived data, every energy query refreshes first, and each reading costs the same to
+    # aggregate later, while the nodes can empty their outboxes sooner.
+    AGG_BUSY_FRACTION = 0.5
+    AGG_MAX_DEFER_S = 60.0
+
     async def _aggregate_loop(self, interval: float) -> None:
+        last_run = time.monotonic()
+        busy_seen = self.busy_s
         while True:
             await asyncio.sleep(interval)
+            busy, busy_seen = (self.busy_s - busy_seen) / interval, self.busy_s
+            if busy > self.AGG_BUSY_FRACTION and time.monotonic() - last_run < self.AGG_MAX_DEFER_S:
+                self.deferred += 1
+                continue
             try:
                 await self.refresh()
             except StoreError as e:
                 log.error("aggregation failed, will retry in %.0f s: %s", interval, e)
             except Exception:  # never let the loop die silently
                 log.exception("aggregation failed, will retry in %.0f s", interval)
+            last_run = time.monotonic()
+            busy_seen = self.busy_s  # the refresh's own writes do not count as load
 
     async def prune(self, now: float, retention_raw_days: int, retention_bucket_days: int) -> dict:
         """Delete raw readings and 15-minute buckets older than their retention (0 = keep).

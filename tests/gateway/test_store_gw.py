@@ -380,3 +380,44 @@ async def test_live_columns_of_a_group_with_new_and_known_nodes(tmp_path):
         assert sorted(r[4] for r in rows) == [0, 1, 2]  # max + 1, no slot twice
     finally:
         await s.close()
+
+
+async def _dirty_count(s):
+    return await s.read(lambda c: c.execute("SELECT COUNT(*) FROM dirty").fetchone()[0])
+
+
+async def test_background_aggregation_waits_while_busy_then_catches_up(tmp_path):
+    s = await Store.open(str(tmp_path / "slgw.db"), aggregate_interval_s=0.05)
+    s.AGG_BUSY_FRACTION = -1.0  # every interval counts as busy (robust on a loaded machine)
+    s.AGG_MAX_DEFER_S = 0.6
+    try:
+        seq = 1
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 0.4:  # a steady stream of Sends, shorter than the cap
+            await s.ingest_reports("n1", reports(1, start_seq=seq, wh0=0), received_at=T0 + 86400)
+            seq += 1
+            await asyncio.sleep(0.005)
+        hours = await s.read(lambda c: c.execute("SELECT COUNT(*) FROM energy_hour").fetchone()[0])
+        assert s.deferred >= 3 and hours == 0 and s.busy_s > 0  # it waited: nothing aggregated yet
+        assert await _dirty_count(s) == 1
+        while loop.time() - start < 1.2:  # still busy, past the cap: it runs anyway
+            await s.ingest_reports("n1", reports(1, start_seq=seq, wh0=0), received_at=T0 + 86400)
+            seq += 1
+            await asyncio.sleep(0.005)
+        assert await s.read(lambda c: c.execute("SELECT COUNT(*) FROM energy_hour").fetchone()[0])
+        await asyncio.sleep(0.3)  # idle: the next tick rebuilds what is left
+        assert await _dirty_count(s) == 0
+    finally:
+        await s.close()
+
+
+async def test_refresh_in_chunks_rebuilds_everything_dirty_at_its_start(store):
+    store.REFRESH_CHUNK = 3
+    for i in range(10):
+        await store.ingest_reports(f"n{i}", reports(5), received_at=T0 + 86400)
+    assert await store.refresh() == 10
+    assert await _dirty_count(store) == 0
+    per_source = await store.read(lambda c: c.execute(
+        "SELECT source, SUM(wh) FROM buckets GROUP BY source").fetchall())
+    assert sorted(per_source) == [(f"n{i}", 4.0) for i in range(10)]
