@@ -208,10 +208,12 @@ def main():
     if "control" not in spec:
         d = sys.argv[1].rsplit("/", 1)[0] if "/" in sys.argv[1] else "."
         spec["control"] = d + "/emulator-control.json"
-    em = Emulator(spec)
-    asyncio.run(em.main())
     import gc
 
+    gc.collect()
+    gc.threshold(gc.mem_free() // 8)  # keeps the heap unfragmented: see firmware/main.py
+    em = Emulator(spec)
+    asyncio.run(em.main())
     gc.collect()
     # the live MicroPython heap of all nodes here (the HIL memory bench divides it per node)
     print("emulator: stopped cleanly, heap %d bytes in use for %d nodes" % (gc.mem_alloc(), len(em.nodes)))
