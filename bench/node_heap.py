@@ -19,7 +19,8 @@ an aiocoap LwM2M peer, a sun-based night programme written over CoAP, Reads) rep
 bisection over the heap size (4 KB steps; about a minute). A run passes when the emulator lives
 through the day without MemoryError or traceback and without a datagram dropped for lack of
 memory (firmware/endpoint.py survives those, but it is not a clean run), the peer got every
-report, and it stops cleanly. The modules that run really loaded are checked against ``MODULES`` (so the import
+report, and it stops cleanly. ``NODE_HEAP_MPY_DAY=1`` bisects the .mpy build (what `slnode build`
+ships today) as well. The modules that run really loaded are checked against ``MODULES`` (so the import
 figures above count exactly the code a node uses).
 """
 
@@ -156,9 +157,10 @@ def _rom_cmd(img: str, boot: str, heap: str, *args: str) -> list[str]:
     return [sys.executable, os.path.join(os.path.dirname(img), "run.py"), img, boot, heap, *args]
 
 
-async def _day(img: str, heap_k: int, work: str) -> dict:
-    """One node, ROMFS code, ``heap_k`` KB of heap, through 24 simulated hours (see the module
-    docstring). Returns {"ok", "why", "peak", "live", "modules"}."""
+async def _day(code: str, heap_k: int, work: str) -> dict:
+    """One node, ``heap_k`` KB of heap, through 24 simulated hours (see the module docstring).
+    ``code``: the ROMFS image (``*.romfs``) or a directory of mpy-cross output. Returns
+    {"ok", "why", "peak", "live", "modules"} (modules: ROMFS runs only)."""
     sys.path.insert(0, os.path.join(ROOT, "tests", "firmware"))
     import aiocoap
     from app_support import Proc, emulator_spec, free_udp_port, write_toml
@@ -173,14 +175,17 @@ async def _day(img: str, heap_k: int, work: str) -> dict:
                       lat=48.85, lon=2.35, tz="CET-1CEST,M3.5.0,M10.5.0/3")
     spec = emulator_spec(os.path.join(work, "flash"), "lamp-m", port, config=toml, speed=SPEED,
                          clock_start="2025-03-01T12:00:00Z", time_valid=True, ack_timeout=50)
-    spec_path = emulate.build_command(spec)[0][-1]
-    boot = os.path.join(work, "boot.py")
-    with open(boot, "w") as f:
-        f.write(_ROM_BOOT + _ROM_EMULATOR)
+    if code.endswith(".romfs"):
+        spec_path = emulate.build_command(spec)[0][-1]
+        boot = os.path.join(work, "boot.py")
+        with open(boot, "w") as f:
+            f.write(_ROM_BOOT + _ROM_EMULATOR)
+        cmd, env = _rom_cmd(code, boot, f"{heap_k}k", spec_path), dict(os.environ, MICROPYPATH=".frozen")
+    else:
+        cmd, env = emulate.build_command(spec, f"{heap_k}k", code)
     log_path = os.path.join(work, "node.log")
     log = open(log_path, "ab")
-    proc = Proc(_rom_cmd(img, boot, f"{heap_k}k", spec_path), env=dict(os.environ, MICROPYPATH=".frozen"),
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd="/")
+    proc = Proc(cmd, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd="/")
     why = None
     try:
         t0 = time.monotonic()
@@ -220,13 +225,14 @@ async def _day(img: str, heap_k: int, work: str) -> dict:
 
 
 def smallest_day_heap(img: str, code_bytes: int, d: str) -> dict:
-    """Bisect ``-X heapsize`` (STEP_K resolution) for the 24 h run from the ROMFS image."""
+    """Bisect ``-X heapsize`` (STEP_K resolution) for the 24 h run of ``img`` (a ROMFS image
+    or an .mpy directory, see ``_day``)."""
     trials = {}
 
     def trial(k):
         if k in trials:
             return trials[k]["ok"]
-        r = asyncio.run(_day(img, k, os.path.join(d, f"day-{k}k")))
+        r = asyncio.run(_day(img, k, os.path.join(d, f"day-{os.path.basename(img)}-{k}k")))
         trials[k] = r
         print(f"  24 h at heapsize={k}k: {'pass' if r['ok'] else r['why']}", file=sys.stderr)
         return r["ok"]
@@ -276,6 +282,10 @@ def run() -> dict:
         esp = _run_rom(img, d, _PROBE % (_STUBS % stubs, MODULES_ESP32))
         rom_size = os.path.getsize(img)
         day = smallest_day_heap(img, rom["total"] + rom["baseline"], d)
+        day_mpy = None
+        if os.environ.get("NODE_HEAP_MPY_DAY"):  # the .mpy build too (another ~90 s)
+            day_mpy = smallest_day_heap(os.path.join(d, "mpy"), mpy["total"] + mpy["baseline"], d)
+            day_mpy.pop("modules_loaded")
     loaded = set(day.pop("modules_loaded") or ())
     return {
         "command": "python -m bench node_heap",
@@ -295,6 +305,7 @@ def run() -> dict:
         "modules_loaded_but_not_measured": sorted(loaded - set(MODULES)),
         "modules_measured_but_not_loaded": sorted(set(MODULES) - loaded - {"asyncio"}),
         "day_24h_romfs": day,
+        "day_24h_mpy": day_mpy or "set NODE_HEAP_MPY_DAY=1 to bisect the .mpy build too",
     }
 
 
