@@ -63,7 +63,10 @@ class Slgw:
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         utime, stime = int(fields[11]) / TICK, int(fields[12]) / TICK
-        return {"cpu": utime + stime, "sys": stime, "commits": 0, "writes": 0}
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat") as f:  # the event loop's thread
+            lf = f.read().rsplit(")", 1)[1].split()
+        return {"cpu": utime + stime, "sys": stime, "commits": 0, "writes": 0,
+                "loop_cpu": (int(lf[11]) + int(lf[12])) / TICK}
 
     def register(self, prefix: str) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -106,9 +109,14 @@ async def bench(duration: float, rounds: int, bare_transport: str | None,
     # The bare server on the transport slgw uses for an IPv4 bind (gateway/coap/transport.py):
     # aiocoap's default udp6 costs more per datagram, which would flatter the ratio.
     s = Server("bare", os.path.join(tmp, "unused.db"), transport=bare_transport)
+    # the bare server plus slgw's hand-off skeleton (answer after a writer thread's fsync, no
+    # database): the ceiling of acknowledging after a commit made in a thread of the process
+    h = None
+    handoff = []
     g = None
     acked = []
     try:
+        h = Server("handoff", os.path.join(tmp, "handoff"), transport=bare_transport)
         g = Slgw(db, ([] if commit_ms is None else ["--store-commit-interval-ms", str(commit_ms)])
                  + (slgw_args or []))
         for rnd in range(rounds):
@@ -129,6 +137,7 @@ async def bench(duration: float, rounds: int, bare_transport: str | None,
             acked += r["acked"]
             # the ceiling: the bare server (decode + answer, nothing stored) fed the same packs
             bare_packed.append(await run_load(s.port, f"bpack{rnd}-", 16, duration, s))
+            handoff.append(await run_load(h.port, f"h{rnd}-", 1, duration, h))
             for name, x in (("bare", bare[-1]), ("slgw", svc[-1]), ("packed", packed[-1])):
                 if x["other_codes"]:
                     print(f"  {name}: non-2.04 answers {x['other_codes']}")
@@ -145,6 +154,8 @@ async def bench(duration: float, rounds: int, bare_transport: str | None,
                   flush=True)
     finally:
         s.stop()
+        if h is not None:
+            h.stop()
         if g is not None:
             g.stop()
     n, missing, mode = verify(db, acked)
@@ -178,6 +189,13 @@ async def bench(duration: float, rounds: int, bare_transport: str | None,
           f"{min(drains):.1f}-{max(drains):.1f}), {statistics.median(drain_cpu):.1f}x by server "
           "CPU cost (goal >= 10x)")
     ceil = [bp["reports_per_s"] / x["messages_per_s"] for bp, x in zip(bare_packed, bare, strict=True)]
+    print(f"  slgw's event-loop thread: {statistics.median(x['loop_cpu_per_message_ms'] for x in svc):.3f} "
+          f"ms CPU per live Send, {statistics.median(x['loop_cpu_per_message_ms'] for x in packed):.3f} "
+          "per pack (the rest of the server CPU above is the writer and other threads)")
+    hr = [100 * x["messages_per_s"] / y["messages_per_s"] for x, y in zip(handoff, bare, strict=True)]
+    print(f"  bare + hand-off skeleton (answer after a writer thread's fsync, no database): "
+          f"{med(handoff, 'messages_per_s'):.0f} msg/s = {statistics.median(hr):.0f} % of bare "
+          f"(pairs {spread(hr)} %), {med(handoff, 'cpu_per_message_ms'):.3f} ms CPU/msg")
     print(f"  ceiling: the bare server fed the same packs: {med(bare_packed, 'reports_per_s'):.0f} "
           f"reports/s = {statistics.median(ceil):.1f}x its own live rate (pairs {min(ceil):.1f}-"
           f"{max(ceil):.1f}); slgw packed / bare packed: "
