@@ -78,17 +78,14 @@ class ResetRequested(Exception):
 
 
 class Hal:
-    """Base class: shared helpers and the interface (see module docstring).
-
-    Back-ends override every method that raises NotImplementedError.
+    """Base class: the helpers every back-end shares. The interface itself is the module
+    docstring: each back-end implements all of it. (There are no abstract stubs raising
+    NotImplementedError here: each method object costs ~100 bytes of heap even with the
+    bytecode in ROMFS, and both back-ends override every one; docs/performance.md.)
     """
 
     flash_root = "/"
     pulses_per_kwh = 1000
-
-    # --- clock -----------------------------------------------------------------------------
-    def ticks_ms(self):
-        raise NotImplementedError
 
     def ticks_add(self, t, delta):
         return (t + delta) & TICKS_MAX
@@ -97,63 +94,14 @@ class Hal:
         """Signed ``a - b`` in ms, correct across the 2**30 wrap (like time.ticks_diff)."""
         return ((a - b + _TICKS_HALF) & TICKS_MAX) - _TICKS_HALF
 
-    async def sleep_ms(self, ms):
-        raise NotImplementedError
-
-    def rtc_get(self):
-        raise NotImplementedError
-
-    def rtc_set(self, unix_s):
-        raise NotImplementedError
-
-    def boot_cause(self):
-        return BOOT_OTHER
-
-    # --- lamp ------------------------------------------------------------------------------
-    def set_duty(self, fraction):
-        raise NotImplementedError
-
-    def set_relay(self, on):
-        raise NotImplementedError
-
-    # --- meters ----------------------------------------------------------------------------
-    def pulse_count(self):
-        raise NotImplementedError
-
-    def uart(self, baudrate=2400, bits=8, parity=None, stop=1):
-        raise OSError("no UART configured")
-
-    # --- storage ---------------------------------------------------------------------------
     def path(self, name):
         root = self.flash_root
         if root.endswith("/"):
             return root + name
         return root + "/" + name
 
-    def rtc_memory_read(self):
-        raise NotImplementedError
-
-    def rtc_memory_write(self, buf):
-        raise NotImplementedError
-
-    # --- system ----------------------------------------------------------------------------
-    def watchdog_start(self, timeout_ms):
-        pass
-
-    def watchdog_feed(self):
-        pass
-
-    def reset(self):
-        raise ResetRequested()
-
-    def unique_id(self):
-        raise NotImplementedError
-
     def net_connect(self):
         pass
-
-    def net_ok(self):
-        return True
 
     def udp_socket(self):
         import socket as _socket
