@@ -89,7 +89,8 @@ def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int
     aiocoap drops unparsable datagrams silently; the contract wants an RST whenever the
     4-byte header gave a Message ID and the type is CON, so a confused node stops
     retransmitting at once. Applies to the datagram interfaces built on aiocoap's generic UDP
-    interface (simplesocketserver, our IPv4 path). Returns how many interfaces were wrapped.
+    interface (simplesocketserver, our IPv4 path) and to udp6 (wildcard and IPv6 binds).
+    Returns how many interfaces were wrapped.
     `on_bad(host)` is called for each unparsable datagram (for rate-limited logging).
     """
     from aiocoap import error
@@ -112,9 +113,9 @@ def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int
             except (error.UnparsableMessage, ValueError):
                 # ValueError: aiocoap lets a string option that is not UTF-8 (line noise that
                 # looks like a header) escape as UnicodeDecodeError; it is unparsable too
-                # a version-1 CON: RST its MID (an unknown version is ignored, RFC 7252 §3)
-                if len(datagram) >= 4 and datagram[0] >> 6 == 1 and (datagram[0] >> 4) & 3 == 0:
-                    address.send(bytes((0x70, 0, datagram[2], datagram[3])))
+                rst = _rst_for(datagram)
+                if rst is not None:
+                    address.send(rst)
                 if on_bad is not None:
                     on_bad(getattr(address, "hostinfo", str(address)))
                 return
@@ -126,18 +127,38 @@ def rst_unparsable(ctx: Any, on_bad: Callable[[str], None] | None = None) -> int
     return wrapped
 
 
+def _rst_for(datagram: bytes) -> bytes | None:
+    """The RST for an unparsable datagram: only a version-1 CON whose header gave a Message ID
+    (an unknown version is ignored, RFC 7252 §3)."""
+    if len(datagram) >= 4 and datagram[0] >> 6 == 1 and (datagram[0] >> 4) & 3 == 0:
+        return bytes((0x70, 0, datagram[2], datagram[3]))
+    return None
+
+
 def _guard_udp6(mi: Any, on_bad: Callable[[str], None] | None) -> None:
-    """udp6 ignores unparsable datagrams itself (no RST: it gives no Message ID to us), but
-    lets the UnicodeDecodeError of a non-UTF-8 string option escape into the event loop's
-    callback, a traceback per datagram of line noise. Treat that as unparsable too (dispatch
-    errors are caught inside aiocoap, so a ValueError here can only come from decoding)."""
+    """udp6 drops unparsable datagrams itself, without the RST SPEC §8 asks for, and lets the
+    UnicodeDecodeError of a non-UTF-8 string option escape into the event loop's callback (a
+    traceback per datagram of line noise). So each datagram is first checked with aiocoap's
+    own decoder (one more decode per datagram on wildcard and IPv6 binds only): an unparsable
+    CON gets its RST here and goes no further."""
+    from aiocoap import error
+    from aiocoap.message import Message
+
     orig = mi.datagram_msg_received
 
     def received(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
         try:
-            orig(data, ancdata, flags, address)
-        except ValueError:
+            Message.decode(data)
+        except (error.UnparsableMessage, ValueError):  # ValueError: see rst_unparsable
+            rst = _rst_for(data)
+            if rst is not None and mi.transport is not None:
+                # from the address the datagram was sent to (a wildcard socket has several)
+                reply = [(lvl, typ, val) for lvl, typ, val in ancdata
+                         if lvl == socket.IPPROTO_IPV6 and typ == socket.IPV6_PKTINFO]
+                mi.transport.sendmsg(rst, reply, 0, address)
             if on_bad is not None:
                 on_bad(str(address[0]) if isinstance(address, tuple) else str(address))
+            return
+        orig(data, ancdata, flags, address)
 
     mi.datagram_msg_received = received

@@ -195,15 +195,21 @@ async def test_unexpected_failure_is_500_and_logged_not_a_crash(tmp_path, caplog
         assert gw.coap.stats["error"] == 1
 
 
-async def test_wildcard_bind_ignores_non_utf8_options_without_a_traceback(tmp_path, caplog):
-    """The udp6 transport (a wildcard bind) lets aiocoap's UnicodeDecodeError escape into the
-    event loop for a string option that is not UTF-8; the gateway drops such a datagram quietly
-    (counted as bad), logs no traceback, and keeps serving (found by HIL scenario 8)."""
+async def test_wildcard_bind_answers_unparsable_con_with_rst_without_a_traceback(tmp_path, caplog):
+    """A wildcard bind is served by aiocoap's udp6 transport, which drops unparsable datagrams
+    without an RST and lets a UnicodeDecodeError (a string option that is not UTF-8) escape
+    into the event loop. The gateway answers them as on the IPv4 path (SPEC §8: RST when a
+    Message ID is readable), logs no traceback, and keeps serving (found by HIL scenario 8)."""
     caplog.set_level(logging.WARNING)
     async with gateway(tmp_path, coap__bind="0.0.0.0") as gw:
         port = int(gw.coap_address.rsplit(":", 1)[1])
         c = await RawClient.open(port)
-        assert await c.raw(bytes([0x40, 0x02, 0x56, 0x78, 0xB2, 0xC3, 0x28]), timeout=0.5) is None
+        rst = await c.raw(bytes([0x40, 0x02, 0x56, 0x78, 0xB2, 0xC3, 0x28]))  # non-UTF-8 path
+        assert rst is not None and pc.decode(rst).mtype == pc.RST and pc.decode(rst).mid == 0x5678
+        rst = await c.raw(bytes([0x40, 0x01, 0x12, 0x34, 0xF1]))  # option nibble 15
+        assert rst is not None and pc.decode(rst).mtype == pc.RST and pc.decode(rst).mid == 0x1234
+        assert await c.raw(bytes([0x80, 0x01, 0x12, 0x35]), timeout=0.3) is None  # version 2
+        assert await c.raw(bytes([0x50, 0x01, 0x12, 0x36, 0xF1]), timeout=0.3) is None  # NON
         r = await c.req(pc.POST, "/rd", REG, b"</3/0>", lwm2m.CF_LINK_FORMAT)
         assert code(r) == "2.01"  # still serving
         c.transport.close()
