@@ -3,10 +3,11 @@
 and Writes, no MemoryError, and the heap figures printed.
 
 The code itself does not fit in 64 KB: imported from .mpy files, the module objects of
-firmware/ and protocol/ take about 150 KB of heap (about 90 KB even when the bytecode stays in
+firmware/ and protocol/ take about 140 KB of heap (about 83 KB even when the bytecode stays in
 a memory-mapped ROMFS, as frozen code on the ESP32 does). So the interpreter runs the mpy-cross
 build (as on the device) with ``-X heapsize`` = the measured import footprint + 64 KB: what the
-node allocates while running must fit in the 64 KB on top of its code. See docs/performance.md.
+node allocates while running must fit in the 64 KB on top of its code. The smallest heap the
+day really needs is bisected by ``python -m bench node_heap``. See docs/performance.md.
 """
 
 import asyncio
