@@ -133,8 +133,9 @@ class CommandQueue:
         body = json.dumps(payload)
         supersedes = model.LEVEL_KINDS if kind in model.LEVEL_KINDS else (kind,)
 
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: sqlite3.Connection) -> list[int]:
             marks = ",".join("?" * len(supersedes))
+            ids = []
             for node in nodes:
                 conn.execute(
                     f"UPDATE commands SET state = 'cancelled', updated_at = ?, reason = ? "
@@ -144,20 +145,28 @@ class CommandQueue:
                     "INSERT INTO commands (batch, target, node, kind, payload, state, attempts,"
                     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
                     (batch, target, node, kind, body, now, now))
+                ids.append(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
             if kind == "schedule":
                 conn.execute("INSERT INTO schedules (target, steps, updated_at) VALUES (?, ?, ?) "
                              "ON CONFLICT(target) DO UPDATE SET steps = excluded.steps,"
                              " updated_at = excluded.updated_at",
                              (target, json.dumps(payload["steps"]), now))
+            return ids
 
-        await self.store.write(tx)
+        ids = set(await self.store.write(tx))
         log.info("command %s queued: %s %s for %s (%d node(s))", batch, kind, body, target,
                  len(nodes))
         online = [n for n in nodes if self.registry.is_online(n)]
         if online:
             task = self._spawn(self.deliver(online))
             if wait > 0:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + wait
                 await asyncio.wait([task], timeout=wait)
+                # The periodic sweep may have claimed some of this batch before our own task
+                # did (which then skipped them): wait for those deliveries too.
+                while self._in_flight & ids and loop.time() < deadline:
+                    await asyncio.sleep(0.02)
         return {"batch": batch, "target": target, "kind": kind,
                 "commands": await self.list(batch=batch)}
 

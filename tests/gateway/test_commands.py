@@ -251,3 +251,35 @@ async def test_register_cannot_take_a_meters_name(tmp_path):
             assert await gw.registry.list_nodes() == []
         finally:
             await node.stop()
+
+
+async def test_submit_wait_covers_deliveries_the_sweep_claimed_first(tmp_path):
+    """The periodic sweep can claim a new batch's commands between their INSERT and the
+    submit's own delivery task, which then skips them; `wait` must still cover them (a full
+    suite run on a loaded machine showed a group command returned as `delivering`)."""
+    async with gateway(tmp_path) as gw:
+        crowd = await RawCrowd(40, gw.config.coap.port).start()
+        try:
+            await crowd.register_all("rue-c")
+            q = gw.commands
+            orig = q.store.write
+            sweeps = []
+
+            async def write(fn):
+                result = await orig(fn)
+                if getattr(fn, "__name__", "") == "tx":  # the batch is in: the sweep runs now
+                    sweeps.append(asyncio.create_task(q.deliver(None)))
+                    while not q._in_flight:
+                        await asyncio.sleep(0.001)
+                return result
+
+            q.store.write = write
+            try:
+                res = await q.submit("group:rue-c", "level", {"level": 30}, wait=10)
+            finally:
+                del q.store.write
+            assert sweeps and len(res["commands"]) == 40
+            assert {c["state"] for c in res["commands"]} == {"delivered"}, res["commands"]
+            await asyncio.gather(*sweeps)
+        finally:
+            crowd.close()
