@@ -50,36 +50,46 @@ class BadRequest(Exception):
 
 
 class RateLimitedLog:
-    """Log each kind of bad request once per `interval` seconds per source host.
+    """Log odd requests and datagrams by kind: at most one line per kind per `interval` s.
 
-    A node sending garbage every second must not fill the journal: the first occurrence is
-    logged, later ones are counted and summarised when the interval has passed.
+    A kind is the answer code and the reason with paths and numbers blanked ("4.04 no
+    resource /*"), never the source host or the path: a flood of garbage from many addresses,
+    or to many paths, must not fill the journal. The first one of a kind is logged in full;
+    the next one after `interval` logs a summary of how many were suppressed, from how many
+    hosts, and the last example. Memory is one entry per kind.
     """
+
+    _BLANK = re.compile(r"/\S*|\d+")
 
     def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.interval = interval
         self.clock = clock
-        self._seen: dict[tuple[str, str], list[float]] = {}  # key -> [first time, suppressed]
+        # kind -> [start of interval, suppressed count, hosts seen (capped), last example]
+        self._seen: dict[Any, list] = {}
 
     def bad(self, host: str, code: str, reason: str) -> bool:
-        """Record one bad request; return True if it was logged."""
-        key = (host, code + " " + reason.split(":")[0])
+        """Record one bad request; return True if a line was logged."""
+        kind = code + " " + self._BLANK.sub("*", reason.split(":")[0])
         now = self.clock()
-        entry = self._seen.get(key)
+        entry = self._seen.get(kind)
         if entry is not None and now - entry[0] < self.interval:
             entry[1] += 1
+            if len(entry[2]) < 1000:
+                entry[2].add(host)
+            entry[3] = (host, reason)
             return False
-        extra = ""
+        self._seen[kind] = [now, 0, set(), None]
         if entry is not None and entry[1]:
-            extra = (f" ({entry[1]} similar requests from this host suppressed in the last "
-                     f"{self.interval:.0f} s)")
-        self._seen[key] = [now, 0]
-        if len(self._seen) > 10000:  # a scan from many addresses: forget the oldest
-            for k in sorted(self._seen, key=lambda k: self._seen[k][0])[:5000]:
-                del self._seen[k]
-        log.warning("bad request from %s answered %s: %s%s; the request changed nothing. If "
-                    "this is one of our nodes, check its firmware version and config",
-                    host, code, reason, extra)
+            ex_host, ex_reason = entry[3]
+            log.warning("bad requests answered %s: %d more of this kind from %s%d host(s) in the "
+                        "last %.0f s, suppressed (last: bad request from %s: %s); they changed "
+                        "nothing. If these are our nodes, check their firmware version and config",
+                        code, entry[1], "at least " if len(entry[2]) >= 1000 else "", len(entry[2]),
+                        now - entry[0], ex_host, ex_reason)
+            return True
+        log.warning("bad request from %s answered %s: %s; the request changed nothing (more of "
+                    "this kind are summarised once per %.0f s). If this is one of our nodes, check "
+                    "its firmware version and config", host, code, reason, self.interval)
         return True
 
     def unavailable(self, reason: str, host: str) -> None:
