@@ -35,9 +35,31 @@ from gateway.commands.timesync import TimeSync
 from gateway.config import Config
 from gateway.ingest import CHANGED, Answer, Ingestor
 from gateway.nodes import Registry
-from gateway.store import Store
+from gateway.store import Store, StorePathError
 
 log = logging.getLogger("slgw")
+EXIT_CONFIG = 5  # gateway.cli.main: a config value that cannot work (also [store] path)
+EXIT_PORT_IN_USE = 7  # gateway.cli.main: another program listens on a port slgw needs
+
+
+class PortInUse(OSError):
+    """A port the gateway must listen on is taken; the message names protocol, address, key."""
+
+    def __init__(self, proto: str, host: str, port: int, section: str):
+        super().__init__(errno.EADDRINUSE, f"{proto} {host}:{port} is in use (another slgw or "
+                         "another program listens there); stop it, or choose another port with "
+                         f"[{section}] port or --{section}-port")
+        self.message = self.strerror
+
+
+async def _exclusive(proto: str, host: str, port: int, section: str, bind: Any) -> Any:
+    """Await `bind()`; a taken port becomes PortInUse naming it."""
+    try:
+        return await bind()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(proto, host, port, section) from exc
+        raise
 
 class Notifier:
     """systemd notifications via sdnotify; a no-op without NOTIFY_SOCKET."""
@@ -91,8 +113,13 @@ class Gateway:
                                      default_lifetime=cfg.nodes.default_lifetime)
             await self.registry.load()
             self.ingestor = Ingestor(self.store)
-            self._ctx = await aiocoap.Context.create_server_context(
-                None, bind=(cfg.coap.bind, cfg.coap.port), transports=server_tr)
+            # aiocoap binds with SO_REUSEPORT, which lets a second gateway share the port and
+            # take over nodes; without it a taken port fails the bind (PortInUse, exit 7)
+            os.environ["AIOCOAP_REUSE_PORT"] = "0"
+            self._ctx = await _exclusive("UDP", cfg.coap.bind, cfg.coap.port, "coap",
+                                         lambda: aiocoap.Context.create_server_context(
+                                             None, bind=(cfg.coap.bind, cfg.coap.port),
+                                             transports=server_tr))
             if client_tr == server_tr:  # requests to nodes from the registered address
                 transport.quiet_server_socket_requests()
                 self._client_ctx = self._ctx
@@ -116,7 +143,7 @@ class Gateway:
             self._runner = web.AppRunner(make_app(self), access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, cfg.api.bind, cfg.api.port)
-            await site.start()
+            await _exclusive("TCP", cfg.api.bind, cfg.api.port, "api", site.start)
             self.api_url = f"http://{cfg.api.bind}:{cfg.api.port}"
             if cfg.store.retention_raw_days or cfg.store.retention_bucket_days:
                 self._tasks.append(asyncio.create_task(self._retention_loop()))
@@ -275,7 +302,13 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
     except Exception as exc:  # StoreCorrupt, TransportError, ... each message carries the advice
         if type(exc).__name__ == "ModbusConfigError":  # [modbus] is part of the config: exit 5
             log.error("cannot start: configuration error: %s", exc)
-            return 5
+            return EXIT_CONFIG
+        if isinstance(exc, StorePathError):
+            log.error("cannot start: %s", exc)
+            return EXIT_CONFIG
+        if isinstance(exc, PortInUse):
+            log.error("cannot start: %s", exc.message)
+            return EXIT_PORT_IN_USE
         if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
             log.error("cannot start: an address is already in use (%s): another slgw (or another "
                       "program) is listening on [coap] %s:%d or [api] %s:%d; stop it or change "

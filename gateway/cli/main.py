@@ -8,6 +8,7 @@ Exit codes (stable, documented in docs/cli.md):
   4 not found (unknown node, target, batch, schedule)
   5 configuration error (the file or a flag is invalid; the message names key and line)
   6 unauthorized (missing or wrong API token)
+  7 `serve`: a port it must listen on is in use (gateway.service.PortInUse)
 With --json every command prints exactly one JSON document on stdout; errors go to stderr
 (with --json also as {"error": {code, message}} on stdout, so scripts always get JSON).
 """
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_flags(common, argparse.SUPPRESS)
     p = _Parser(prog="slgw", description="Street-lighting gateway: service and client.",
                 epilog="exit codes: 0 ok, 1 service error, 2 usage, 3 service unreachable, "
-                       "4 not found, 5 configuration error, 6 unauthorized")
+                       "4 not found, 5 configuration error, 6 unauthorized, 7 port in use (serve)")
     _global_flags(p, None)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
     orig_add = sub.add_parser

@@ -51,6 +51,37 @@ class StoreCorrupt(StoreError):
     """The database file is not a usable SQLite database."""
 
 
+class StorePathError(StoreError):
+    """``[store] path`` cannot hold the database (a directory, a read-only place): this does
+    not fix itself, so the service refuses to start (exit 5) instead of retrying."""
+
+
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` cannot hold a WAL database, in the operating system's words, or None.
+
+    SQLite only says "unable to open database file"; this asks the OS the same questions
+    SQLite did: can the file be opened read-write, can its directory take new files (SQLite
+    creates ``path-wal`` and ``path-shm`` beside the database)."""
+    if os.path.isdir(path):
+        return f"{path} is a directory; [store] path must name a file (e.g. {path}/slgw.db)"
+    created = not os.path.exists(path)
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o640))
+    except OSError as e:
+        return f"cannot open {path} for writing: {e.strerror} (errno {e.errno})"
+    if created:  # leave nothing behind: the probe only asks
+        os.unlink(path)
+    d = os.path.dirname(os.path.abspath(path))
+    probe = os.path.join(d, f".{os.path.basename(path)}.probe-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        return (f"directory {d} does not take new files: {e.strerror} (errno {e.errno}); SQLite "
+                f"creates {os.path.basename(path)}-wal and -shm beside the database")
+    return None
+
+
 def _classify(e: BaseException) -> BaseException:
     code = getattr(e, "sqlite_errorcode", None)
     if isinstance(e, sqlite3.Error) and code is not None:
@@ -116,8 +147,8 @@ class Store:
     def _open_sync(self) -> None:
         d = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(d):
-            raise StoreUnavailable(f"directory {d} for the database does not exist; create it or "
-                                   "set [store] path")
+            raise StorePathError(f"[store] path {self.path!r} cannot be used: directory {d} does "
+                                 "not exist; create it or set [store] path (--store-path)")
         conn = None
         try:
             conn = _connect(self.path)
@@ -135,6 +166,11 @@ class Store:
                 conn.close()
             err = _classify(e)
             if isinstance(err, StoreUnavailable):
+                problem = _path_problem(self.path)
+                if problem:
+                    raise StorePathError(f"[store] path {self.path!r} cannot be used: {problem}; "
+                                         "choose another path (--store-path) or fix its "
+                                         "permissions") from e
                 raise err from e
             raise StoreCorrupt(f"{self.path} is not a usable SQLite database ({e}); move it away "
                                "to start with an empty store, or restore a backup made with "

@@ -140,3 +140,34 @@ def test_simulated_clock_flags(tmp_path):
         assert 1_893_456_000 <= clock["now"] < 1_893_456_000 + 3600
     finally:
         gw.stop()
+
+
+def test_second_gateway_on_the_same_ports_refuses_to_start(tmp_path):
+    """aiocoap binds with SO_REUSEPORT: a second gateway used to start on the same CoAP port
+    and take over nodes. Now it exits 7 naming the port, and the first keeps serving."""
+    first = SlgwProcess(tmp_path)
+    try:
+        first.start()
+        for coap, api, words in ((first.coap_port, None, f"UDP 127.0.0.1:{first.coap_port} is in use"),
+                                 (None, first.api_port, f"TCP 127.0.0.1:{first.api_port} is in use")):
+            second = SlgwProcess(tmp_path, store=tmp_path / "second.db", coap_port=coap, api_port=api)
+            r = subprocess.run(second.args(), capture_output=True, text=True, timeout=30)
+            assert r.returncode == 7, r.stdout + r.stderr
+            assert f"cannot start: {words}" in r.stdout
+            assert "--coap-port" in r.stdout if coap else "--api-port" in r.stdout
+        assert register(first, "p1").returncode == 0, first.log()
+        assert [n["id"] for n in first.api("GET", "/api/nodes")["nodes"]] == ["p1"]
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize("where, cause", [("dir", "is a directory"), ("/sys/slgw-test.db", "Permission denied")])
+def test_unusable_store_path_names_path_and_cause(tmp_path, where, cause):
+    path = tmp_path / "slgw.db" if where == "dir" else where
+    if where == "dir":
+        path.mkdir()
+    gw = SlgwProcess(tmp_path, store=path)
+    r = subprocess.run(gw.args(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert str(path) in r.stdout and cause in r.stdout, r.stdout
+    assert "free disk space" not in r.stdout

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from gateway.store import Store, StoreCorrupt, StoreError, StoreUnavailable
+from gateway.store import Store, StoreCorrupt, StoreError, StorePathError, StoreUnavailable
 from gateway.store.schema import MIGRATIONS
 
 T0 = 1_768_000_000.0  # 2026-01-09T23:06:40Z
@@ -199,8 +199,23 @@ async def test_corrupt_file_gives_a_clear_error(tmp_path):
         await Store.open(str(q))
 
 
+async def test_unusable_path_names_the_path_and_the_real_cause(tmp_path):
+    # a directory where the file should be
+    d = tmp_path / "slgw.db"
+    d.mkdir()
+    with pytest.raises(StorePathError) as e:
+        await Store.open(str(d))
+    assert str(d) in str(e.value) and "is a directory" in str(e.value)
+    assert "free disk space" not in str(e.value)
+    # a directory that takes no new files: sysfs refuses even root (chmod 555 would not)
+    with pytest.raises(StorePathError) as e:
+        await Store.open("/sys/slgw-test.db")
+    assert "/sys/slgw-test.db" in str(e.value) and "Permission denied" in str(e.value)
+    assert "free disk space" not in str(e.value)
+
+
 async def test_missing_directory_and_newer_schema(tmp_path):
-    with pytest.raises(StoreUnavailable, match="does not exist"):
+    with pytest.raises(StorePathError, match="does not exist"):
         await Store.open(str(tmp_path / "nope" / "slgw.db"))
     p = tmp_path / "future.db"
     s = await Store.open(str(p))
