@@ -26,8 +26,10 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# Other ports when 5683/8080 are taken: make demo API_PORT=8081 COAP_PORT=5684, or FREE_PORTS=1.
 demo: $(STAMP)
-	$(BIN)/python -m tools.demo
+	$(BIN)/python -m tools.demo $(if $(API_PORT),--api-port $(API_PORT)) \
+	  $(if $(COAP_PORT),--coap-port $(COAP_PORT)) $(if $(FREE_PORTS),--free-ports)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

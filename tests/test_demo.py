@@ -26,3 +26,25 @@ def test_demo_brings_up_a_town_and_stops_everything(tmp_path):
     # nothing the demo started is left running
     left = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout
+
+
+def test_demo_names_a_taken_port_at_once_and_how_to_choose_others(tmp_path):
+    """It used to wait 30 s and say `(last: None)`; now it checks both ports before starting
+    anything and exits 2 naming the taken one and the make variables that choose others."""
+    import socket
+
+    from tools.procs import free_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        api_port = busy.getsockname()[1]
+        state = tmp_path / "demo"
+        r = subprocess.run(
+            [sys.executable, "-m", "tools.demo", "--api-port", str(api_port), "--coap-port",
+             str(free_port()), "--duration", "5", "--nodes", "2", "--state-dir", str(state),
+             "--no-view"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"TCP port {api_port} (the gateway API)" in r.stderr
+    assert "make demo API_PORT=" in r.stderr and "--url http://127.0.0.1:" in r.stderr
+    assert "last: None" not in r.stderr and not state.exists()  # nothing was started

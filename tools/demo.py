@@ -12,6 +12,12 @@ and pushes a French town's winter programme to every group. Then it draws the to
 second: levels, power, energy, faults, and the cabinet check. Ctrl-C stops everything.
 
 `--duration S` stops by itself after S real seconds (the test suite runs it that way).
+
+Ports: the gateway's CoAP port (default 5683/udp) and API port (default 8080/tcp) are checked
+before anything starts; when one is taken the demo stops at once, names it and says how to
+choose others: `make demo API_PORT=8081 COAP_PORT=5684` (the Makefile passes them as
+`--api-port`/`--coap-port`), or `make demo FREE_PORTS=1` (`--free-ports`); the CLI then needs
+`--url http://127.0.0.1:PORT`.
 """
 
 from __future__ import annotations
@@ -105,8 +111,15 @@ class Town:
         ]
         cfg = self.dir / "gateway.toml"
         cfg.write_text("\n".join(toml) + "\n")
-        self.procs.start("gateway", [str(BIN / "slgw"), "serve", "--config", str(cfg), *self.clock_flags()])
-        wait_for(lambda: self.api_get("/api/health"), 30, what="the gateway's API")
+        gw = self.procs.start("gateway", [str(BIN / "slgw"), "serve", "--config", str(cfg),
+                                          *self.clock_flags()])
+
+        def up() -> dict | None:
+            if not gw.alive():  # say why at once instead of waiting for the API
+                raise RuntimeError(f"the gateway exited (rc {gw.popen.poll()}): {gw.tail(5).strip()}")
+            return self.api_get("/api/health")
+
+        wait_for(up, 30, what="the gateway's API")
 
     def start_nodes(self) -> None:
         a = self.args
@@ -188,6 +201,15 @@ class Town:
         return "\n".join(out)
 
     def run(self) -> int:
+        taken = ports_taken(self.args.coap_port, self.args.api_port)
+        if taken:
+            print(f"cannot start the demo: {' and '.join(taken)} in use on 127.0.0.1 (another "
+                  "demo or gateway?). Choose other ports:\n"
+                  "  make demo API_PORT=8081 COAP_PORT=5684     (or: make demo FREE_PORTS=1)\n"
+                  "  python -m tools.demo --api-port 8081 --coap-port 5684\n"
+                  "and give the CLI the API's URL: slgw --url http://127.0.0.1:8081 nodes",
+                  file=sys.stderr, flush=True)
+            return 2
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
@@ -221,6 +243,21 @@ class Town:
             self.stop.set()
             self.procs.stop_all()
             print("stopped the gateway, the nodes and the meters", flush=True)
+
+
+def ports_taken(coap_port: int, api_port: int) -> list[str]:
+    """Which of the gateway's two ports cannot be bound on 127.0.0.1 now, described."""
+    taken = []
+    for kind, port, what in ((socket.SOCK_DGRAM, coap_port, f"UDP port {coap_port} (CoAP)"),
+                             (socket.SOCK_STREAM, api_port, f"TCP port {api_port} (the gateway API)")):
+        with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:  # as aiohttp binds: TIME_WAIT does not count
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(what)
+    return taken
 
 
 def _default_start() -> dt.datetime:
