@@ -105,7 +105,13 @@ SCHEMAS: dict[str, Any] = {
         "name": {"type": "string"}, "cabinet": {"type": "string", "nullable": True},
         "import_wh": {"type": "number", "nullable": True},
         "power_w": {"type": "number", "nullable": True}, "status": {"type": "string"},
-        "last_poll": {"type": "string", "nullable": True}}},
+        "last_poll": {"type": "string", "nullable": True},
+        "missing_registers": {
+            "type": "array", "description": "profile registers the meter refuses (exception 2); "
+                                            "polled without them (docs/modbus.md)",
+            "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "function": {"type": "integer"},
+                "address": {"type": "integer"}, "count": {"type": "integer"}}}}}},
 }
 
 PATHS: dict[str, Any] = {

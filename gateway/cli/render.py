@@ -87,6 +87,12 @@ def human(kind: str, doc: Any, out: TextIO) -> None:
             _table(out, ["NAME", "CABINET", "IMPORT_WH", "POWER_W", "STATUS", "LAST_POLL"],
                    [[m.get("name"), m.get("cabinet"), m.get("import_wh"), m.get("power_w"),
                      m.get("status"), m.get("last_poll")] for m in doc["meters"]])
+            for m in doc["meters"]:  # a profile that does not fit the meter (docs/modbus.md)
+                if m.get("missing_registers"):
+                    out.write(f"{m['name']} lacks {len(m['missing_registers'])} register(s) of profile "
+                              f"{m.get('profile')}, polled without them: "
+                              + ", ".join(f"{r['name']} (fc {r['function']} {r['address']:#06x})"
+                                          for r in m["missing_registers"]) + "\n")
     else:
         import json
         out.write(json.dumps(doc, indent=2) + "\n")

@@ -5,6 +5,12 @@ sorts a profile's registers by function code and address and grows one read whil
 next value (a) uses the same function code, (b) starts no more than ``max_gap`` unmapped
 registers after the current read's end, and (c) still fits in ``max_registers``. Pure
 data in, data out: the poller executes the plan, the benches price it on the wire.
+
+What the poller learns from a meter that differs from its profile (docs/modbus.md, "A
+meter that lacks registers") comes back as two sets of register names: ``missing``
+values the meter refuses on their own (left out, and no read spans their addresses) and
+``breaks`` values a read must start at, because merging them with the previous value
+made the meter refuse the read (a missing address in the gap between them).
 """
 
 from __future__ import annotations
@@ -40,8 +46,20 @@ class ReadRequest:
         return out
 
 
-def plan(profile: Profile) -> list[ReadRequest]:
-    """Return the reads that cover every register of the profile.
+def span(registers: list[Register]) -> ReadRequest:
+    """The one read that covers these registers (same function code, address order)."""
+    first = registers[0]
+    return ReadRequest(first.function, first.address, max(r.end for r in registers) - first.address,
+                       list(registers))
+
+
+def plan(profile: Profile, missing: frozenset[str] | set[str] = frozenset(),
+         breaks: frozenset[str] | set[str] = frozenset()) -> list[ReadRequest]:
+    """Return the reads that cover every register of the profile but the ``missing`` ones.
+
+    Args:
+        missing: names of registers the meter lacks: not read, and no read spans them.
+        breaks: names of registers a read must start at (never merged with the previous one).
 
     Returns:
         Reads in (function, address) order; each read's count is at most
@@ -50,7 +68,10 @@ def plan(profile: Profile) -> list[ReadRequest]:
     out: list[ReadRequest] = []
     cur: ReadRequest | None = None
     for reg in sorted(profile.registers, key=lambda r: (r.function, r.address)):
-        if (cur is not None and reg.function == cur.function
+        if reg.name in missing:
+            cur = None  # registers do not overlap: ending the read here keeps it off them
+            continue
+        if (cur is not None and reg.function == cur.function and reg.name not in breaks
                 and reg.address - (cur.address + cur.count) <= profile.max_gap
                 and reg.end - cur.address <= profile.max_registers):
             cur.count = reg.end - cur.address

@@ -8,6 +8,15 @@ Owns ``MeterPoller`` (one meter: its plan, state, counters, quarantine) and ``Li
   instant (field-notes §7). First polls are staggered over at most one second.
 - A poll reads every planned request of the profile (``planner.plan``); it succeeds only
   if all reads do, so a reading is always consistent.
+- A meter that lacks registers of its profile refuses a merged read with exception 2
+  (illegal data address). The read is split in halves, recursively, down to single values;
+  a value refused on its own is missing, and two halves that read fine on their own mean a
+  missing address in the gap between them (a break). The poll goes on with what the meter
+  has, the plan is rebuilt without the missing values and never merges across them or a
+  break again, and each missing value is logged once and shown in ``status_dict``. The
+  import energy register cannot be done without: refused on its own, it fails the poll.
+  What is learnt lives as long as the process (re-learnt in one refused read and a few
+  halves after a restart; a replaced meter or a firmware update is thus taken as it is).
 - A failed poll (after the meter's retries) puts the meter in quarantine: it is probed
   with a single attempt (no retries) after ``period``, then 2x, 4x ... up to
   ``backoff_max``. A quarantined meter therefore costs its line at most one timeout per
@@ -38,12 +47,15 @@ from collections.abc import Awaitable, Callable
 
 from .bus import ERROR_KINDS, Bus, BusError
 from .config import MeterConfig
-from .planner import plan
+from .planner import ReadRequest, plan, span
+from .profiles import Register
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[MeterConfig, dict], Awaitable[None]]
-COUNTERS = ("polls", "ok", *ERROR_KINDS, "decode_errors", "sink_errors", "internal_errors", "probes")
+COUNTERS = ("polls", "ok", *ERROR_KINDS, "decode_errors", "sink_errors", "internal_errors", "probes",
+            "refused_reads")
+ILLEGAL_DATA_ADDRESS = 2  # Modbus exception code: "this address does not exist here"
 
 
 class MeterPoller:
@@ -56,6 +68,9 @@ class MeterPoller:
         self.sink = sink
         self.clock = clock
         self.requests = plan(cfg.profile)
+        self.missing: dict[str, Register] = {}   # values the meter refuses on their own
+        self.breaks: set[str] = set()             # values a read must start at (see planner)
+        self._new_missing: list[Register] = []    # learnt in this poll, to be logged once
         wh_reg, w_reg = cfg.profile.mapped("import_wh"), cfg.profile.mapped("power_w")
         self._wh_name = wh_reg.name if wh_reg else None  # config.parse_meter requires import_wh
         self._w_name = w_reg.name if w_reg else None
@@ -102,11 +117,10 @@ class MeterPoller:
             self.counters["probes"] += 1
         retries = 0 if probing else self.cfg.retries
         values: dict[str, float] = {}
+        facts = len(self.missing) + len(self.breaks)
         try:
             for req in self.requests:
-                words = await self.bus.execute(self.cfg.unit, req.function, req.address, req.count,
-                                               timeout=self.cfg.timeout, retries=retries)
-                values.update(req.decode(words))
+                values.update(await self._read(req, retries))
         except BusError as exc:
             self.counters[exc.kind] += 1
             self._failed(f"{exc.kind}: {exc}")
@@ -115,7 +129,60 @@ class MeterPoller:
             self.counters["decode_errors"] += 1
             self._failed(f"decode: {exc}")
             return False
+        finally:
+            if len(self.missing) + len(self.breaks) != facts:
+                self._replan()
         return await self._publish(values)
+
+    async def _read(self, req: ReadRequest, retries: int) -> dict[str, float]:
+        """One planned read; a read refused with exception 2 is split (``_split``)."""
+        try:
+            words = await self.bus.execute(self.cfg.unit, req.function, req.address, req.count,
+                                           timeout=self.cfg.timeout, retries=retries)
+        except BusError as exc:
+            if exc.kind != "exception" or exc.code != ILLEGAL_DATA_ADDRESS:
+                raise
+            return await self._split(req, retries, exc)
+        return req.decode(words)
+
+    async def _split(self, req: ReadRequest, retries: int, exc: BusError) -> dict[str, float]:
+        """Read a refused read's values in two halves, learning what the meter lacks."""
+        self.counters["refused_reads"] += 1
+        if len(req.registers) == 1:
+            reg = req.registers[0]
+            if reg.name == self._wh_name:
+                raise BusError("exception", f"{exc}: the meter has no '{reg.name}' register "
+                               f"(fc {reg.function} {reg.address:#06x}), which the energy comes "
+                               f"from; check that profile '{self.cfg.profile.name}' fits the meter",
+                               exc.code) from exc
+            self.missing[reg.name] = reg
+            self._new_missing.append(reg)
+            return {}
+        half = len(req.registers) // 2
+        left, right = span(req.registers[:half]), span(req.registers[half:])
+        facts = len(self.missing) + len(self.breaks)
+        values = await self._read(left, retries)
+        values.update(await self._read(right, retries))
+        if len(self.missing) + len(self.breaks) == facts:
+            # both halves read fine alone: the address the meter lacks lies between them
+            self.breaks.add(right.registers[0].name)
+            log.warning("meter %s (%s unit %d): refuses the read fc %d %#06x+%d (exception 2) but "
+                        "answers its halves %#06x+%d and %#06x+%d; reads no longer merge across "
+                        "%#06x..%#06x", self.cfg.name, self.bus.key, self.cfg.unit, req.function,
+                        req.address, req.count, left.address, left.count, right.address, right.count,
+                        left.address + left.count, right.address)
+        return values
+
+    def _replan(self) -> None:
+        self.requests = plan(self.cfg.profile, frozenset(self.missing), frozenset(self.breaks))
+        if self._new_missing:
+            regs, self._new_missing = self._new_missing, []
+            log.warning("meter %s (%s unit %d): lacks %s of profile '%s' (exception 2, illegal data "
+                        "address); polling the other values in %d read(s) without them. If the "
+                        "meter should have them, check its model and firmware against the profile.",
+                        self.cfg.name, self.bus.key, self.cfg.unit,
+                        ", ".join(f"'{r.name}' (fc {r.function} {r.address:#06x})" for r in regs),
+                        self.cfg.profile.name, len(self.requests))
 
     def _failed(self, why: str) -> None:
         self.failures += 1
@@ -186,6 +253,9 @@ class MeterPoller:
             "last_poll": self.last_poll, "last_error": self.last_error,
             "consecutive_failures": self.failures, "bus_time_s": round(self.bus_time, 3),
             "errors": dict(self.counters),
+            "missing_registers": [{"name": r.name, "function": r.function, "address": r.address,
+                                   "count": r.count}
+                                  for r in sorted(self.missing.values(), key=lambda r: (r.function, r.address))],
         }
 
 

@@ -1,7 +1,7 @@
 """The real `slgw serve` with a meter and the bridge configured: an emulated SDM630 (its own
-process) is polled into the store, `slgw meters --json` and `slgw energy` show it, `mbpoll`
-reads the bridge and its values match `slgw nodes --json`; an invalid profile stops start-up
-with a message naming the meter and the key."""
+process, lacking one register of its profile) is polled into the store, `slgw meters [--json]`
+and `slgw energy` show it, `mbpoll` reads the bridge and its values match `slgw nodes --json`;
+an invalid profile stops start-up with a message naming the meter and the key."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def wait(pred, timeout, what):
 
 
 def test_slgw_polls_a_meter_and_serves_scada(procs, tmp_path):
-    _, mport = start_tcp_meter(procs, "sdm630", load_w=1800, speed=120)
+    # this meter lacks the profile's frequency register (issue 16): polled without it
+    _, mport = start_tcp_meter(procs, "sdm630", load_w=1800, speed=120, extra=["--missing", "0x46-0x47"])
     bport = free_port()
     conf = tmp_path / "gateway.toml"
     conf.write_text(f"""
@@ -87,6 +88,12 @@ port = {bport}
         assert meter["name"] == "cab-1-main" and meter["cabinet"] == "cab-1"
         assert meter["power_w"] == pytest.approx(1800) and meter["import_wh"] > 0
         assert meter["last_poll"] is not None
+        assert meter["missing_registers"] == [{"name": "frequency", "function": 4, "address": 0x46, "count": 2}]
+        human = gw.cli("meters")
+        assert human.returncode == 0, human.stderr
+        assert "cab-1-main lacks 1 register(s) of profile eastron-sdm630, polled without them: " \
+               "frequency (fc 4 0x0046)" in human.stdout
+        assert gw.log().count("lacks 'frequency' (fc 4 0x0046) of profile 'eastron-sdm630'") == 1
 
         # the meter's energy is in the store and in the cabinet's circuit check
         e = wait(lambda: (lambda d: d if d["total_wh"] else None)(

@@ -17,7 +17,7 @@ import sys
 
 from gateway.modbus.config import char_bits
 
-from .model import MODELS, Control, Meter, load_state, save_state
+from .model import MODELS, Control, Meter, load_state, parse_missing, save_state
 from .relay import relay
 from .server import start_server
 
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-w", type=float, default=1000.0, help="constant load in W (default 1000)")
     p.add_argument("--energy-kwh", type=float, default=0.0, help="initial import energy (default 0)")
     p.add_argument("--speed", type=float, default=1.0, help="meter clock speed (accelerated demos)")
+    p.add_argument("--missing", type=parse_missing, default={}, metavar="[FC:]ADDR[-ADDR],...",
+                   help="addresses the meter lacks (function 4 unless FC is given, e.g. "
+                        "0x46-0x47,3:10): any read touching one gets exception 02")
     p.add_argument("--control", help="JSON control file: load_w and fault, per unit (re-read on change)")
     p.add_argument("--state", "--truth", dest="state",
                    help="JSON file keeping each unit's energy: read at start, written every 0.5 s and at exit")
@@ -59,7 +62,7 @@ async def run(args: argparse.Namespace) -> None:
     """Run the emulator until SIGTERM/SIGINT."""
     saved = load_state(args.state) if args.state else {}
     meters = {u: Meter(args.model, u, import_kwh=saved.get(u, args.energy_kwh), load_w=args.load_w,
-                       speed=args.speed) for u in parse_units(args.units)}
+                       speed=args.speed, missing=args.missing) for u in parse_units(args.units)}
     control = Control(args.control)
     control.apply(meters)
     stop = asyncio.Event()

@@ -9,6 +9,10 @@ file the test rewrites (``Control``), re-read when its mtime changes::
 
 Faults: ``unplugged`` (no answer), ``crc`` (answer with a broken CRC), ``garbage``
 (random bytes instead of the answer), ``exception`` (Modbus exception 04, device failure).
+
+``missing`` ({function: {address, ...}}) takes addresses out of the meter's register map, as
+on a meter whose model or firmware differs from its profile: the pymodbus server answers any
+read that touches one with exception 02 (illegal data address).
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ class Meter:
     """One emulated meter (one unit id)."""
 
     def __init__(self, model: str, unit: int, import_kwh: float = 0.0, load_w: float = 0.0,
-                 speed: float = 1.0, voltage: float = 230.0, pf: float = 0.95) -> None:
+                 speed: float = 1.0, voltage: float = 230.0, pf: float = 0.95,
+                 missing: dict[int, set[int]] | None = None) -> None:
         self.model = model
         self.unit = unit
         self.profile: Profile = load_profile(MODELS[model][0])
         self.max_registers = MODELS[model][1]
         self.ranges = {4: MODELS[model][2], 3: MODELS[model][3]}
+        self.missing = {fc: set(addrs) for fc, addrs in (missing or {}).items()}
+        self.refused = 0  # answers with an exception code (counted by the server)
         self.import_kwh = import_kwh
         self.load_w = load_w
         self.fault: str | None = None
@@ -163,6 +170,24 @@ class Control:
         return True
 
 
+def parse_missing(text: str) -> dict[int, set[int]]:
+    """Parse "0x46-0x47,3:10" into {4: {0x46, 0x47}, 3: {10}} (function 4 unless given).
+
+    Raises:
+        ValueError: a part that is no [FC:]ADDRESS[-ADDRESS] with FC 3 or 4.
+    """
+    out: dict[int, set[int]] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        fc_text, _, rng = part.rpartition(":")
+        fc = int(fc_text) if fc_text else 4
+        lo, _, hi = rng.partition("-")
+        first, last = int(lo, 0), int(hi or lo, 0)
+        if fc not in (3, 4) or not 0 <= first <= last <= 0xFFFF:
+            raise ValueError(f"missing addresses: {part!r} is not [3:|4:]ADDRESS[-ADDRESS]")
+        out.setdefault(fc, set()).update(range(first, last + 1))
+    return out
+
+
 def write_control(path: str | os.PathLike, doc: dict) -> None:
     """Write a control file atomically (for tests and benches)."""
     p = Path(path)
@@ -175,7 +200,8 @@ def save_state(path: str | os.PathLike, meters: dict[int, Meter]) -> None:
     """Write every meter's cumulative energy (the ground truth for tests; the meter's
     non-volatile memory across emulated power cycles)."""
     doc = {"t": time.time(), "units": {str(u): {"model": m.model, "import_kwh": m.import_kwh,
-                                               "load_w": m.load_w, "reads": m.reads}
+                                               "load_w": m.load_w, "reads": m.reads,
+                                               "refused": m.refused}
                                        for u, m in meters.items()}}
     write_control(path, doc)
 

@@ -36,17 +36,26 @@ async def _action(meter: Meter, function_code: int, start_address: int, address:
     return None
 
 
-def _block(rng: tuple[int, int] | None) -> list[SimData]:
+def _block(rng: tuple[int, int] | None, holes: set[int]) -> list[SimData]:
+    """The register map: the valid range in runs around `holes`, which pymodbus itself then
+    refuses with exception 02, before our action runs (as the meter's firmware would)."""
     if rng is None:
         return [SimData(0xFFF0, count=1, values=0, datatype=DataType.REGISTERS)]
-    return [SimData(rng[0], count=rng[1] - rng[0], values=0, datatype=DataType.REGISTERS)]
+    out: list[SimData] = []
+    start = rng[0]
+    for addr in [*sorted(a for a in holes if rng[0] <= a < rng[1]), rng[1]]:
+        if addr > start:
+            out.append(SimData(start, count=addr - start, values=0, datatype=DataType.REGISTERS))
+        start = addr + 1
+    return out
 
 
 def sim_device(meter: Meter) -> SimDevice:
     """A pymodbus SimDevice whose registers come from `meter` at read time."""
     bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
-    return SimDevice(id=meter.unit,
-                     simdata=(bits, list(bits), _block(meter.ranges[3]), _block(meter.ranges[4])),
+    holding = _block(meter.ranges[3], meter.missing.get(3, set()))
+    inputs = _block(meter.ranges[4], meter.missing.get(4, set()))
+    return SimDevice(id=meter.unit, simdata=(bits, list(bits), holding, inputs),
                      action=functools.partial(_action, meter))
 
 
@@ -75,6 +84,8 @@ class FaultInjector:
             # bytes that start with no valid unit/function pair, as line noise does
             return bytes([0xFF, 0xFF]) + os.urandom(max(3, len(data) - 2))
         self.sent["ok"] += 1
+        if meter is not None and len(data) > (1 if self.rtu else 7) and data[1 if self.rtu else 7] & 0x80:
+            meter.refused += 1  # an exception answer (function code with the high bit set)
         return data
 
 
