@@ -15,13 +15,14 @@ import random
 import struct
 import sys
 
-from protocol import cbor, coap, linkformat, report, senml
+from protocol import cbor, coap, linkformat, oscore, report, senml
 
 ERRORS = {
     "CBORError": cbor.CBORError,
     "CoAPError": coap.CoAPError,
     "SenMLError": senml.SenMLError,
     "LinkFormatError": linkformat.LinkFormatError,
+    "OscoreError": oscore.OscoreError,
 }
 
 
@@ -251,6 +252,60 @@ def check_report_invalid(v):
     expect_error(report.parse_send, unhex(v["hex"]), v["error"])
 
 
+def _ctx(d, reverse=False, seq=0):
+    sid, rid = unhex(d["sender_id"]), unhex(d["recipient_id"])
+    if reverse:
+        sid, rid = rid, sid
+    idc = d["id_context"]
+    return oscore.Context(unhex(d["secret"]), unhex(d["salt"]), sid, rid, None if idc is None else unhex(idc), seq=seq)
+
+
+def check_oscore_derivation(v):
+    c = _ctx(v)
+    expect(tohex(c.sender_key) == v["sender_key"], "sender key %s" % tohex(c.sender_key))
+    expect(tohex(c.recipient_key) == v["recipient_key"], "recipient key %s" % tohex(c.recipient_key))
+    expect(tohex(c.common_iv) == v["common_iv"], "common IV %s" % tohex(c.common_iv))
+    expect(tohex(c.nonce(c.sender_id, b"\x00")) == v["sender_nonce"], "sender nonce")
+    expect(tohex(c.nonce(c.recipient_id, b"\x00")) == v["recipient_nonce"], "recipient nonce")
+    if "info_sender_key" in v:
+        expect(tohex(oscore._info(c.sender_id, None, b"Key", 16)) == v["info_sender_key"], "info (sender key)")
+        expect(tohex(oscore._info(c.recipient_id, None, b"Key", 16)) == v["info_recipient_key"], "info (recipient)")
+        expect(tohex(oscore._info(b"", None, b"IV", 13)) == v["info_common_iv"], "info (common IV)")
+
+
+def check_oscore_request(v):
+    d = v["_ctx"]
+    client = _ctx(d, seq=v["seq"])
+    piv = oscore.piv_bytes(v["seq"])
+    expect(tohex(oscore.aad(client.sender_id, piv)) == v["aad"], "AAD")
+    expect(tohex(client.nonce(client.sender_id, piv)) == v["nonce"], "nonce")
+    outer, rid = client.protect_request(coap.decode(unhex(v["plain"])))
+    got = coap.encode(outer)
+    expect(tohex(got) == v["protected"], "protected %s" % tohex(got))
+    expect(client.seq == v["seq"] + 1, "sequence number advanced")
+    server = _ctx(d, reverse=True)
+    inner, srid = server.unprotect_request(coap.decode(unhex(v["protected"])))
+    expect(tohex(coap.encode(inner)) == v["plain"], "verified %s" % tohex(coap.encode(inner)))
+    expect_error(server.unprotect_request, coap.decode(unhex(v["protected"])), "OscoreError")  # replay
+
+
+def check_oscore_response(v):
+    req = v["_req"]
+    d = req["_ctx"]
+    client = _ctx(d, seq=req["seq"])
+    _, rid = client.protect_request(coap.decode(unhex(req["plain"])))
+    server = _ctx(d, reverse=True, seq=v["server_seq"])
+    _, srid = server.unprotect_request(coap.decode(unhex(req["protected"])))
+    outer = server.protect_response(coap.decode(unhex(v["plain"])), srid, v["new_piv"])
+    got = coap.encode(outer)
+    expect(tohex(got) == v["protected"], "protected %s" % tohex(got))
+    inner = client.unprotect_response(coap.decode(unhex(v["protected"])), rid)
+    expect(tohex(coap.encode(inner)) == v["plain"], "verified %s" % tohex(coap.encode(inner)))
+    bad = bytearray(unhex(v["protected"]))
+    bad[-1] ^= 1
+    expect_error(lambda m: client.unprotect_response(m, rid), coap.decode(bytes(bad)), "OscoreError")
+
+
 def load(root, name):
     with open(root + "/protocol/vectors/" + name + ".json") as f:
         return json.load(f)
@@ -284,6 +339,14 @@ def cases(root):
     out.append(("report: reordered", check_report_parse, c["reordered"]))
     out.append(("report: descriptor", check_report_descriptor, c["descriptor"]))
     add("report invalid", check_report_invalid, c["invalid"])
+    c = load(root, "oscore")
+    add("oscore", check_oscore_derivation, c["derivation"])
+    for v in c["requests"]:
+        v["_ctx"] = c["derivation"][v["client"]]
+    add("oscore", check_oscore_request, c["requests"])
+    for v in c["responses"]:
+        v["_req"] = c["requests"][v["request"]]
+    add("oscore", check_oscore_response, c["responses"])
     return out
 
 
@@ -327,6 +390,44 @@ def _coap_full(d):
     return m
 
 
+def _oscore_full(server, rid):
+    """Decode a datagram and verify it as a request (or a response to ``rid``): only CoAPError
+    or OscoreError may come out."""
+
+    def run(d):
+        m = coap.decode(d)
+        if m.is_request():
+            try:
+                return server.unprotect_request(m)
+            except oscore.NeedEcho:
+                return None
+        if m.is_response():
+            return server.unprotect_response(m, rid)
+        return m
+
+    return run
+
+
+def _oscore_seeds(root):
+    c = load(root, "oscore")
+    out = []
+    for v in c["requests"]:
+        d = v["_ctx"] if "_ctx" in v else c["derivation"][v["client"]]
+        server = _ctx(d, reverse=True)
+        client = _ctx(d)
+        _, rid = client.protect_request(coap.decode(unhex(v["plain"])))
+        data = unhex(v["protected"])
+        out.append(("oscore", _oscore_full(server, rid), ValueError, data))
+        opt = coap.decode(data).get_option(coap.OSCORE)
+        out.append(("oscore-option", oscore.decode_option, oscore.OscoreError, opt))
+    for v in c["responses"]:
+        d = c["derivation"][c["requests"][v["request"]]["client"]]
+        client = _ctx(d, seq=20)
+        _, rid = client.protect_request(coap.decode(unhex(c["requests"][v["request"]]["plain"])))
+        out.append(("oscore", _oscore_full(client, rid), ValueError, unhex(v["protected"])))
+    return out
+
+
 def fuzz(root, iterations, seed=1):
     """Mutate the valid vectors; every decoder may only raise its documented error.
 
@@ -350,6 +451,7 @@ def fuzz(root, iterations, seed=1):
     seeds.append(("coap", _coap_full, coap.CoAPError, unhex(c["datagram"]["hex"])))
     c = load(root, "linkformat")
     seeds += [("link", linkformat.parse, linkformat.LinkFormatError, v["text"].encode()) for v in c["valid"]]
+    seeds += _oscore_seeds(root)
     counts = {}
     failures = []
     for _ in range(iterations):
@@ -358,8 +460,8 @@ def fuzz(root, iterations, seed=1):
         try:
             fn(d)
             key = target + " ok"
-        except err:
-            key = target + " " + err.__name__
+        except err as e:
+            key = target + " " + type(e).__name__
         except Exception as e:  # noqa: BLE001 - the point is to catch anything undocumented
             failures.append((target, tohex(d), repr(e)))
             continue
