@@ -254,10 +254,10 @@ class Gateway:
     async def energy(self, node: str | None, group: str | None, cabinet: str | None,
                      start: str | None, end: str | None, by: str) -> dict[str, Any]:
         """Energy of the selection; see gateway.energy. Raises ValueError on bad arguments."""
-        from gateway.config import parse_time
         from gateway.energy.query import circuit_check, energy
-        t0 = parse_time(start) if start else None
-        t1 = parse_time(end) if end else None
+        from gateway.timefmt import parse
+        t0 = parse(start, "from") if start else None
+        t1 = parse(end, "to") if end else None
         await self.store.refresh()
 
         def q(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -271,10 +271,10 @@ class Gateway:
     async def savings(self, start: str | None, end: str | None, node: str | None = None,
                       group: str | None = None, cabinet: str | None = None) -> dict[str, Any]:
         """Savings against the configured baseline; default period: the last 30 days."""
-        from gateway.config import parse_time
         from gateway.energy.savings import savings
-        t1 = parse_time(end) if end else self.clock.now()
-        t0 = parse_time(start) if start else t1 - 30 * 86400
+        from gateway.timefmt import parse
+        t1 = parse(end, "to") if end else self.clock.now()
+        t0 = parse(start, "from") if start else t1 - 30 * 86400
         await self.store.refresh()
         return await self.store.read(lambda conn: savings(
             conn, start=t0, end=t1, node=node, group=group, cabinet=cabinet, config=self.config))

@@ -166,10 +166,24 @@ def _level(text: str) -> int:
     return v
 
 
+def _time_flag(flag: str, text: str | None) -> str | None:
+    """Check a --from/--to value here, so the message names the flag (exit 2)."""
+    if text is not None:
+        from gateway.timefmt import parse
+        try:
+            parse(text, flag)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return text
+
+
 def run_client(args: argparse.Namespace) -> tuple[str, Any]:
     """Run one client command; return (renderer name, JSON document)."""
-    api = api_client(args)
     cmd = args.cmd
+    if cmd in ("energy", "savings"):
+        _time_flag("--from", args.start)
+        _time_flag("--to", args.end)
+    api = api_client(args)
     if cmd == "nodes":
         return "nodes", api.call("GET", "/api/nodes", {"group": args.group})
     if cmd == "node":
@@ -253,7 +267,22 @@ def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run slgw; returns (and, as a console script, exits with) the exit status."""
+    """Run slgw; returns (and, as a console script, exits with) the exit status.
+
+    A reader that closes stdout early (`slgw commands | head -1`) ends the output quietly
+    with exit 0: the command did its work, the reader wanted no more.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here for short output
+        return code
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so the interpreter's final flush is quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "serve":
         return run_serve(args)

@@ -153,3 +153,37 @@ def test_token_unreachable_and_config_exit_codes(gw, tmp_path):
     r = subprocess.run([SLGW, "--config", str(bad), "nodes"], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 5 and "api.port" in r.stderr and "line 2" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["commands"], ["commands", "--json"], ["nodes"],
+                                  ["node", "show", "c1"], ["energy", "--csv", "--by", "15min"],
+                                  ["--help"]])
+def test_a_reader_that_stops_early_ends_the_output_quietly(gw, args):
+    """`slgw commands | head -1` ended in a BrokenPipeError traceback: a reader that closes
+    the pipe before slgw writes (what `head -1` does to the rest) now gets a quiet exit 0."""
+    p = subprocess.Popen([SLGW, "--url", gw.url, "--token", TOKEN, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=gw.workdir)
+    try:
+        p.stdout.close()  # the reader is gone before the first byte
+        err = p.stderr.read().decode()
+        assert p.wait(60) == 0, err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "BrokenPipe" not in err and "Traceback" not in err and err == "", err
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--from", "yesterday", ["--from 'yesterday' is not a date or time", "2026-12-01T17:00:00Z"]),
+    ("--to", "2026-13-01", ["--to '2026-13-01'", "ISO 8601"]),
+    ("--from", "0001-01-01", ["--from '0001-01-01' is out of range", "1970-01-01"]),
+])
+def test_bad_time_flags_name_the_flag_and_the_formats(gw, flag, value, words):
+    for cmd in ("energy", "savings"):
+        r = slgw(gw, cmd, flag, value, "--json")
+        assert r.returncode == 2, r.stderr
+        assert json.loads(r.stdout)["error"]["code"] == "usage"
+        for w in words:
+            assert w in r.stderr, r.stderr
+        assert "isoformat" not in r.stderr
