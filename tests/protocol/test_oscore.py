@@ -288,7 +288,7 @@ for name, chk, v in m.cases(ROOT):
 
 def test_rfc8613_vectors_under_micropython(tmp_path):
     script = tmp_path / "v.py"
-    script.write_text("ROOT = %r\n" % ROOT + MP_VECTORS)
+    script.write_text(f"ROOT = {ROOT!r}\n" + MP_VECTORS)
     rc, out, err = run_mp([str(script)], tmp_path)
     assert rc == 0, err
     lines = out.splitlines()
