@@ -54,7 +54,9 @@ from protocol.lwm2m import (
 )
 
 FW_VERSION = "0.1.0"
-OBJECT_LINKS = "</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</10250/0>"
+# `</>;rt="oma.lwm2m";ct=112` tells a standard server to use SenML-CBOR (Core 1.1 §6.2.1,
+# Register "Objects and Object Instances"); without it Wakaama asks for TLV, which we lack.
+OBJECT_LINKS = '</>;rt="oma.lwm2m";ct=112,</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</10250/0>'
 
 
 class Node:

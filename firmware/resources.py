@@ -1,10 +1,13 @@
-"""The LwM2M objects the node serves (SPEC §5): Read, Write, Execute, Observe.
+"""The LwM2M objects the node serves (SPEC §5): Read, Discover, Write, Write-Attributes,
+Execute, Observe (OMA-TS-LightweightM2M-Core 1.1 §5.4, §5.5).
 
 Owns the mapping from CoAP requests on ``/obj/inst/res`` to the application, the content
-formats (60 CBOR, 0 text/plain, 112 SenML-CBOR; SPEC §5.1), range and type checks, and the
-error codes of SPEC §8 (unknown path 4.04, out of range 4.00 with state unchanged, oversize
-4.13, operation not allowed 4.05, Accept not producible 4.06, Content-Format not taken 4.15).
-It also keeps the Observe registrations (RFC 7641) and decides when to notify (SPEC §5.4).
+formats (60 CBOR, 0 text/plain, 112 SenML-CBOR, 40 link-format for Discover; SPEC §5.1), range
+and type checks, and the error codes of SPEC §8 (unknown path 4.04, out of range 4.00 with
+state unchanged, oversize 4.13, operation not allowed 4.05, Accept not producible 4.06,
+Content-Format not taken 4.15). It also keeps the Observe registrations (RFC 7641), the
+notification attributes pmin/pmax/gt/lt/st (Core 1.1 §5.1.2), and decides when to notify
+(SPEC §5.4).
 
 The application (firmware/node.py) is reached through three calls, by resource *name*:
 ``app.res_get(name) -> value``, ``app.res_set(name, value) -> None or an error string`` (the
@@ -14,7 +17,10 @@ the node knows what a level or a schedule does.
 Decisions: a Write without Content-Format is read as text/plain (LwM2M 1.0 servers and
 aiocoap-client send bare text); an opaque resource (schedule, override) takes its CBOR value
 directly in CF 60, or wrapped in a byte string (CF 60 or SenML ``vd``); a Write of an instance
-(CF 112) is validated as a whole before anything is applied.
+(CF 112) is validated as a whole before anything is applied; a PUT (Replace) and a POST
+(Partial Update) of an instance both write only the resources the pack names (none of our
+resources is optional, so Replace has nothing to remove). A PUT that carries a Uri-Query is a
+Write-Attributes: it never writes a value, and a payload with it is refused (4.00).
 """
 
 try:
@@ -28,6 +34,7 @@ except ImportError:  # CPython
 from protocol import cbor, coap, senml
 from protocol.lwm2m import (
     CF_CBOR,
+    CF_LINK_FORMAT,
     CF_SENML_CBOR,
     CF_TEXT,
     MAX_PAYLOAD,
@@ -55,12 +62,17 @@ _K_NONE = const(6)
 
 _MAX_STEPS = const(16)
 _MAX_OBSERVERS = const(4)
-_NOTIFY_MAX_S = const(300)
+_NOTIFY_MAX_S = const(300)  # default pmax (Server object /1/0/3)
+_NOTIFY_MIN_S = const(1)  # default pmin (Server object /1/0/2): a fade notifies once a second
+_MAX_ATTR_SETS = const(8)  # paths carrying Write-Attributes (bounds the memory they take)
+_ATTRS = ("pmin", "pmax", "gt", "lt", "st")
 
 # (obj, inst, res) -> (ops, kind, lo, hi, name); lo/hi are the range (max length for strings)
 _TABLE = {
     (1, 0, 0): (_R, _K_INT, 0, 65535, "srv_id"),
     (1, 0, 1): (_R, _K_INT, 60, 86400, "lifetime"),
+    (1, 0, 2): (_R, _K_INT, 0, 0, "def_pmin"),
+    (1, 0, 3): (_R, _K_INT, 0, 0, "def_pmax"),
     (1, 0, 7): (_R, _K_STR, 0, 8, "binding"),
     (3, 0, 0): (_R, _K_STR, 0, 64, "mfr"),
     (3, 0, 1): (_R, _K_STR, 0, 64, "model"),
@@ -243,6 +255,25 @@ def _record(key, kind, value):
     return {SENML_N: name, SENML_V: value}
 
 
+def _num(text):
+    """An attribute value (Core 1.1 §5.1.2): int when it has no fraction, else float."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        v = float(text)
+    except ValueError:
+        v = None
+    if v is None or v != v or v in (float("inf"), float("-inf")):
+        raise Bad(coap.BAD_REQUEST, "attribute value must be a number")
+    return v
+
+
+def _attr_text(name, v):
+    return ";%s=%s" % (name, ("%d" % v) if isinstance(v, int) else repr(v))
+
+
 class Resources:
     """The node's LwM2M resource tree (SPEC §5), bound to one application object."""
 
@@ -251,6 +282,15 @@ class Resources:
         # observers: [peer, token, key, accept, last_value, last_time, count, last_mid]
         self.observers = []
         self.obs_seq = 0
+        self.attrs = {}  # path tuple (1-3 ids) -> {"pmin": 5, ...} set by Write-Attributes
+
+    def _get(self, key):
+        name = _TABLE[key][4]
+        if name == "def_pmin":
+            return _NOTIFY_MIN_S
+        if name == "def_pmax":
+            return _NOTIFY_MAX_S
+        return self.app.res_get(name)
 
     # -- entry point (called by the endpoint) ---------------------------------------------
     def handle(self, req, resp, peer):
@@ -283,12 +323,21 @@ class Resources:
         ids, keys = self._target(req)
         code = req.code
         if code == coap.GET:
-            self._read(req, resp, peer, ids, keys)
+            if req.accept() == CF_LINK_FORMAT:
+                self._discover(resp, ids, keys)
+            else:
+                self._read(req, resp, peer, ids, keys)
         elif code == coap.PUT:
-            self._write(req, resp, ids, keys)
+            if req.get_option(coap.URI_QUERY) is not None:
+                self._write_attrs(req, resp, ids, keys)
+            else:
+                self._write(req, resp, ids, keys)
         elif code == coap.POST:
+            if len(ids) == 2:  # Partial Update of an instance (Core 1.1 §5.4.3)
+                self._write(req, resp, ids, keys)
+                return
             if len(ids) != 3 or not _TABLE[keys[0]][0] & _E:
-                raise Bad(coap.METHOD_NOT_ALLOWED, "not executable")
+                raise Bad(coap.METHOD_NOT_ALLOWED, "not executable" if len(ids) == 3 else "Create not supported")
             resp.code = coap.CHANGED
             self.app.res_exec(_TABLE[keys[0]][4])
         else:
@@ -302,7 +351,7 @@ class Resources:
             if not ops & _R:
                 raise Bad(coap.METHOD_NOT_ALLOWED, "not readable")
             if accept not in (None, CF_CBOR, CF_SENML_CBOR, CF_TEXT):
-                raise Bad(coap.NOT_ACCEPTABLE, "CF 60, 112 or 0")
+                raise Bad(coap.NOT_ACCEPTABLE, "CF 60, 112, 0 or 40")
             if accept == CF_TEXT and _TABLE[keys[0]][1] in (_K_SCHED, _K_OVERRIDE):
                 raise Bad(coap.NOT_ACCEPTABLE, "opaque: CF 60 or 112")
             obs = req.observe()
@@ -320,14 +369,14 @@ class Resources:
         for k in keys:
             ent = _TABLE[k]
             if ent[0] & _R:
-                recs.append(_record(k, ent[1], self.app.res_get(ent[4])))
+                recs.append(_record(k, ent[1], self._get(k)))
         resp.payload = senml.encode(recs)
         resp.add_option(coap.CONTENT_FORMAT, CF_SENML_CBOR)
 
     def render(self, resp, key, accept):
         """Put resource ``key``'s current value in ``resp`` in the format asked for."""
-        ops, kind, lo, hi, name = _TABLE[key]
-        v = self.app.res_get(name)
+        kind = _TABLE[key][1]
+        v = self._get(key)
         if accept == CF_SENML_CBOR:
             resp.payload = senml.encode([_record(key, kind, v)])
             cf = CF_SENML_CBOR
@@ -341,6 +390,77 @@ class Resources:
             cf = CF_CBOR
         resp.add_option(coap.CONTENT_FORMAT, cf)
         return v
+
+    # -- Discover (Core 1.1 §5.4.2) -------------------------------------------------------
+    def _discover(self, resp, ids, keys):
+        """Link-format list of the target and what is under it, each link with the attributes
+        set on it; a Resource's link carries its effective (inherited) attributes."""
+        parts = []
+        if len(ids) == 3:
+            parts.append("</%d/%d/%d>" % keys[0] + self._attr_links(self.effective(keys[0])))
+        else:
+            seen = {}
+            for k in keys:
+                for n in range(len(ids), 4):
+                    p = k[:n]
+                    if p in seen:
+                        continue
+                    seen[p] = 1
+                    parts.append("<" + "".join("/%d" % i for i in p) + ">" + self._attr_links(self.attrs.get(p)))
+        resp.payload = ",".join(parts).encode()
+        resp.add_option(coap.CONTENT_FORMAT, CF_LINK_FORMAT)
+
+    @staticmethod
+    def _attr_links(a):
+        if not a:
+            return ""
+        return "".join(_attr_text(n, a[n]) for n in _ATTRS if n in a)
+
+    # -- Write-Attributes (Core 1.1 §5.4.4, §5.1.2) ---------------------------------------
+    def _write_attrs(self, req, resp, ids, keys):
+        """Set or clear (``?pmin`` with no value) notification attributes; never a value."""
+        if req.payload:
+            raise Bad(coap.BAD_REQUEST, "Write-Attributes takes no payload")
+        path = tuple(ids)
+        new = dict(self.attrs.get(path) or {})
+        numeric = len(ids) == 3 and _TABLE[keys[0]][1] in (_K_INT, _K_FLOAT)
+        for q in req.query():
+            i = q.find("=")
+            name, eq, val = (q, "", "") if i < 0 else (q[:i], "=", q[i + 1 :])
+            if name not in _ATTRS:
+                raise Bad(coap.BAD_REQUEST, "unsupported attribute " + name[:16])
+            if name in ("gt", "lt", "st") and not numeric:
+                raise Bad(coap.BAD_REQUEST, name + " needs a numeric resource")
+            if not eq:
+                new.pop(name, None)  # "?pmin" alone removes the attribute
+                continue
+            v = _num(val)
+            if v < 0 and name in ("pmin", "pmax", "st"):
+                raise Bad(coap.BAD_REQUEST, name + " must be >= 0")
+            if name in ("pmin", "pmax") and not isinstance(v, int):
+                raise Bad(coap.BAD_REQUEST, name + " must be whole seconds")
+            new[name] = v
+        if "pmin" in new and "pmax" in new and new["pmax"] and new["pmax"] < new["pmin"]:
+            raise Bad(coap.BAD_REQUEST, "pmax must be >= pmin")
+        if "lt" in new and "gt" in new and new["lt"] + 2 * new.get("st", 0) >= new["gt"]:
+            raise Bad(coap.BAD_REQUEST, "need lt + 2*st < gt")
+        if new:
+            if path not in self.attrs and len(self.attrs) >= _MAX_ATTR_SETS:
+                raise Bad(coap.BAD_REQUEST, "too many paths with attributes")
+            self.attrs[path] = new
+        else:
+            self.attrs.pop(path, None)
+        resp.code = coap.CHANGED
+
+    def effective(self, key):
+        """The attributes in force for resource ``key``: Object, then Instance, then Resource
+        level (Core 1.1 §5.1.2 inheritance); pmin/pmax default to /1/0/2 and /1/0/3."""
+        out = {"pmin": _NOTIFY_MIN_S, "pmax": _NOTIFY_MAX_S}
+        for n in (1, 2, 3):
+            a = self.attrs.get(key[:n])
+            if a:
+                out.update(a)
+        return out
 
     # -- Write ----------------------------------------------------------------------------
     def _write(self, req, resp, ids, keys):
@@ -370,6 +490,8 @@ class Resources:
         else:
             if cf != CF_SENML_CBOR:
                 raise Bad(coap.UNSUPPORTED_CONTENT_FORMAT, "instances are written as CF 112")
+            if len(ids) != 2:
+                raise Bad(coap.METHOD_NOT_ALLOWED, "write an instance, not an object")
             if len(data) > MAX_PAYLOAD:
                 raise Bad(coap.REQUEST_ENTITY_TOO_LARGE, "payload too large")
             values = self._from_pack(data, keys)
@@ -379,7 +501,6 @@ class Resources:
             if err:
                 raise Bad(coap.BAD_REQUEST, err)
         resp.code = coap.CHANGED
-
     def _from_pack(self, data, keys):
         try:
             recs = senml.resolve(senml.decode(data))
@@ -414,7 +535,7 @@ class Resources:
                 break
         if len(self.observers) >= _MAX_OBSERVERS:
             self.observers.pop(0)
-        self.observers.append([peer, token, key, accept, self.app.res_get(_TABLE[key][4]), self.app.now(), 0, -1])
+        self.observers.append([peer, token, key, accept, self._get(key), self.app.now(), 0, -1])
 
     def cancel(self, peer, token):
         """Drop the observation with this token (Observe 1, or a failed CON notification)."""
@@ -432,19 +553,32 @@ class Resources:
                 return
 
     def due_notifications(self, now):
-        """Return [(observer, Message, confirmable)] for observations that need a notification:
-        level on any change, power on > 5 % or 1 W, every one at least each 300 s; every tenth
-        is CON (SPEC §5.4)."""
+        """Return [(observer, Message, confirmable)] for observations that need a notification
+        (SPEC §5.4, Core 1.1 §5.1.2): never sooner than pmin after the last one; at pmax at the
+        latest (0 = no periodic one); in between on a change: a crossing of gt or lt, a step of
+        st or more, or, with none of those set, level on any change and power on > 5 % or 1 W.
+        Every tenth notification is CON."""
         out = []
         for ob in self.observers:
             key = ob[2]
-            v = self.app.res_get(_TABLE[key][4])
+            a = self.effective(key)
+            elapsed = now - ob[5]
+            if elapsed < a["pmin"]:
+                continue
+            v = self._get(key)
             last = ob[4]
-            if _TABLE[key][1] == _K_FLOAT:
+            if a["pmax"] and elapsed >= a["pmax"]:
+                changed = True
+            elif "gt" in a or "lt" in a or "st" in a:
+                changed = "st" in a and abs(v - last) >= a["st"]
+                for th in ("gt", "lt"):
+                    if th in a and (last > a[th]) != (v > a[th]):
+                        changed = True
+            elif _TABLE[key][1] == _K_FLOAT:
                 changed = abs(v - last) > max(1.0, 0.05 * abs(last))
             else:
                 changed = v != last
-            if not changed and now - ob[5] < _NOTIFY_MAX_S:
+            if not changed:
                 continue
             msg = coap.Message(coap.NON, coap.CONTENT, 0, ob[1])
             msg.add_option(coap.OBSERVE, self._next_obs())

@@ -73,6 +73,30 @@ EXPECT = {
     "observe_cancel": "2.05",
     "observe_again": "2.05",
     "observe_power": "2.05",
+    # issue 15 (OMA-TS-LightweightM2M-Core 1.1 §5.4.2 Discover, §5.4.3 Partial Update,
+    # §5.4.4 Write-Attributes, §5.1.2 attributes)
+    "wattr_before": "2.05",
+    "wattr_group": "2.04",
+    "wattr_level": "2.04",
+    "wattr_instance": "2.04",
+    "wattr_payload": "4.00",
+    "wattr_unknown": "4.00",
+    "wattr_pmax_lt_pmin": "4.00",
+    "wattr_gt_on_string": "4.00",
+    "wattr_not_number": "4.00",
+    "wattr_lt_gt": "4.00",
+    "wattr_unknown_path": "4.04",
+    "discover_object": "2.05",
+    "discover_instance": "2.05",
+    "discover_resource": "2.05",
+    "discover_unknown": "4.04",
+    "partial_update": "2.04",
+    "partial_update_bad": "4.00",
+    "create_object": "4.05",
+    "wattr_clear_pmin": "2.04",
+    "discover_after_clear": "2.05",
+    "observe_fade": "2.05",
+    "observe_fade_pmin": "2.05",
 }
 
 
@@ -152,3 +176,52 @@ def test_every_tenth_notification_is_con_and_rst_cancels():
     assert [i for i, c in enumerate(cons) if c] == [9, 19]
     assert extra["observers_after_rst"] == [0]
     assert extra["power_thresholds"] == [0, 1]
+
+
+def test_write_attributes_never_write_a_value():
+    """Core 1.1 §5.4.4: Write-Attributes is a PUT with Uri-Query and no payload; it sets pmin,
+    pmax, gt, lt, st and never changes a value (issue 15 item 2: it erased the group label)."""
+    cases, _ = _run()
+    for name in ("wattr_group", "wattr_level", "wattr_instance", "wattr_clear_pmin"):
+        assert cases[name]["state"] == cases[name]["before"], name
+    assert cases["wattr_group"]["state"]["group"] == "grp2"
+    assert cases["wattr_payload"]["payload"] == b"Write-Attributes takes no payload"
+
+
+def test_discover_lists_links_with_attributes():
+    """Core 1.1 §5.4.2: GET with Accept 40 answers link-format (RFC 6690) of the target and
+    what is under it, with the attributes set on each; a Resource shows inherited ones."""
+    cases, _ = _run()
+    obj = cases["discover_object"]
+    assert obj["cf"] == 40
+    links = obj["payload"].decode().split(",")
+    assert links[0] == "</3311>"
+    assert "</3311/0>;pmax=120" in links
+    assert "</3311/0/5851>;pmin=2;pmax=30;st=10" in links
+    assert "</3311/0/5805>" in links and len(links) == 7  # object, instance, 5 resources
+    inst = cases["discover_instance"]["payload"].decode().split(",")
+    assert inst[0] == "</10250/0>" and "</10250/0/5>;pmin=5;pmax=60" in inst and len(inst) == 12
+    # the resource link carries its effective attributes: its own over the instance's
+    assert cases["discover_resource"]["payload"] == b"</3311/0/5851>;pmin=2;pmax=30;st=10"
+    # "?pmin" without a value removes it: the default (Server object /1/0/2) shows again
+    assert cases["discover_after_clear"]["payload"] == b"</3311/0/5851>;pmin=1;pmax=30;st=10"
+
+
+def test_partial_update_writes_only_named_resources():
+    """Core 1.1 §5.4.3: POST on an instance updates the resources in the pack, leaves the
+    others; POST on an object would be Create, which the node does not support (4.05)."""
+    cases, _ = _run()
+    st, before = cases["partial_update"]["state"], cases["partial_update"]["before"]
+    assert st["cabinet"] == "cab-pu" and st["group"] == before["group"] == "grp2"
+    assert {k: v for k, v in st.items() if k != "cabinet"} == {k: v for k, v in before.items() if k != "cabinet"}
+
+
+def test_observe_honours_pmin_pmax_and_thresholds():
+    """Core 1.1 §5.1.2: no notification sooner than pmin, one at pmax without change, st and
+    gt/lt filter changes (issue 15 item 9: a fade sent one notification per 1 % step)."""
+    _, extra = _run()
+    n_default, n_pmin = extra["fade"]
+    assert 5 <= n_default <= 11  # default pmin 1 s: about one per second of a 10 s fade
+    assert 1 <= n_pmin <= 2  # pmin 5 s
+    assert extra["pmax"] == [0, 1]
+    assert extra["thresholds"] == [0, 1, 0, 1]

@@ -148,3 +148,81 @@ small = len(res.due_notifications(700))
 app.s["w"] = 44.0  # > 5 %
 big = len(res.due_notifications(701))
 print(json.dumps(["power_thresholds", small, big]))
+
+# --- issue 15: Write-Attributes, Discover, Partial Update, pmin/pmax/gt/lt/st -------------------
+def run_q(name, code, path, query, payload=b"", cf=None, accept=None):
+    mid[0] += 1
+    req = coap.Message(coap.CON, code, mid[0], b"\x03\x04", None, payload)
+    req.set_path(path)
+    for q in query:
+        req.add_option(coap.URI_QUERY, q)
+    if cf is not None:
+        req.add_option(coap.CONTENT_FORMAT, cf)
+    if accept is not None:
+        req.add_option(coap.ACCEPT, accept)
+    resp = coap.response_for(req, coap.CONTENT)
+    res.handle(req, resp, b"p")
+    coap.encode(resp)
+    print(json.dumps([name, resp.code_str(), resp.content_format(), resp.payload.hex(),
+                      resp.observe(), dict(app.s), app.execs]))
+
+
+res.observers = []
+run_q("wattr_before", coap.GET, "/10250/0/5", [])
+run_q("wattr_group", coap.PUT, "/10250/0/5", ["pmin=5", "pmax=60"])
+run_q("wattr_level", coap.PUT, "/3311/0/5851", ["pmin=2", "pmax=30", "st=10"])
+run_q("wattr_instance", coap.PUT, "/3311/0", ["pmax=120"])
+run_q("wattr_payload", coap.PUT, "/3311/0/5851", ["pmin=5"], b"55", cf=T)
+run_q("wattr_unknown", coap.PUT, "/3311/0/5851", ["foo=1"])
+run_q("wattr_pmax_lt_pmin", coap.PUT, "/3311/0/5851", ["pmin=50", "pmax=10"])
+run_q("wattr_gt_on_string", coap.PUT, "/10250/0/5", ["gt=3"])
+run_q("wattr_not_number", coap.PUT, "/3311/0/5851", ["pmin=abc"])
+run_q("wattr_lt_gt", coap.PUT, "/3311/0/5851", ["lt=50", "gt=40"])
+run_q("wattr_unknown_path", coap.PUT, "/3311/0/9999", ["pmin=1"])
+run_q("discover_object", coap.GET, "/3311", [], accept=40)
+run_q("discover_instance", coap.GET, "/10250/0", [], accept=40)
+run_q("discover_resource", coap.GET, "/3311/0/5851", [], accept=40)
+run_q("discover_unknown", coap.GET, "/4242", [], accept=40)
+pu = senml.encode([{-2: "/10250/0/", 0: "6", 3: "cab-pu"}])
+run_q("partial_update", coap.POST, "/10250/0", [], pu, cf=S)
+run_q("partial_update_bad", coap.POST, "/10250/0", [], senml.encode([{-2: "/10250/0/", 0: "6", 3: "x" * 40}]), cf=S)
+run_q("create_object", coap.POST, "/10250", [], pu, cf=S)
+run_q("wattr_clear_pmin", coap.PUT, "/3311/0/5851", ["pmin"])
+run_q("discover_after_clear", coap.GET, "/3311/0/5851", [], accept=40)
+
+# Observe under attributes: a fade (one 1 % step every 50 ms for 10 s)
+res.attrs = {}
+app.t = 1000
+app.s["level"] = 0
+run("observe_fade", coap.GET, "/3311/0/5851", observe=0, peer=b"f")
+n_default = 0
+for i in range(200):
+    app.s["level"] = i // 2
+    n_default += len(res.due_notifications(1000 + i * 0.05))
+res.cancel(b"f", b"\x01\x02")
+res.attrs[(3311, 0, 5851)] = {"pmin": 5}
+app.t = 2000
+run("observe_fade_pmin", coap.GET, "/3311/0/5851", observe=0, peer=b"f")
+n_pmin = 0
+for i in range(200):
+    app.s["level"] = 100 - i // 2
+    n_pmin += len(res.due_notifications(2000 + i * 0.05))
+print(json.dumps(["fade", n_default, n_pmin]))
+# pmax: no change, a notification at pmax and not before
+res.attrs[(3311, 0, 5851)] = {"pmax": 20}
+res.observers[0][5] = 3000
+res.observers[0][4] = app.s["level"]  # the last notified value is the current one
+print(json.dumps(["pmax", len(res.due_notifications(3019)), len(res.due_notifications(3020))]))
+# st: steps smaller than st do not notify; gt: a crossing does
+res.attrs[(3311, 0, 5851)] = {"st": 10, "pmax": 0}
+base = res.observers[0][4]
+app.s["level"] = base + 5
+small = len(res.due_notifications(3100))
+app.s["level"] = base + 10
+big = len(res.due_notifications(3101))
+res.attrs[(3311, 0, 5851)] = {"gt": 60, "pmax": 0}
+app.s["level"] = 58
+below = len(res.due_notifications(3102))
+app.s["level"] = 62
+cross = len(res.due_notifications(3103))
+print(json.dumps(["thresholds", small, big, below, cross]))
