@@ -27,8 +27,9 @@ from typing import Any
 
 import cbor2
 
-from protocol import lwm2m
+from protocol import lwm2m, senml_json
 from protocol.report import parse_send
+from protocol.report_parse import parse_records
 from protocol.senml import REL_TIME_LIMIT
 
 from .store import Store, StoreUnavailable
@@ -209,12 +210,17 @@ def _dict_parse_reports(data: bytes) -> list[dict] | None:
     return out
 
 
-def parse_payload(payload: bytes, now: float) -> tuple[list[dict], dict[str, Any]]:
+def parse_payload(payload: bytes, now: float, content_format: int = lwm2m.CF_SENML_CBOR
+                  ) -> tuple[list[dict], dict[str, Any]]:
     """``protocol.report.parse_send`` with the fast path in front: same result, same errors.
 
-    Returns ``(reports, attrs)``. Raises ValueError (CBORError, SenMLError) for a pack that
-    does not parse or holds a bad value (answer 4.00).
+    ``content_format`` 110 (SenML-JSON, LwM2M 1.1 Send) is decoded by protocol.senml_json
+    into the same records and validated by the same ``parse_records``. Returns
+    ``(reports, attrs)``. Raises ValueError (CBORError, SenMLError) for a pack that does not
+    parse or holds a bad value (answer 4.00).
     """
+    if content_format == lwm2m.CF_SENML_JSON:
+        return parse_records(senml_json.decode(payload), now)
     reports = fast_parse_reports(payload)
     if reports is not None:
         return reports, {}

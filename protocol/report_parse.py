@@ -86,7 +86,13 @@ def parse_send(data, now=None):
     does not parse, an empty pack, a report without energy, or a value of the wrong type or
     out of range (SPEC §3.1, §8: answer 4.00).
     """
-    records = senml.resolve_valid(senml.decode(data), now)
+    return parse_records(senml.decode(data), now)
+
+
+def parse_records(records, now=None):
+    """``parse_send`` for records already decoded (by senml.decode or protocol.senml_json):
+    the one validated path for both content formats. Same result and errors."""
+    records = senml.resolve_valid(records, now)
     if not records:
         raise senml.SenMLError("empty pack")
     reports = []

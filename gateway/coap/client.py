@@ -1,7 +1,7 @@
 """CoAP client for requests to nodes: Read (GET), Write (PUT), Execute (POST), Observe.
 
 Nodes are reached at the address of their last Register/Update (SPEC §1). Payloads follow
-SPEC §5.1: Writes carry Content-Format 60 (one CBOR value). Concurrency is bounded by one
+SPEC §5.1: single values are written as text/plain, opaque ones as CBOR (``encode_value``). Concurrency is bounded by one
 semaphore so a group command to hundreds of nodes neither floods the LAN nor opens hundreds
 of exchanges at once; a request that gets no answer within `timeout` seconds is cancelled
 (which stops aiocoap's retransmissions) and reported as unreachable.
@@ -43,6 +43,22 @@ def uri(address: str, path: str) -> str:
 
 def _code_str(code: Code) -> str:
     return code.dotted
+
+
+def encode_value(value: Any) -> tuple[bytes, int]:
+    """The payload and Content-Format of a single-resource Write (SPEC §5.1, §6).
+
+    A number, boolean or string goes as text/plain (0): the LwM2M 1.1 format for one
+    resource value (OMA-TS-LightweightM2M-Core 1.1 §7.3, Plain Text; booleans "0"/"1"), which
+    any 1.1 client takes whatever else it registered (Wakaama's client refuses CBOR with
+    4.06). An opaque value (a schedule, an override: our vendor object 10250, which only our
+    nodes have) goes as one CBOR item (60).
+    """
+    if isinstance(value, bool):
+        return (b"1" if value else b"0"), lwm2m.CF_TEXT
+    if isinstance(value, int | float | str):
+        return str(value).encode(), lwm2m.CF_TEXT
+    return cbor2.dumps(value), lwm2m.CF_CBOR
 
 
 class NodeClient:
@@ -93,10 +109,10 @@ class NodeClient:
         return resp
 
     async def write(self, address: str, path: str, value: Any, **kw: Any) -> None:
-        """Write (PUT) one CBOR value to `path` (SPEC §5.1); ``kw``: ``mtype``, ``timeout`` of
-        `request`. Raises as `request`."""
-        await self.request(Code.PUT, address, path, cbor2.dumps(value),
-                           content_format=lwm2m.CF_CBOR, **kw)
+        """Write (PUT) one value to `path` in the format of `encode_value` (SPEC §5.1); ``kw``:
+        ``mtype``, ``timeout`` of `request`. Raises as `request`."""
+        payload, cf = encode_value(value)
+        await self.request(Code.PUT, address, path, payload, content_format=cf, **kw)
 
     async def read(self, address: str, path: str) -> Any:
         """Read (GET) one resource and return its decoded CBOR value. Raises as `request`,

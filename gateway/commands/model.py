@@ -40,6 +40,27 @@ class CommandError(ValueError):
     """A command that cannot be accepted (bad kind, value out of range); says which field."""
 
 
+class UnsupportedObject(CommandError):
+    """The target node did not register the object the command writes (LwM2M Core 1.1
+    §6.2.1: the Register body lists the objects a client has)."""
+
+
+# The object each kind writes, so a command to a client without it is refused up front.
+KIND_OBJECT = {"level": lwm2m.OBJ_LIGHT, "on_off": lwm2m.OBJ_LIGHT,
+               "override": lwm2m.OBJ_STREETLIGHT, "schedule": lwm2m.OBJ_STREETLIGHT}
+OBJECT_NAMES = {lwm2m.OBJ_LIGHT: "Light Control", lwm2m.OBJ_STREETLIGHT: "Street Light (vendor)"}
+
+
+def lacks_object(kind: str, objects: list[int] | None) -> str | None:
+    """Why a node with registered `objects` cannot take a `kind` command, or None (it can, or
+    its object list is not known)."""
+    obj = KIND_OBJECT[kind]
+    if objects is None or obj in objects:
+        return None
+    return (f"did not register object {obj} ({OBJECT_NAMES[obj]}) that a {kind} command writes; "
+            f"it registered {', '.join(f'/{o}' for o in objects) or 'no objects'}")
+
+
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
         raise CommandError(f"{name} must be an integer {lo}..{hi}, got {value!r}")

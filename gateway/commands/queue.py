@@ -128,6 +128,14 @@ class CommandQueue:
         if not nodes:
             raise NotFoundError(f"no node matches {target!r} (use a node id, group:NAME, "
                                 "cabinet:NAME or all)")
+        # Refuse up front what a node could only answer 4.04 (it never registered the object):
+        # one node or all of them -> an error; a mixed group -> those nodes' commands fail at
+        # once, with the reason, and the others are delivered.
+        lacking = {n: why for n in nodes if (why := model.lacks_object(kind, self.registry.objects(n)))}
+        if len(lacking) == len(nodes):
+            node, why = next(iter(lacking.items()))
+            more = f" (and {len(nodes) - 1} other node(s) likewise)" if len(nodes) > 1 else ""
+            raise model.UnsupportedObject(f"node {node} {why}{more}; command not sent")
         batch = secrets.token_hex(6)
         now = self.clock.now()
         body = json.dumps(payload)
@@ -141,10 +149,12 @@ class CommandQueue:
                     f"UPDATE commands SET state = 'cancelled', updated_at = ?, reason = ? "
                     f"WHERE node = ? AND state = 'pending' AND kind IN ({marks})",
                     (now, f"superseded by batch {batch}", node, *supersedes))
+                why = lacking.get(node)
                 conn.execute(
-                    "INSERT INTO commands (batch, target, node, kind, payload, state, attempts,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)",
-                    (batch, target, node, kind, body, now, now))
+                    "INSERT INTO commands (batch, target, node, kind, payload, state, reason, attempts,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                    (batch, target, node, kind, body, "failed" if why else "pending",
+                     f"not sent: the node {why}" if why else None, now, now))
                 ids.append(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
             if kind == "schedule":
                 conn.execute("INSERT INTO schedules (target, steps, updated_at) VALUES (?, ?, ?) "
@@ -156,7 +166,7 @@ class CommandQueue:
         ids = set(await self.store.write(tx))
         log.info("command %s queued: %s %s for %s (%d node(s))", batch, kind, body, target,
                  len(nodes))
-        online = [n for n in nodes if self.registry.is_online(n)]
+        online = [n for n in nodes if n not in lacking and self.registry.is_online(n)]
         if online:
             task = self._spawn(self.deliver(online))
             if wait > 0:
@@ -241,6 +251,9 @@ class CommandQueue:
         address = self.registry.address(node)
         for i, (cid, _node, kind, body, created_at, attempts) in enumerate(rows):
             try:
+                why = model.lacks_object(kind, self.registry.objects(node))
+                if why:  # it registered again without the object since the command was queued
+                    raise CommandError(f"not sent: the node {why}")
                 path, value = model.to_write(kind, json.loads(body), created_at, self.clock.now())
                 await self.client.write(address, path, value)
                 out.append((cid, "delivered", None))

@@ -31,6 +31,34 @@ def iso(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def summarize_links(links: list[tuple[str, dict[str, Any]]]) -> tuple[list[int], list[int]]:
+    """The object ids and advertised content formats of a Register body (LwM2M Core 1.1
+    §6.2.1): ``</>;rt="oma.lwm2m";ct=112,</3/0>,...`` -> ([3, ...], [112]).
+
+    ``ct`` may be one number or a quoted space-separated list; a root other than "/" (an
+    alternate path, ``</lwm2m>;rt="oma.lwm2m"``) is stripped from the object links.
+    """
+    root, formats, objects = "", [], set()
+    for target, attrs in links:
+        if attrs.get("rt") == "oma.lwm2m":
+            root = target.rstrip("/")
+            ct = attrs.get("ct")
+            for tok in str(ct).split() if ct is not None else ():
+                if tok.isdigit():
+                    formats.append(int(tok))
+    for target, _attrs in links:
+        if root and not target.startswith(root + "/"):
+            continue
+        first = target[len(root):].strip("/").split("/")[0]
+        if first.isdigit() and int(first) <= 65535:
+            objects.add(int(first))
+    return sorted(objects), formats
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return None if text is None else [int(x) for x in text.split(",") if x]
+
+
 class Registry:
     """Registrations and node metadata on top of the store.
 
@@ -50,32 +78,39 @@ class Registry:
     async def load(self) -> None:
         """Rebuild the in-memory index from the nodes table (call once at start)."""
         def q(conn: sqlite3.Connection) -> list[tuple]:
-            return conn.execute("SELECT id, reg_id, address, lifetime, last_seen FROM nodes "
-                                "WHERE kind = 'node' AND reg_id IS NOT NULL").fetchall()
-        for ep, reg_id, address, lifetime, last_seen in await self.store.read(q):
-            self._remember(ep, reg_id, address, lifetime or self.default_lifetime, last_seen or 0)
+            return conn.execute("SELECT id, reg_id, address, lifetime, last_seen, objects, formats "
+                                "FROM nodes WHERE kind = 'node' AND reg_id IS NOT NULL").fetchall()
+        for ep, reg_id, address, lifetime, last_seen, objects, formats in await self.store.read(q):
+            self._remember(ep, reg_id, address, lifetime or self.default_lifetime, last_seen or 0,
+                           _ints(objects), _ints(formats))
         log.info("registry loaded: %d registered nodes", len(self._by_reg))
 
-    def _remember(self, ep: str, reg_id: str, address: str, lifetime: int, seen: float) -> None:
+    def _remember(self, ep: str, reg_id: str, address: str, lifetime: int, seen: float,
+                  objects: list[int] | None = None, formats: list[int] | None = None) -> None:
         old = self._info.get(ep)
         if old:
             self._by_reg.pop(old["reg_id"], None)
             if self._by_addr.get(old["address"]) == ep:
                 self._by_addr.pop(old["address"], None)
         self._info[ep] = {"reg_id": reg_id, "address": address, "lifetime": lifetime,
-                          "last_seen": seen}
+                          "last_seen": seen, "objects": objects, "formats": formats or []}
         self._by_reg[reg_id] = ep
         if address:
             self._by_addr[address] = ep
 
     # --- registration interface (SPEC §2) --------------------------------------------------
-    async def register(self, ep: str, lifetime: int, address: str) -> str:
-        """Record a Register from `address`; return the new reg-id.
+    async def register(self, ep: str, lifetime: int, address: str,
+                       links: list[tuple[str, dict[str, Any]]] | None = None) -> str:
+        """Record a Register from `address` with its parsed link-format body `links`; return
+        the new reg-id.
 
         Raises ValueError when the name belongs to a meter, and the store's errors.
         """
         reg_id = secrets.token_hex(4)
         now = self.clock.now()
+        objects, formats = summarize_links(links) if links is not None else (None, [])
+        obj_text = None if objects is None else ",".join(map(str, objects))
+        fmt_text = ",".join(map(str, formats))
 
         def tx(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT kind FROM nodes WHERE id = ?", (ep,)).fetchone()
@@ -83,33 +118,43 @@ class Registry:
                 raise ValueError(f"endpoint name {ep!r} is taken by a {row[0]}")
             conn.execute(
                 "INSERT INTO nodes (id, kind, address, reg_id, lifetime, registered_at, last_seen,"
-                " created_at, modbus_slot) VALUES (?, 'node', ?, ?, ?, ?, ?, ?,"
+                " created_at, objects, formats, modbus_slot) VALUES (?, 'node', ?, ?, ?, ?, ?, ?, ?, ?,"
                 " (SELECT COALESCE(MAX(modbus_slot), -1) + 1 FROM nodes)) "
                 "ON CONFLICT(id) DO UPDATE SET address = excluded.address,"
                 " reg_id = excluded.reg_id, lifetime = excluded.lifetime,"
                 " registered_at = excluded.registered_at, last_seen = excluded.last_seen,"
+                " objects = excluded.objects, formats = excluded.formats,"
                 " modbus_slot = COALESCE(nodes.modbus_slot, excluded.modbus_slot)",
-                (ep, address, reg_id, lifetime, now, now, now))
+                (ep, address, reg_id, lifetime, now, now, now, obj_text, fmt_text))
 
         await self.store.write(tx)
-        self._remember(ep, reg_id, address, lifetime, now)
+        self._remember(ep, reg_id, address, lifetime, now, objects, formats)
         return reg_id
 
-    async def update(self, reg_id: str, address: str, lifetime: int | None) -> str | None:
-        """Record an Update; return the endpoint, or None for an unknown reg-id."""
+    async def update(self, reg_id: str, address: str, lifetime: int | None,
+                     links: list[tuple[str, dict[str, Any]]] | None = None) -> str | None:
+        """Record an Update (with a new object list when `links` is given, Core 1.1 §6.2.2);
+        return the endpoint, or None for an unknown reg-id."""
         ep = self._by_reg.get(reg_id)
         if ep is None:
             return None
         info = self._info[ep]
         lt = lifetime or info["lifetime"]
         now = self.clock.now()
+        objects, formats = info["objects"], info["formats"]
+        if links:
+            objects, new_formats = summarize_links(links)
+            formats = new_formats or formats
 
         def tx(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE nodes SET address = ?, lifetime = ?, last_seen = ? WHERE id = ?",
                          (address, lt, now, ep))
+            if links:
+                conn.execute("UPDATE nodes SET objects = ?, formats = ? WHERE id = ?",
+                             (",".join(map(str, objects)), ",".join(map(str, formats)), ep))
 
         await self.store.write(tx)
-        self._remember(ep, reg_id, address, lt, now)
+        self._remember(ep, reg_id, address, lt, now, objects, formats)
         return ep
 
     async def deregister(self, reg_id: str) -> str | None:
@@ -141,6 +186,17 @@ class Registry:
     def endpoint_at(self, address: str) -> str | None:
         """The endpoint registered from `address` (the standard LwM2M Send fallback)."""
         return self._by_addr.get(address)
+
+    def objects(self, ep: str) -> list[int] | None:
+        """The object ids `ep` registered, or None when not known (not registered, or
+        registered before this gateway recorded them)."""
+        info = self._info.get(ep)
+        return info["objects"] if info else None
+
+    def formats(self, ep: str) -> list[int]:
+        """The content formats `ep` advertised in its Register (`ct`), maybe []."""
+        info = self._info.get(ep)
+        return info["formats"] if info else []
 
     def address(self, ep: str) -> str | None:
         info = self._info.get(ep)

@@ -92,7 +92,15 @@ MIGRATION_2 = """
 ALTER TABLE nodes ADD COLUMN last_seq INTEGER;
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2]
+# What a client registered (SPEC §2): its object ids ("3,3311,10250") and the content formats
+# its `</>;rt="oma.lwm2m";ct=...` link advertises ("112"), so commands to an object it lacks
+# are refused up front and Writes use a format it takes, also after a gateway restart.
+MIGRATION_3 = """
+ALTER TABLE nodes ADD COLUMN objects TEXT;
+ALTER TABLE nodes ADD COLUMN formats TEXT;
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
 
 
 def current_version(conn: sqlite3.Connection) -> int:

@@ -39,13 +39,25 @@ async def gateway(tmp_path: Path, clock: Any = None, **overrides: Any) -> AsyncI
         await gw.stop()
 
 
+def decode_write(path: str, cf: int | None, payload: bytes) -> Any:
+    """A Write's value: text/plain (0, a number; "0"/"1" for the on/off boolean) or CBOR (60)."""
+    if cf == lwm2m.CF_TEXT:
+        text = payload.decode()
+        if path == "/3311/0/5850":
+            return {"1": True, "0": False}[text]
+        return int(text)
+    return cbor2.loads(payload)
+
+
 class _Recorder(resource.Resource):
     def __init__(self, node: AiocoapNode, path: str, code: Code = Code.CHANGED):
         super().__init__()
         self.node, self.path, self.code = node, path, code
 
     async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
-        value = cbor2.loads(request.payload)
+        if self.node.text_only and request.opt.content_format != lwm2m.CF_TEXT:
+            return aiocoap.Message(code=Code.NOT_ACCEPTABLE)  # as Wakaama's client does
+        value = decode_write(self.path, request.opt.content_format, request.payload)
         self.node.writes.append((self.path, request.opt.content_format, value))
         self.node.event.set()
         return aiocoap.Message(code=self.node.answer.get(self.path, self.code))
@@ -65,6 +77,7 @@ class AiocoapNode:
         self.port = port or free_port(socket.SOCK_DGRAM)
         self.writes: list[tuple[str, int, Any]] = []
         self.answer: dict[str, Code] = {}
+        self.text_only = False  # refuse single-value Writes in any format but text/plain
         self.event = asyncio.Event()
         self.ctx: aiocoap.Context | None = None
         self.location: str | None = None
@@ -84,9 +97,9 @@ class AiocoapNode:
             msg.opt.content_format = cf
         return await asyncio.wait_for(self.ctx.request(msg).response, 20)
 
-    async def register(self, lt: int = 300) -> aiocoap.Message:
+    async def register(self, lt: int = 300, links: bytes = b"</3/0>,</3311/0>,</10250/0>") -> aiocoap.Message:
         r = await self.request(Code.POST, f"/rd?ep={self.ep}&lt={lt}&lwm2m=1.1&b=U",
-                               b"</3/0>,</3311/0>,</10250/0>", lwm2m.CF_LINK_FORMAT)
+                               links, lwm2m.CF_LINK_FORMAT)
         assert r.code == Code.CREATED, r
         self.location = "/" + "/".join(r.opt.location_path)
         return r
@@ -147,7 +160,8 @@ class RawCrowd:
             return
         if msg.is_request():
             if msg.code == pc.PUT:
-                self.writes[idx].append((msg.path_str(), cbor2.loads(msg.payload)))
+                self.writes[idx].append((msg.path_str(), decode_write(msg.path_str(), msg.content_format(),
+                                                                      msg.payload)))
                 code = pc.CHANGED
             else:
                 code = pc.METHOD_NOT_ALLOWED

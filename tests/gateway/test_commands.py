@@ -28,13 +28,13 @@ async def test_set_level_reaches_node_as_cbor_write(tmp_path):
             await node.register()
             res = await gw.commands.submit("n1", "level", {"level": 40}, wait=5)
             assert [c["state"] for c in res["commands"]] == ["delivered"]
-            assert ("/3311/0/5851", 60, 40) in node.writes
+            assert ("/3311/0/5851", 0, 40) in node.writes
             # on/off and a schedule
             await gw.commands.submit("n1", "on_off", {"on": False}, wait=5)
             steps = [[1, 0, 100], [0, 1350, 40], [0, 0, 0], [0, 300, 40], [2, 0, 0]]
             res = await gw.commands.submit("n1", "schedule", {"steps": steps}, wait=5)
             assert await states(gw, res["batch"]) == ["delivered"]
-            assert ("/3311/0/5850", 60, False) in node.writes
+            assert ("/3311/0/5850", 0, False) in node.writes
             assert ("/10250/0/2", 60, steps) in node.writes
             assert (await gw.commands.schedule("n1"))["steps"] == steps
         finally:
@@ -116,7 +116,7 @@ async def test_interrupted_delivery_is_resent_after_restart(tmp_path):
         try:
             await node.register()
             await node.wait_writes(1)
-            assert node.writes == [("/3311/0/5851", 60, 33)]
+            assert node.writes == [("/3311/0/5851", 0, 33)]
         finally:
             await node.stop()
 
@@ -169,7 +169,7 @@ async def test_time_sync_only_when_trusted(tmp_path):
         try:
             await node.register()
             (path, cf, value), = await node.wait_writes(1)
-            assert path == "/3/0/13" and cf == 60 and abs(value - sim.now()) < 60
+            assert path == "/3/0/13" and cf == 0 and abs(value - sim.now()) < 60
             # a report whose time drifts > 30 s triggers a new write (rate limit: forced off)
             gw.timesync.min_interval = 0
             r = await node.send([(1, int(sim.now()) - 3600, 10, 1.0, 0, 0, 0)])
@@ -234,7 +234,7 @@ async def test_sweep_delivers_pending_commands_of_online_nodes_only(tmp_path):
             assert await gw.commands.deliver(None) == 1
             states = {c["node"]: c["state"] for c in await gw.commands.list(batch="sw")}
             assert states == {"up": "delivered", "down": "pending"}
-            assert ("/3311/0/5851", 60, 5) in up.writes and down.writes == []
+            assert ("/3311/0/5851", 0, 5) in up.writes and down.writes == []
         finally:
             await up.stop()
             await down.stop()
@@ -283,3 +283,25 @@ async def test_submit_wait_covers_deliveries_the_sweep_claimed_first(tmp_path):
             await asyncio.gather(*sweeps)
         finally:
             crowd.close()
+
+
+async def test_single_value_writes_are_text_plain_which_a_standard_client_takes(tmp_path):
+    """Issue 15 item 3. OMA-TS-LightweightM2M-Core 1.1 §7.3 (Plain Text) is the format of one
+    resource value that every 1.1 client takes; Wakaama's client answers 4.06 to CBOR (60).
+    This peer refuses anything but text/plain for single values, as Wakaama's does: the time
+    sync and a level command must both succeed against it."""
+    sim = Clock(start=1_800_000_000.0, speed=10.0)
+    async with gateway(tmp_path, clock=sim) as gw:
+        node = await AiocoapNode("std1", gw.config.coap.port).start()
+        node.text_only = True
+        try:
+            await node.register()
+            (path, cf, value), = await node.wait_writes(1)
+            assert (path, cf) == ("/3/0/13", 0) and abs(value - sim.now()) < 60
+            await asyncio.sleep(0.2)
+            assert gw.timesync.writes == 1  # accepted (a 4.06 would have logged a failure)
+            res = await gw.commands.submit("std1", "level", {"level": 25}, wait=5)
+            assert res["commands"][0]["state"] == "delivered"
+            assert ("/3311/0/5851", 0, 25) in node.writes
+        finally:
+            await node.stop()
