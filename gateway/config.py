@@ -44,6 +44,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "bind": (str, "127.0.0.1", 'address the CoAP server binds to; set "0.0.0.0" or "::" to '
                  "serve the network (always bound explicitly, so hosts without IPv6 work)"),
         "port": (int, 5683, "UDP port of the CoAP server"),
+        "dedup_entries": (int, 10000, "recent requests remembered to answer retransmissions "
+                          "(duplicate detection, RFC 7252 4.5); bounds memory under a flood"),
     },
     "store": {
         "path": (str, DEFAULT_STORE_PATH, "SQLite database file (see the resolution rule)"),
@@ -53,6 +55,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "retention_raw_days": (int, 0, "keep raw readings this many days; 0 = forever"),
         "retention_bucket_days": (int, 0, "keep 15-minute buckets this many days; 0 = forever "
                                   "(hour/day roll-ups are always kept)"),
+        "backup_dir": (str, "", "the only directory `slgw backup` may write to; \"\" = `backups` "
+                       "beside the database (created on first use)"),
         "aggregate_interval_s": (float, 5.0, "how often dirty sources are re-aggregated (put "
                                  "off while Sends keep the writer over half busy, at most 60 s)"),
     },
@@ -202,7 +206,7 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
     if key in ("commit_interval_ms", "retention_raw_days", "retention_bucket_days",
                "offline_after_s", "anchor") and v < 0:
         return "must be >= 0"
-    if key in ("concurrency", "max_attempts", "default_lifetime") and v < 1:
+    if key in ("concurrency", "max_attempts", "default_lifetime", "dedup_entries") and v < 1:
         return "must be >= 1"
     if key in ("timeout_s", "aggregate_interval_s") and v <= 0:
         return "must be > 0"

@@ -25,9 +25,10 @@ from typing import Any
 import aiocoap
 from aiohttp import web
 
+from gateway import backup as backup_rules
 from gateway.api.app import check_bind, make_app
 from gateway.clock import Clock
-from gateway.coap import transport
+from gateway.coap import dedup, transport
 from gateway.coap.client import NodeClient
 from gateway.coap.server import LwM2MServer
 from gateway.commands import CommandQueue, submit_command
@@ -136,6 +137,7 @@ class Gateway:
                                     on_reports=self.timesync.after_reports,
                                     default_lifetime=cfg.nodes.default_lifetime)
             self._ctx.serversite = self.coap
+            dedup.install(self._ctx, cfg.coap.dedup_entries)  # bounded memory under a flood
             transport.rst_unparsable(self._ctx, lambda host: self.coap.badlog.bad(
                 host, "RST", "datagram is not CoAP"))
             self.coap_address = f"{cfg.coap.bind}:{cfg.coap.port}"
@@ -279,8 +281,10 @@ class Gateway:
         return await self.store.read(lambda conn: savings(
             conn, start=t0, end=t1, node=node, group=group, cabinet=cabinet, config=self.config))
 
-    async def backup(self, path: str) -> dict[str, Any]:
-        path = os.path.abspath(path)
+    async def backup(self, path: str | None) -> dict[str, Any]:
+        """Online backup into [store] backup_dir (rules: gateway.backup). Raises BackupRefused."""
+        path = backup_rules.resolve(path, self.config.store.backup_dir, self.config.store.path,
+                                    self.clock.now())
         await self.store.backup(path)
         size = os.path.getsize(path)
         log.info("backup written to %s (%d bytes)", path, size)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.openapi import document
+from gateway.backup import BackupRefused
 from gateway.commands import CommandError, NotFoundError
 from gateway.config import _is_loopback
 from gateway.store import StoreError
@@ -224,14 +224,12 @@ async def backup(request: web.Request) -> web.Response:
     gw = request.app[GW]
     body = await _body(request)
     path = body.get("path")
-    if not isinstance(path, str) or not path:
-        raise ApiError(400, "bad_request", "path required")
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise ApiError(400, "bad_request", f"cannot write backup to {path}: directory {d} does not "
-                       "exist on the gateway")
+    if path is not None and not isinstance(path, str):
+        raise ApiError(400, "bad_request", "path must be a string (or absent)")
     try:
         return web.json_response(await gw.backup(path))
+    except BackupRefused as exc:
+        raise ApiError(400, "bad_request", f"backup refused: {exc}") from None
     except (OSError, sqlite3.Error) as exc:
         raise ApiError(400, "bad_request", f"cannot write backup to {path}: {exc}") from None
 

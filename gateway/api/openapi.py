@@ -177,10 +177,12 @@ PATHS: dict[str, Any] = {
         _json({"type": "object", "properties": {"faults": {"type": "array", "items": _ref("Node")}}}),
         op_id="faults")},
     "/api/backup": {"post": _op(
-        "Online backup of the store to a path on the gateway",
+        "Online backup of the store into [store] backup_dir on the gateway (no path: a new "
+        "timestamped file; else an absolute path inside that directory, never the live "
+        "database nor an existing file that is not an slgw backup)",
         _json({"type": "object", "properties": {"path": {"type": "string"},
                                                 "bytes": {"type": "integer"}}}),
-        body={"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}},
+        body={"type": "object", "properties": {"path": {"type": "string"}}},
         op_id="backup")},
     "/api/meters": {"get": _op(
         "Energy meters polled over Modbus and their status",

@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     svsel.add_argument("--group")
     svsel.add_argument("--cabinet")
     sub.add_parser("faults", help="nodes with active faults")
-    sub.add_parser("backup", help="online backup of the store").add_argument("path")
+    sub.add_parser("backup", help="online backup of the store, into [store] backup_dir on the "
+                   "gateway").add_argument("path", nargs="?", help="absolute path inside the "
+                                           "backup directory (default: a new timestamped file)")
     cm = sub.add_parser("commands", help="commands and their delivery state")
     cm.add_argument("--batch")
     cm.add_argument("--node")
@@ -229,7 +231,10 @@ def run_client(args: argparse.Namespace) -> tuple[str, Any]:
     if cmd == "faults":
         return "faults", api.call("GET", "/api/faults")
     if cmd == "backup":
-        return "backup", api.call("POST", "/api/backup", body={"path": os.path.abspath(args.path)})
+        if args.path and not os.path.isabs(args.path):  # the service's cwd is not ours
+            raise UsageError(f"backup path {args.path!r} is relative: give an absolute path inside "
+                             "the gateway's [store] backup_dir, or no path for a new file there")
+        return "backup", api.call("POST", "/api/backup", body={"path": args.path or None})
     if cmd == "commands":
         return "commands", api.call("GET", "/api/commands", {"batch": args.batch, "node": args.node,
                                                               "state": args.state})

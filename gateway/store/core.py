@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -501,21 +502,30 @@ class Store:
         return await self.write(fn)
 
     async def backup(self, path: str) -> None:
-        """Write a consistent online copy of the database to ``path`` (atomically replaced)."""
-        tmp = path + ".tmp"
+        """Write a consistent online copy of the database to ``path`` (atomically replaced),
+        marked as a backup (gateway.backup.BACKUP_APP_ID). The caller checks ``path`` first
+        (gateway.backup.resolve); the temporary file is a new one, never an existing name."""
+        from gateway.backup import BACKUP_APP_ID
 
         def run() -> None:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".slgw-backup-",
+                                       suffix=".tmp")
+            os.close(fd)
             src = _connect(self.path)
             try:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
                 dst = sqlite3.connect(tmp)
                 try:
                     src.backup(dst, pages=1024)
                     dst.execute("PRAGMA journal_mode = DELETE")
+                    dst.execute(f"PRAGMA application_id = {BACKUP_APP_ID}")
+                    dst.commit()
                 finally:
                     dst.close()
                 os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
             finally:
                 src.close()
 

@@ -120,7 +120,7 @@ async def test_endpoints(tmp_path):
             st, body = await call(s, gw, "GET", "/api/energy", node="a1", group="g1")
             assert st == 400
 
-            dest = tmp_path / "backup.db"
+            dest = tmp_path / "backups" / "backup.db"  # [store] backup_dir's default
             st, body = await call(s, gw, "POST", "/api/backup", {"path": str(dest)})
             assert st == 200 and body["bytes"] > 0
             con = sqlite3.connect(dest)

@@ -112,8 +112,16 @@ def test_schedule_push_and_show(gw):
 
 
 def test_backup_and_meters(gw, tmp_path):
-    doc = js(slgw(gw, "backup", str(tmp_path / "b.db"), "--json"))
-    assert doc["bytes"] > 0 and (tmp_path / "b.db").exists()
+    backups = gw.workdir / "backups"  # [store] backup_dir's default: beside the database
+    doc = js(slgw(gw, "backup", "--json"))  # no path: a new timestamped file there
+    assert doc["bytes"] > 0 and doc["path"].startswith(str(backups) + "/slgw-")
+    doc = js(slgw(gw, "backup", str(backups / "b.db"), "--json"))
+    assert doc["bytes"] > 0 and (backups / "b.db").exists()
+    r = slgw(gw, "backup", str(tmp_path / "b.db"))  # outside the backup directory
+    assert r.returncode == 2 and "outside the backup directory" in r.stderr
+    assert not (tmp_path / "b.db").exists()
+    r = slgw(gw, "backup", "b.db")  # relative: refused before asking the service
+    assert r.returncode == 2 and "relative" in r.stderr
     assert js(slgw(gw, "meters", "--json")) == {"meters": []}
 
 
