@@ -81,6 +81,7 @@ class Endpoint:
         """``handler(request, response, peer)`` fills ``response`` (a piggybacked/NON
         Message with code 2.05 preset); ``rand(n)`` returns n random bytes (os.urandom)."""
         self.handler = handler
+        self.known = _KNOWN  # + OSCORE when firmware/secure.py verifies requests (node.run)
         self.rand = rand
         self.ack_timeout_ms = ack_timeout_ms
         self.on_reset = None  # callback(peer, mid) for an RST that matches no exchange
@@ -331,7 +332,7 @@ class Endpoint:
                 resp.code = coap.REQUEST_ENTITY_TOO_LARGE
                 resp.add_option(coap.SIZE1, MAX_PAYLOAD)
             else:
-                bad = self._bad_option(req)
+                bad = self._bad_option(req, self.known)
                 if bad is not None:
                     resp.code = coap.BAD_OPTION
                     resp.payload = ("unknown critical option %d" % bad).encode()
@@ -357,8 +358,8 @@ class Endpoint:
         self._send(data, peer)
 
     @staticmethod
-    def _bad_option(req):
+    def _bad_option(req, known):
         for num, _ in req.options:
-            if coap.is_critical(num) and num not in _KNOWN:
+            if coap.is_critical(num) and num not in known:
                 return num
         return None

@@ -39,6 +39,7 @@ import os
 
 from firmware import config as config_mod
 from firmware import faults as faults_mod
+from firmware import secure
 from firmware.endpoint import Endpoint
 from firmware.resources import Resources
 from protocol import coap, report
@@ -79,6 +80,7 @@ class Node:
         self.seq = 0
         self.first_seq = 1
         self.ep = None
+        self.sec = None  # firmware/secure.Secure, or None: no oscore.json, unprotected
         self.res = Resources(self)
         self.peer = None
         self.reg_path = None
@@ -108,6 +110,7 @@ class Node:
         if not cfg["id"]:
             cfg["id"] = "node-" + "".join("%02x" % b for b in self.hal.unique_id())
         self.p = self.make_parts(self.hal, self.cfg, self.log)
+        self.sec = secure.load(self.hal, self.log, os.urandom)
         self.faults |= self.p.faults  # e.g. a schedule or outbox record found corrupt
         self.faults |= FAULT_SUPPLY_LOSS  # reported once (first report after boot)
         self.first_seq = self.p.seq.peek()
@@ -291,6 +294,8 @@ class Node:
         if cf is not None:
             m.add_option(coap.CONTENT_FORMAT, cf)
         m.payload = payload
+        if self.sec is not None:
+            return await self.sec.request(self.ep, m, self.peer)
         return await self.ep.request(m, self.peer)
 
     async def register(self):
@@ -433,6 +438,10 @@ class Node:
                 if self.truth:
                     self.truth(self)
             for ob, msg, con in self.res.due_notifications(mono):
+                if self.sec is not None:
+                    msg = self.sec.protect_notification(msg)
+                    if msg is None:
+                        continue
                 if con:  # may take up to 93 s of retransmissions: never block the control loop
                     asyncio.create_task(self._notify_con(ob, msg))
                 else:
@@ -465,7 +474,10 @@ class Node:
     async def run(self):
         """Boot and run until ``stop()``; the caller builds the parts."""
         self.boot()
-        self.ep = Endpoint(self.res.handle, os.urandom, port=self.port, ack_timeout_ms=self.ack_timeout_ms)
+        handler = self.res.handle if self.sec is None else self.sec.wrap(self.res.handle)
+        self.ep = Endpoint(handler, os.urandom, port=self.port, ack_timeout_ms=self.ack_timeout_ms)
+        if self.sec is not None:
+            self.ep.known = self.ep.known + (coap.OSCORE,)
         self.ep.on_reset = self.res.on_reset
         self.ep.start()
         net = asyncio.create_task(self.net_loop())

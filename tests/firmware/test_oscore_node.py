@@ -1,0 +1,288 @@
+"""The real firmware in `micropython` with OSCORE keys against an aiocoap peer with OSCORE
+credentials (aiocoap's OscoreSiteWrapper and FilesystemSecurityContext, what the gateway uses).
+
+Both directions: the node Registers and Sends protected (and answers the gateway's 4.01 Echo of
+RFC 8613 B.1.2 when the peer lost its replay window); aiocoap's client Writes and Reads the node
+(and answers the node's own 4.01 Echo after its boot). Unprotected, wrong-kid and replayed
+requests get 4.01 and change nothing. SIGKILL power cuts never make the node reuse a sequence
+number, and it writes its flash once per boot, not once per message.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+
+import aiocoap
+import cbor2
+import pytest
+from aiocoap import oscore as ao
+from aiocoap.credentials import CredentialsMap
+from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+sys.path.insert(0, os.path.dirname(__file__))
+from app_support import emulator_spec, free_udp_port, start_emulator, write_toml  # noqa: E402
+from lwm2m_peer import Peer  # noqa: E402
+
+from firmware import durable  # noqa: E402
+from protocol import coap, oscore  # noqa: E402
+
+SPEED = 30.0
+
+
+class RecordingSite(OscoreSiteWrapper):
+    """The OSCORE site wrapper, noting the Partial IV of every protected request it gets."""
+
+    def __init__(self, inner, creds):
+        super().__init__(inner, creds)
+        self.pivs = []
+
+    async def render_to_pipe(self, pipe):
+        ov = pipe.request.opt.oscore
+        if ov:
+            piv = oscore.decode_option(ov)[0]
+            if piv is not None:
+                self.pivs.append(int.from_bytes(piv, "big"))
+        await super().render_to_pipe(pipe)
+
+
+def write_keys(flash, gwdir, sid, ms, salt, lost_window=False):
+    os.makedirs(gwdir, exist_ok=True)
+    with open(os.path.join(flash, "oscore.json"), "w") as f:
+        json.dump({"ms": ms.hex(), "salt": salt.hex(), "sid": sid.hex(), "rid": "00"}, f)
+    with open(os.path.join(gwdir, "settings.json"), "w") as f:
+        json.dump({"secret_hex": ms.hex(), "salt_hex": salt.hex(), "sender-id_hex": "00",
+                   "recipient-id_hex": sid.hex(), "algorithm": "AES-CCM-16-64-128", "kdf-hashfun": "sha256"}, f)
+    if lost_window:  # what aiocoap leaves after a restart: the replay window is "unknown"
+        with open(os.path.join(gwdir, "sequence.json"), "w") as f:
+            json.dump({"next-to-send": 1000, "received": "unknown"}, f)
+
+
+class Secured:
+    def __init__(self, tmp_path, lost_window=False):
+        self.tmp = tmp_path
+        self.port = free_udp_port()
+        self.node_port = free_udp_port()
+        self.sid = os.urandom(4)
+        self.ms = os.urandom(16)
+        self.salt = os.urandom(8)
+        toml = write_toml(tmp_path / "node.toml", report_period=30, lifetime=120, jitter=1, default_level=100)
+        self.spec = emulator_spec(tmp_path / "flash", "lamp-1", self.port, config=toml, speed=SPEED,
+                                  clock_start="2025-06-15T10:00:00Z", ack_timeout=300, port=self.node_port)
+        self.gwdir = str(tmp_path / "gwkeys")
+        write_keys(str(tmp_path / "flash"), self.gwdir, self.sid, self.ms, self.salt, lost_window)
+        self.procs = []
+
+    async def start_peer(self):
+        self.ctx = ao.FilesystemSecurityContext(self.gwdir)
+        creds = CredentialsMap()
+        creds[":node"] = self.ctx
+        creds[f"coap://127.0.0.1:{self.node_port}/*"] = self.ctx
+        self.peer = Peer()
+        self.peer.port = self.port
+        self.site = RecordingSite(self.peer.site, creds)
+        self.peer.server = await aiocoap.Context.create_server_context(self.site, bind=("127.0.0.1", self.port))
+        self.peer.server.client_credentials = creds
+        self.peer.client = self.peer.server  # the gateway's requests go out protected, from its port
+        self.plain = await aiocoap.Context.create_client_context()  # an attacker with no keys
+
+    def start_node(self):
+        proc = start_emulator(self.spec, self.tmp / "node.log")
+        self.procs.append(proc)
+        return proc
+
+    def log(self):
+        return (self.tmp / "node.log").read_text()
+
+    async def stop(self):
+        for p in self.procs:
+            p.kill()
+        await self.peer.server.shutdown()
+        await self.plain.shutdown()
+        self.ctx._destroy()
+
+
+@pytest.fixture
+async def secured(tmp_path):
+    s = Secured(tmp_path, lost_window=True)
+    await s.start_peer()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+async def plain_put(s, path, payload, timeout=10):
+    m = aiocoap.Message(code=aiocoap.PUT, uri=f"coap://127.0.0.1:{s.node_port}{path}", payload=payload,
+                        content_format=60)
+    return await asyncio.wait_for(s.plain.request(m).response, timeout)
+
+
+async def test_node_and_aiocoap_talk_oscore_both_ways(secured):
+    s = secured
+    s.start_node()
+    peer = s.peer
+    # the peer lost its replay window: the node's Register got 4.01 + Echo and was resent with it
+    await asyncio.wait_for(peer.registered.wait(), 20)
+    assert peer.registers[0]["query"]["ep"] == "lamp-1"
+    assert s.ctx.recipient_replay_window.is_initialized()
+    await peer.wait_for(lambda: len(peer.reports) >= 2, 30)  # Sends: descriptor and reports
+    assert peer.sends[0]["reports"] == [] and peer.sends[0]["attrs"]
+    # aiocoap's client Observes, Writes and Reads the node (its first request meets the node's Echo)
+    obs = peer.client.request(aiocoap.Message(code=aiocoap.GET, uri=f"coap://127.0.0.1:{s.node_port}/3311/0/5851",
+                                              observe=0))
+    first = await asyncio.wait_for(obs.response, 10)
+    assert first.code == aiocoap.CONTENT and first.opt.observe is not None
+    notes = []
+
+    async def collect():
+        async for m in obs.observation:
+            notes.append(cbor2.loads(m.payload))
+
+    task = asyncio.ensure_future(collect())
+    assert await peer.write("/3311/0/5851", 35) == aiocoap.CHANGED
+    code, ov = await peer.read("/10250/0/4")
+    assert code == aiocoap.CONTENT and ov[0] == 35
+    await peer.wait_for(lambda: 35 in notes, 15)  # protected notifications, verified by aiocoap
+    task.cancel()
+    log = s.log()
+    assert "SECURITY" not in log and s.ms.hex() not in log
+    # an unprotected Write from a socket without keys: 4.01 and the level is unchanged
+    r = await plain_put(s, "/3311/0/5851", cbor2.dumps(0))
+    assert r.code == aiocoap.UNAUTHORIZED and not r.opt.oscore
+    r = await plain_put(s, "/10250/0/4", cbor2.dumps([0, 604800]))
+    assert r.code == aiocoap.UNAUTHORIZED
+    assert (await peer.read("/10250/0/4"))[1][0] == 35
+    assert s.site.pivs == sorted(set(s.site.pivs))  # every request a new sequence number
+
+
+def _raw_exchange(sock, node, data, timeout=5):
+    sock.settimeout(timeout)
+    sock.sendto(data, node)
+    while True:
+        reply, _ = sock.recvfrom(2048)
+        m = coap.decode(reply)
+        if m.mid == coap.decode(data).mid:
+            return m
+
+
+async def test_wrong_kid_and_replayed_requests_get_4_01_and_change_nothing(tmp_path):
+    """A forger with the right kid but another key, a forger with another kid, and a replay of a
+    genuine Write (sent again with a new Message ID, which OSCORE does not protect)."""
+    s = Secured(tmp_path)
+    await s.start_peer()
+    try:
+        s.start_node()
+        await asyncio.wait_for(s.peer.registered.wait(), 20)
+        node = ("127.0.0.1", s.node_port)
+        gw = oscore.Context(s.ms, s.salt, b"\x00", s.sid, seq=50000)  # the gateway's keys, own seq range
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+
+        def put(ctx, level, mid, echo=None):
+            m = coap.Message(coap.CON, coap.PUT, mid, bytes((mid & 0xFF,)))
+            m.set_path("/3311/0/5851")
+            m.add_option(coap.CONTENT_FORMAT, 60)
+            if echo is not None:
+                m.add_option(oscore.ECHO, echo)
+            m.payload = cbor2.dumps(level)
+            return ctx.protect_request(m)
+
+        loop = asyncio.get_running_loop()
+
+        async def exchange(data):
+            return await loop.run_in_executor(None, _raw_exchange, sock, node, data)
+
+        try:
+            out, rid = put(gw, 20, 1)
+            r = await exchange(coap.encode(out))
+            echo = gw.unprotect_response(r, rid)  # the node's window is new since its boot
+            assert echo.code == coap.UNAUTHORIZED and echo.get_option(oscore.ECHO)
+            out, rid = put(gw, 20, 2, echo.get_option(oscore.ECHO))
+            genuine = coap.encode(out)
+            r = await exchange(genuine)
+            assert gw.unprotect_response(r, rid).code == coap.CHANGED
+            # replayed with a fresh Message ID (dedup would only resend the cached answer)
+            replay = bytearray(genuine)
+            replay[2:4] = b"\x00\x03"
+            wrong_key = oscore.Context(os.urandom(16), s.salt, b"\x00", s.sid, seq=60000)
+            other_kid = oscore.Context(s.ms, s.salt, b"\x07", s.sid, seq=60000)
+            codes = []
+            for data in (bytes(replay), coap.encode(put(wrong_key, 0, 4)[0]), coap.encode(put(other_kid, 0, 5)[0])):
+                r = await exchange(data)
+                assert r.get_option(coap.OSCORE) is None  # an unprotected error answer
+                codes.append(r.code)
+            assert codes == [coap.UNAUTHORIZED, coap.BAD_REQUEST, coap.UNAUTHORIZED]
+            m = coap.Message(coap.CON, coap.GET, 6, b"\x06")
+            m.set_path("/10250/0/4")
+            out, rid = gw.protect_request(m)
+            r = gw.unprotect_response(await exchange(coap.encode(out)), rid)
+            assert r.code == coap.CONTENT and cbor2.loads(r.payload)[0] == 20  # the genuine Write only
+        finally:
+            sock.close()
+    finally:
+        await s.stop()
+
+
+async def test_sequence_numbers_never_repeat_across_power_cuts(tmp_path):
+    """SIGKILL the node three times mid-run: every Partial IV the peer sees is new, each boot
+    starts past the bound persisted before the cut, and flash is written once per boot."""
+    s = Secured(tmp_path)
+    await s.start_peer()
+    try:
+        boots = []
+        for cut in range(3):
+            before = len(s.site.pivs)
+            proc = s.start_node()
+            await s.peer.wait_for(lambda b=before: len(s.site.pivs) >= b + 4, 30)
+            boots.append(s.site.pivs[before:])
+            proc.kill()  # SIGKILL: a power cut
+            proc.p.wait(timeout=10)
+            await asyncio.sleep(0.2)
+        allp = [p for b in boots for p in b]
+        assert len(allp) == len(set(allp)), allp
+        for i in range(1, len(boots)):
+            assert min(boots[i]) > max(boots[i - 1])
+            assert min(boots[i]) >= 256 * i  # skipped ahead to the persisted bound
+        rec = durable.Record(str(tmp_path / "flash" / ("oscore-%s.seq" % s.sid.hex())))
+        data = rec.load()
+        bound = int.from_bytes(data[:8], "little")
+        assert bound > max(allp)
+        assert rec.gen == 3  # one write per boot (each boot sent fewer than 256 messages)
+    finally:
+        await s.stop()
+
+
+async def test_node_without_keys_runs_unprotected_and_says_so(tmp_path):
+    port = free_udp_port()
+    peer = await Peer.start(port)
+    try:
+        toml = write_toml(tmp_path / "node.toml", report_period=30, lifetime=120, jitter=1)
+        spec = emulator_spec(tmp_path / "flash", "lamp-2", port, config=toml, speed=SPEED, ack_timeout=300)
+        proc = start_emulator(spec, tmp_path / "node.log")
+        try:
+            await asyncio.wait_for(peer.registered.wait(), 20)
+        finally:
+            proc.kill()
+        assert "SECURITY WARNING: no oscore.json" in (tmp_path / "node.log").read_text()
+    finally:
+        await peer.stop()
+
+
+async def test_invalid_key_file_refuses_everything(tmp_path):
+    s = Secured(tmp_path)
+    (tmp_path / "flash" / "oscore.json").write_text('{"ms": "00", "salt": "zz"}')
+    await s.start_peer()
+    try:
+        s.start_node()
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end and "oscore.json is invalid" not in s.log():
+            await asyncio.sleep(0.1)
+        assert "oscore.json is invalid (ms must be 16 hex bytes)" in s.log()
+        r = await plain_put(s, "/3311/0/5851", cbor2.dumps(0))
+        assert r.code == aiocoap.UNAUTHORIZED
+        assert not s.peer.registers
+    finally:
+        await s.stop()
