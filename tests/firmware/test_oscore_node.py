@@ -233,7 +233,7 @@ async def test_sequence_numbers_never_repeat_across_power_cuts(tmp_path):
     await s.start_peer()
     try:
         boots = []
-        for cut in range(3):
+        for _cut in range(3):
             before = len(s.site.pivs)
             proc = s.start_node()
             await s.peer.wait_for(lambda b=before: len(s.site.pivs) >= b + 4, 30)
@@ -246,7 +246,7 @@ async def test_sequence_numbers_never_repeat_across_power_cuts(tmp_path):
         for i in range(1, len(boots)):
             assert min(boots[i]) > max(boots[i - 1])
             assert min(boots[i]) >= 256 * i  # skipped ahead to the persisted bound
-        rec = durable.Record(str(tmp_path / "flash" / ("oscore-%s.seq" % s.sid.hex())))
+        rec = durable.Record(str(tmp_path / "flash" / f"oscore-{s.sid.hex()}.seq"))
         data = rec.load()
         bound = int.from_bytes(data[:8], "little")
         assert bound > max(allp)
