@@ -23,7 +23,7 @@ def gw(tmp_path_factory):
         g.start()
         base = f"coap://127.0.0.1:{g.coap_port}"
         r = subprocess.run([AIOCOAP_CLIENT, "-m", "POST", f"{base}/rd?ep=c1&lt=300&lwm2m=1.1&b=U",
-                            "--content-format", "application/link-format", "--payload", "</3/0>"],
+                            "--content-format", "application/link-format", "--payload", "</3/0>,</3311/0>,</10250/0>"],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         now = int(time.time())
