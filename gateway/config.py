@@ -93,6 +93,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
                      '"reference" (a measured reference period)'),
         "reference_from": (str, "", "start of the reference period, ISO 8601 date or time"),
         "reference_to": (str, "", "end of the reference period (exclusive)"),
+        "min_coverage": (float, 0.9, "fraction (0-1) of the baseline's night hours that must have "
+                         "data for a saved_pct to be given (docs/energy.md §5)"),
     },
     "log": {
         "level": (str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
@@ -196,6 +198,8 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
         return "must be > 0 (1.0 = real time)"
     if sec == "savings" and key == "baseline" and v not in ("dusk-to-dawn", "reference"):
         return 'must be "dusk-to-dawn" or "reference"'
+    if sec == "savings" and key == "min_coverage" and not 0 <= v <= 1:
+        return "must be a fraction 0-1 (0.9 = 90 % of the night hours have data)"
     if sec == "savings" and key in ("reference_from", "reference_to") and v:
         try:
             parse_time(v)

@@ -272,10 +272,11 @@ class Gateway:
 
     async def savings(self, start: str | None, end: str | None, node: str | None = None,
                       group: str | None = None, cabinet: str | None = None) -> dict[str, Any]:
-        """Savings against the configured baseline; default period: the last 30 days."""
+        """Savings against the configured baseline; default period: the 30 days up to the last
+        whole quarter hour (the current one is still being reported)."""
         from gateway.energy.savings import savings
         from gateway.timefmt import parse
-        t1 = parse(end, "to") if end else self.clock.now()
+        t1 = parse(end, "to") if end else self.clock.now() // 900 * 900
         t0 = parse(start, "from") if start else t1 - 30 * 86400
         await self.store.refresh()
         return await self.store.read(lambda conn: savings(

@@ -120,8 +120,12 @@ async def health(request: web.Request) -> web.Response:
 
 async def list_nodes(request: web.Request) -> web.Response:
     gw = request.app[GW]
-    nodes = await gw.registry.list_nodes(group=request.query.get("group"),
-                                         cabinet=request.query.get("cabinet"))
+    group, cabinet = request.query.get("group"), request.query.get("cabinet")
+    nodes = await gw.registry.list_nodes(group=group, cabinet=cabinet)
+    if not nodes and (group is not None or cabinet is not None):  # a typo is not an empty group
+        label = f"group:{group}" if group is not None else f"cabinet:{cabinet}"
+        raise ApiError(404, "not_found", f"no node matches {label!r} (`slgw nodes` lists the "
+                       "groups and cabinets)")
     return web.json_response({"nodes": nodes})
 
 
@@ -200,6 +204,8 @@ async def energy(request: web.Request) -> web.Response:
                                  start=q.get("from"), end=q.get("to"), by=q.get("by", "day"))
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
+    except LookupError as exc:  # an unknown node, group or cabinet
+        raise ApiError(404, "not_found", str(exc)) from None
     return web.json_response(result)
 
 
@@ -211,6 +217,8 @@ async def savings(request: web.Request) -> web.Response:
                                   group=q.get("group"), cabinet=q.get("cabinet"))
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
+    except LookupError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
     return web.json_response(result)
 
 

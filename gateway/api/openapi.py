@@ -22,7 +22,7 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 ERRORS = {
     "400": _json(_ref("Error"), "invalid request (value out of range, bad query)"),
     "401": _json(_ref("Error"), "missing or wrong bearer token"),
-    "404": _json(_ref("Error"), "no such node, target or batch"),
+    "404": _json(_ref("Error"), "no such node, group, cabinet, target or batch"),
     "503": _json(_ref("Error"), "the store cannot be read or written now"),
 }
 
@@ -52,8 +52,10 @@ def _op(summary: str, ok: dict, params: list | None = None, body: dict | None = 
 TARGET = {"type": "string", "description": "a node id, group:NAME, cabinet:NAME or all"}
 WAIT = {"type": "number", "minimum": 0, "maximum": 60,
         "description": "seconds to wait for the first delivery attempt (default 5)"}
-RANGE = [_q("from", "start, ISO 8601 date or date-time (UTC if no zone)"),
-         _q("to", "end (exclusive), ISO 8601")]
+RANGE = [_q("from", "start, ISO 8601 date or date-time (UTC if no zone), on a 15-minute "
+            "boundary"),
+         _q("to", "end (exclusive), ISO 8601, on a 15-minute boundary")]
+QUALITIES = ["measured", "interpolated", "estimated", "missing"]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {
@@ -97,10 +99,55 @@ SCHEMAS: dict[str, Any] = {
     "Steps": {"type": "array", "maxItems": 16, "description": "SPEC §5.2 [kind, minutes, level]",
               "items": {"type": "array", "minItems": 3, "maxItems": 3,
                         "items": {"type": "integer"}}},
-    "Energy": {"type": "object", "required": ["total_wh", "rows"], "properties": {
-        "total_wh": {"type": "number"}, "selection": {"type": "object"},
-        "by": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
-        "rows": {"type": "array", "items": {"type": "object"}}}},
+    "Energy": {"type": "object", "required": ["selection", "by", "total_wh", "rows"], "properties": {
+        "selection": {"type": "string", "description": "site, node:ID, group:NAME or cabinet:NAME"},
+        "by": {"type": "string", "enum": ["15min", "hour", "day", "month"]},
+        "timezone": {"type": "string"},
+        "start": {"type": "integer", "nullable": True,
+                  "description": "the window answered, Unix s (what was asked, or the data's)"},
+        "end": {"type": "integer", "nullable": True},
+        "total_wh": {"type": "number"}, "quality": {"type": "string", "enum": QUALITIES},
+        "rows": {"type": "array", "items": _ref("EnergyRow")},
+        "circuit": _ref("Circuit")}},
+    "EnergyRow": {"type": "object", "required": ["start", "end", "wh", "quality", "coverage",
+                                                 "clipped"], "properties": {
+        "start": {"type": "integer"}, "end": {"type": "integer"}, "local": {"type": "string"},
+        "wh": {"type": "number"}, "quality": {"type": "string", "enum": QUALITIES},
+        "coverage": {"type": "number", "minimum": 0, "maximum": 1,
+                     "description": "buckets present / expected in [start, end)"},
+        "clipped": {"type": "boolean",
+                    "description": "the period was cut to the window; start/end are the cut's"}}},
+    "Circuit": {"type": "object", "properties": {
+        "cabinet": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"},
+        "compared": {"type": "object", "nullable": True,
+                     "description": "the span every source with data covers, which is compared",
+                     "properties": {"start": {"type": "integer"}, "end": {"type": "integer"}}},
+        "nodes": {"type": "integer"}, "nodes_wh": {"type": "number"},
+        "meters": {"type": "array", "items": {"type": "object"}},
+        "meter_wh": {"type": "number", "nullable": True},
+        "unaccounted_wh": {"type": "number", "nullable": True},
+        "unaccounted_pct": {"type": "number", "nullable": True},
+        "quality": {"type": "string", "enum": QUALITIES}}},
+    "SavingsFigures": {"type": "object", "properties": {
+        "baseline_wh": {"type": "number", "nullable": True},
+        "actual_wh": {"type": "number"}, "saved_wh": {"type": "number", "nullable": True},
+        "saved_pct": {"type": "number", "nullable": True,
+                      "description": "null when coverage is below min_coverage (see withheld)"},
+        "coverage": {"type": "number", "nullable": True, "minimum": 0, "maximum": 1,
+                     "description": "fraction of the baseline's night hours with data"},
+        "withheld": {"type": "string", "nullable": True,
+                     "description": "why saved_pct is null, else null"},
+        "nodes": {"type": "integer"}}},
+    "Savings": {"type": "object", "required": ["baseline", "start", "end", "site", "nodes"],
+                "properties": {
+        "selection": {"type": "string"}, "baseline": {"type": "string",
+                                                      "enum": ["dusk-to-dawn", "reference"]},
+        "start": {"type": "integer"}, "end": {"type": "integer"},
+        "night_hours": {"type": "number"}, "min_coverage": {"type": "number"},
+        "site": _ref("SavingsFigures"),
+        "cabinets": {"type": "array", "items": _ref("SavingsFigures")},
+        "nodes": {"type": "array", "items": _ref("SavingsFigures")},
+        "without_baseline": {"type": "array", "items": {"type": "string"}}}},
     "Meter": {"type": "object", "properties": {
         "name": {"type": "string"}, "cabinet": {"type": "string", "nullable": True},
         "import_wh": {"type": "number", "nullable": True},
@@ -163,13 +210,17 @@ PATHS: dict[str, Any] = {
          _q("state", "only this state"), _q("limit", "at most this many (default 1000)",
                                             {"type": "integer"})], op_id="listCommands")},
     "/api/energy": {"get": _op(
-        "Energy of a node, group, cabinet or the site, with total_wh", _json(_ref("Energy")),
+        "Energy of a node, group, cabinet or the site over exactly the window asked (first and "
+        "last periods clipped to it); at most 40,000 rows (else 400: use a coarser by)",
+        _json(_ref("Energy")),
         [_q("node", "node id"), _q("group", "group"), _q("cabinet", "cabinet"), *RANGE,
          _q("by", "bucket size", {"type": "string", "enum": ["15min", "hour", "day", "month"]})],
         op_id="energy")},
     "/api/savings": {"get": _op(
         "Savings against the baseline ([savings] in the config), per luminaire, cabinet and site; "
-        "default period: the last 30 days", _json({"type": "object"}),
+        "default period: the 30 days to the last whole quarter hour; a baseline counts only the "
+        "night hours with data, and saved_pct is withheld below [savings] min_coverage",
+        _json(_ref("Savings")),
         [*RANGE, _q("node", "only this node"), _q("group", "only this group"),
          _q("cabinet", "only this cabinet")], op_id="savings")},
     "/api/faults": {"get": _op(

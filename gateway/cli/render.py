@@ -29,6 +29,20 @@ def _commands(out: TextIO, cmds: list[dict[str, Any]]) -> None:
              c["reason"]] for c in cmds])
 
 
+def _utc(t: int) -> str:
+    from gateway.energy.periods import iso_utc
+    return iso_utc(t)
+
+
+def _saved(fig: dict[str, Any]) -> str:
+    """'12.5 % saved (coverage 98.0 %)', or why there is no percentage (issue 16)."""
+    cov = fig.get("coverage")
+    cov_s = "n/a" if cov is None else f"{100 * cov:.1f} %"
+    if fig.get("saved_pct") is None:
+        return f"no percentage: {fig.get('withheld') or 'no baseline'}"
+    return f"{fig['saved_pct']} % saved (coverage {cov_s} of the night hours)"
+
+
 def human(kind: str, doc: Any, out: TextIO) -> None:
     """Print `doc` (an API answer) for a person."""
     if kind == "nodes":
@@ -68,16 +82,18 @@ def human(kind: str, doc: Any, out: TextIO) -> None:
         out.write(f"total_wh {doc['total_wh']} ({doc.get('quality')})\n")
         if doc.get("circuit"):
             c = doc["circuit"]
-            out.write(f"circuit check {c.get('cabinet')}: meter {c.get('meter_wh')} Wh, nodes "
-                      f"{c.get('nodes_wh')} Wh, unaccounted {c.get('unaccounted_wh')} Wh\n")
+            span = c.get("compared")
+            over = (f" over {_utc(span['start'])} .. {_utc(span['end'])}" if span
+                    else " (no span covered by both the meter and its nodes)")
+            out.write(f"circuit check {c.get('cabinet')}{over}: meter {c.get('meter_wh')} Wh, "
+                      f"nodes {c.get('nodes_wh')} Wh, unaccounted {c.get('unaccounted_wh')} Wh\n")
     elif kind == "savings":
         site = doc.get("site", {})
         out.write(f"baseline {doc.get('baseline')}  {doc.get('start')} .. {doc.get('end')}\n")
         out.write(f"site: baseline {site.get('baseline_wh')} Wh, actual {site.get('actual_wh')} Wh, "
-                  f"saved {site.get('saved_wh')} Wh ({site.get('saved_pct')} %)\n")
+                  f"saved {site.get('saved_wh')} Wh, {_saved(site)}\n")
         for c in doc.get("cabinets", []):
-            out.write(f"cabinet {c.get('cabinet')}: saved {c.get('saved_wh')} Wh "
-                      f"({c.get('saved_pct')} %)\n")
+            out.write(f"cabinet {c.get('cabinet')}: saved {c.get('saved_wh')} Wh, {_saved(c)}\n")
     elif kind == "backup":
         out.write(f"backup written to {doc['path']} ({doc['bytes']} bytes)\n")
     elif kind == "meters":

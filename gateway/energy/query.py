@@ -16,10 +16,15 @@ import sqlite3
 from typing import Any
 
 from .buckets import MISSING, QUALITY_NAMES, combine_quality
-from .periods import BY, floor_period, iso_local, next_period, periods
-
-_Q15 = ("CASE quality WHEN 'measured' THEN 0 WHEN 'interpolated' THEN 1 "
-        "WHEN 'estimated' THEN 2 ELSE 3 END")
+from .periods import BY, floor_period, iso_local, next_period
+from .spans import (
+    GRAIN_S,
+    Q_RANK_SQL,
+    bounded_periods,
+    check_grain,
+    require_selection,
+    sums,
+)
 
 
 def site_tz(conn: sqlite3.Connection) -> str:
@@ -62,7 +67,7 @@ def _grouped(conn: sqlite3.Connection, by: str, cond: str, params: list, lo: int
     """Rows (start, wh, known_max_q, n_missing_rows, n_buckets) per period start of the table."""
     if by == "15min":
         sql = (f"SELECT start, SUM(wh), MAX(CASE WHEN q < 3 THEN q END), SUM(q = 3), COUNT(*) "
-               f"FROM (SELECT start, wh, {_Q15} AS q FROM buckets WHERE {cond} AND start >= ? "
+               f"FROM (SELECT start, wh, {Q_RANK_SQL} AS q FROM buckets WHERE {cond} AND start >= ? "
                f"AND start < ?) GROUP BY start")
     else:
         table = "energy_hour" if by == "hour" else "energy_day"
@@ -71,121 +76,170 @@ def _grouped(conn: sqlite3.Connection, by: str, cond: str, params: list, lo: int
     return conn.execute(sql, [*params, lo, hi]).fetchall()
 
 
+def _add(cell: list, wh: float, kq: int | None, nmiss: int, n: int) -> None:
+    cell[0] += wh
+    if kq is not None and (cell[1] is None or kq > cell[1]):
+        cell[1] = kq
+    cell[2] += nmiss
+    cell[3] += n
+
+
 def energy(conn: sqlite3.Connection, *, node: str | None = None, group: str | None = None,
            cabinet: str | None = None, start: float | None = None, end: float | None = None,
            by: str = "day") -> dict[str, Any]:
     """Energy of a selection over ``[start, end)`` by ``15min``, ``hour``, ``day`` or ``month``.
 
-    ``start``/``end`` are Unix seconds, widened to whole periods (days and months are local to
-    the site time zone); None means from the first / to the last data of the selection.
+    ``start``/``end`` are Unix seconds on a 15-minute boundary; the total answers exactly that
+    window: a first or last period that sticks out is clipped to it (``clipped: true``, its
+    ``start``/``end`` and ``coverage`` those of the clipped part). None means from the first /
+    to the end of the last local day with data of the selection.
     Returns ``{selection, by, timezone, start, end, total_wh, quality, rows: [{start, end,
-    local, wh, quality, coverage}]}``. Raises ValueError for a bad ``by`` or selection.
+    local, wh, quality, coverage, clipped}]}``. Raises ValueError for a bad ``by``, selection
+    or window, TooManyRows past MAX_ROWS rows, UnknownSelection for an unknown node, group or
+    cabinet.
     """
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}")
     tz = site_tz(conn)
     cond, params, label = selection(node, group, cabinet)
+    require_selection(conn, node, group, cabinet, label)
+    if start is not None:
+        start = check_grain(start, "from")
+    if end is not None:
+        end = check_grain(end, "to")
     if start is None or end is None:
         lo, hi = conn.execute(f"SELECT MIN(start), MAX(start) FROM energy_day WHERE {cond}",
                               params).fetchone()
         if lo is None:
             return {"selection": label, "by": by, "timezone": tz, "start": start, "end": end,
                     "total_wh": 0.0, "quality": "missing", "rows": []}
-        start = lo if start is None else start
+        start = int(lo) // GRAIN_S * GRAIN_S if start is None else start
         end = next_period(int(hi), "day", tz) if end is None else end
     if end <= start:
         raise ValueError("end must be after start")
-    plist = periods(start, end, by, tz)
-    lo, hi = plist[0][0], plist[-1][1]
+    plist = bounded_periods(start, end, by, tz)
     nsrc = 1 if node is not None else _count_sources(conn, cond, params)
-    table_by = "day" if by == "month" else by
     acc: dict[int, list] = {p: [0.0, None, 0, 0] for p, _e in plist}
-    for s, wh, kq, nmiss, n in _grouped(conn, table_by, cond, params, lo, hi):
-        p = floor_period(s, by, tz) if by == "month" else s
-        cell = acc.get(p)
-        if cell is None:
-            continue
-        cell[0] += wh
-        if kq is not None and (cell[1] is None or kq > cell[1]):
-            cell[1] = kq
-        cell[2] += nmiss
-        cell[3] += n
+    # whole periods from the roll-up of their kind, the clipped ends from spans.sums
+    whole = [(p, e) for p, e in plist if p >= start and e <= end]
+    if whole:
+        table_by = "day" if by == "month" else by
+        for s, wh, kq, nmiss, n in _grouped(conn, table_by, cond, params, whole[0][0],
+                                            whole[-1][1]):
+            cell = acc.get(floor_period(s, by, tz) if by == "month" else s)
+            if cell is not None:
+                _add(cell, wh, kq, nmiss, n)
+    for p, e in plist:
+        if p < start or e > end:
+            for _k, wh, kq, nmiss, n in sums(conn, cond, params, max(p, start), min(e, end),
+                                             per_source=False):
+                _add(acc[p], wh, kq, nmiss, n)
     rows = []
     total = 0.0
     worst_known, any_missing = None, False
     for p, e in plist:
         wh, kq, nmiss, n = acc[p]
+        a, b = max(p, start), min(e, end)
         q = combine_quality(kq, nmiss > 0)
-        expected = (e - p) // 900 * max(nsrc, 1)
+        expected = (b - a) // 900 * max(nsrc, 1)
         cov = min(1.0, n / expected) if expected else 0.0
         # rounded to the µWh: splitting in proportion to time leaves float noise
         # (60.00000000000001) that integrators comparing totals should not see
-        rows.append({"start": p, "end": e, "local": iso_local(p, tz), "wh": round(wh, 6),
-                     "quality": QUALITY_NAMES[q], "coverage": round(cov, 4)})
+        rows.append({"start": a, "end": b, "local": iso_local(a, tz), "wh": round(wh, 6),
+                     "quality": QUALITY_NAMES[q], "coverage": round(cov, 4),
+                     "clipped": (a, b) != (p, e)})
         total += wh
         if kq is not None and (worst_known is None or kq > worst_known):
             worst_known = kq
         any_missing = any_missing or q == MISSING or nmiss > 0
-    return {"selection": label, "by": by, "timezone": tz, "start": lo, "end": hi,
+    return {"selection": label, "by": by, "timezone": tz, "start": start, "end": end,
             "total_wh": round(total, 6), "quality": QUALITY_NAMES[combine_quality(worst_known, any_missing)],
             "rows": rows}
 
 
 def sum_by_source(conn: sqlite3.Connection, cond: str, params: list, start: float, end: float
                   ) -> dict[str, list]:
-    """Energy per source over ``[start, end)``: ``{source: [wh, known_max_q, any_missing, n]}``.
+    """Energy per source over ``[start, end)`` (15-minute boundaries, else ValueError):
+    ``{source: [wh, known_max_q, any_missing, n]}``.
 
-    Whole local days come from the day roll-up, the partial days at both ends from the
-    15-minute buckets (so the answer is exact to the bucket and fast over a year).
+    Whole local days come from the day roll-up, whole hours from the hour roll-up, the rest
+    from the 15-minute buckets (so the answer is exact to the bucket and fast over a year).
     """
-    tz = site_tz(conn)
-    start, end = floor_period(start, "15min", tz), -(-int(end) // 900) * 900
-    d0 = floor_period(start, "day", tz)
-    if d0 < start:
-        d0 = next_period(d0, "day", tz)
-    d1 = floor_period(end, "day", tz)
-    parts = []
-    if d0 < d1:
-        parts.append(("energy_day", d0, d1))
-        parts += [("buckets", start, d0), ("buckets", d1, end)]
-    else:
-        parts.append(("buckets", start, end))
+    lo, hi = check_grain(start, "from"), check_grain(end, "to")
     out: dict[str, list] = {}
-    for table, lo, hi in parts:
-        if hi <= lo:
-            continue
-        if table == "buckets":
-            sql = (f"SELECT source, SUM(wh), MAX(CASE WHEN q < 3 THEN q END), SUM(q = 3), "
-                   f"COUNT(*) FROM (SELECT source, wh, {_Q15} AS q FROM buckets WHERE {cond} "
-                   f"AND start >= ? AND start < ?) GROUP BY source")
-        else:
-            sql = (f"SELECT source, SUM(wh), MAX(CASE WHEN q < 3 THEN q END), SUM(q = 3), "
-                   f"SUM(n) FROM energy_day WHERE {cond} AND start >= ? AND start < ? "
-                   f"GROUP BY source")
-        for src, wh, kq, nmiss, n in conn.execute(sql, [*params, lo, hi]):
-            cell = out.setdefault(src, [0.0, None, False, 0])
-            cell[0] += wh
-            if kq is not None and (cell[1] is None or kq > cell[1]):
-                cell[1] = kq
-            cell[2] = cell[2] or nmiss > 0
-            cell[3] += n
+    for src, wh, kq, nmiss, n in sums(conn, cond, params, lo, hi):
+        cell = out.setdefault(src, [0.0, None, 0, 0])
+        _add(cell, wh, kq, nmiss, n)
+    for cell in out.values():
+        cell[2] = cell[2] > 0
     return out
 
 
-def circuit_check(conn: sqlite3.Connection, cabinet: str, start: float, end: float) -> dict:
-    """Compare the cabinet meter(s) with the sum of its luminaire nodes over ``[start, end)``.
+def _complete_span(conn: sqlite3.Connection, src: str, lo: int, hi: int) -> tuple[int, int] | None:
+    """The part of ``[lo, hi)`` where ``src``'s energy is complete, or None without data in it.
 
-    Returns ``{cabinet, start, end, nodes, nodes_wh, meters: [{id, wh, quality}], meter_wh,
-    unaccounted_wh, unaccounted_pct, quality}``: ``unaccounted_wh`` = meter - nodes (cable
-    losses, node metering error, or consumption that is not ours); None without a meter.
+    Data before ``lo`` (after ``hi``) means the delta chain crosses the edge, so the source
+    covers it; otherwise its first and last buckets in the window are partial (they hold the
+    energy after its first / before its last reading only) and are left out. Roll-ups answer
+    for pruned buckets.
     """
+    if conn.execute("SELECT 1 FROM buckets WHERE source = ? AND start >= ? AND start < ? LIMIT 1",
+                    (src, lo, hi)).fetchone() is None and conn.execute(
+            "SELECT 1 FROM energy_hour WHERE source = ? AND start >= ? AND start < ? LIMIT 1",
+            (src, lo - 3599, hi)).fetchone() is None:
+        return None
+    a, b = lo, hi
+    before = conn.execute(
+        "SELECT (SELECT 1 FROM buckets WHERE source = ?1 AND start < ?2 LIMIT 1) OR "
+        "(SELECT 1 FROM energy_hour WHERE source = ?1 AND start + 3600 <= ?2 LIMIT 1)",
+        (src, lo)).fetchone()[0]
+    if not before:
+        first = conn.execute("SELECT MIN(start) FROM buckets WHERE source = ? AND start >= ?",
+                             (src, lo)).fetchone()[0]
+        a = hi if first is None else max(lo, first + GRAIN_S)
+    after = conn.execute(
+        "SELECT (SELECT 1 FROM buckets WHERE source = ?1 AND start >= ?2 LIMIT 1) OR "
+        "(SELECT 1 FROM energy_hour WHERE source = ?1 AND start >= ?2 LIMIT 1)",
+        (src, hi)).fetchone()[0]
+    if not after:
+        last = conn.execute("SELECT MAX(start) FROM buckets WHERE source = ? AND start < ?",
+                            (src, hi)).fetchone()[0]
+        b = lo if last is None else min(hi, last)
+    return a, b
+
+
+def circuit_check(conn: sqlite3.Connection, cabinet: str, start: float, end: float) -> dict:
+    """Compare the cabinet meter(s) with the sum of its luminaire nodes over the part of
+    ``[start, end)`` (15-minute boundaries) that every one of them with data covers.
+
+    A meter polled every few seconds runs ahead of nodes reporting every few minutes: over an
+    open window the meter would count energy the nodes have not reported yet. So the check is
+    made over ``compared = {start, end}``: from the latest first complete quarter hour to the
+    earliest last one of the sources with data in the window (None when they share none, or
+    when the cabinet has no meter or no node: then each side is summed over the whole window).
+    Returns ``{cabinet, start, end, compared, nodes, nodes_wh, meters: [{id, wh, quality}],
+    meter_wh, unaccounted_wh, unaccounted_pct, quality}``: ``unaccounted_wh`` = meter - nodes
+    (cable losses, node metering error, or consumption that is not ours); None without a meter.
+    """
+    lo, hi = check_grain(start, "from"), check_grain(end, "to")
     ncond, nparams, _ = selection(cabinet=cabinet, kind="node")
     mcond, mparams, _ = selection(cabinet=cabinet, kind="meter")
-    nodes = sum_by_source(conn, ncond, nparams, start, end)
-    meters = sum_by_source(conn, mcond, mparams, start, end)
     n_nodes = _count_sources(conn, ncond, nparams)
+    node_ids = [r[0] for r in conn.execute(f"SELECT id FROM nodes WHERE {on_nodes(ncond)}", nparams)]
     meter_ids = [r[0] for r in conn.execute(
         "SELECT id FROM nodes WHERE kind = 'meter' AND cabinet = ? ORDER BY id", (cabinet,))]
+    if not meter_ids or not node_ids:  # nothing to compare: each side over the whole window
+        compared = None
+        nodes = sum_by_source(conn, ncond, nparams, lo, hi)
+        meters = sum_by_source(conn, mcond, mparams, lo, hi)
+    else:
+        spans = [sp for sp in (_complete_span(conn, s, lo, hi) for s in node_ids + meter_ids)
+                 if sp is not None]
+        a = max((sp[0] for sp in spans), default=lo)
+        b = min((sp[1] for sp in spans), default=hi)
+        compared = {"start": a, "end": b} if spans and b > a else None
+        nodes = sum_by_source(conn, ncond, nparams, a, b) if compared else {}
+        meters = sum_by_source(conn, mcond, mparams, a, b) if compared else {}
     nodes_wh = sum(c[0] for c in nodes.values())
     worst, miss = None, len(nodes) < n_nodes
     for c in list(nodes.values()) + list(meters.values()):
@@ -200,7 +254,7 @@ def circuit_check(conn: sqlite3.Connection, cabinet: str, start: float, end: flo
     meter_wh = sum(c[0] for c in meters.values()) if meters else None
     unacc = None if meter_wh is None else meter_wh - nodes_wh
     pct = None if unacc is None or not meter_wh else round(100.0 * unacc / meter_wh, 3)
-    return {"cabinet": cabinet, "start": start, "end": end, "nodes": n_nodes,
+    return {"cabinet": cabinet, "start": lo, "end": hi, "compared": compared, "nodes": n_nodes,
             "nodes_wh": nodes_wh, "meters": mlist, "meter_wh": meter_wh,
             "unaccounted_wh": unacc, "unaccounted_pct": pct,
             "quality": QUALITY_NAMES[combine_quality(worst, miss or meter_wh is None)]}

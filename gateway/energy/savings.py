@@ -6,41 +6,119 @@ Baselines:
   (sunset to sunrise at the site) in the period: ``rated_w x night_hours``. A node without a
   rated power has no baseline and is listed apart (``without_baseline``), never counted as 0.
 - ``reference``: each luminaire's measured energy in a reference period (before the dimming
-  programme), scaled by night length: ``ref_wh x night(period) / night(reference)``, so a
-  winter reference is not compared with a summer month as if nights were equal.
-Totals (cabinet, site) add up only luminaires that have a baseline, actual against baseline.
+  programme), per second of night, times the night of the period, so a winter reference is
+  not compared with a summer month as if nights were equal.
+
+Coverage (docs/energy.md §5): a baseline counts only the night seconds where the luminaire's
+energy is known (a 15-minute bucket of it exists), so a night without data is never "saved".
+``coverage`` is the fraction of the baseline's night hours with data, per luminaire, cabinet
+and site; below ``min_coverage`` (``[savings] min_coverage``) ``saved_pct`` is withheld (None)
+and ``withheld`` says why. Totals (cabinet, site) add up only luminaires that have a baseline.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
 from .buckets import QUALITY_NAMES, combine_quality
-from .query import on_nodes, selection, sum_by_source
-from .sun import night_seconds
+from .periods import next_period
+from .query import on_nodes, selection, site_tz, sum_by_source
+from .spans import check_grain, require_selection, span_parts
+from .sun import night_intervals
+
+DEFAULT_MIN_COVERAGE = 0.9
 
 
-def _figures(baseline: float, actual: float) -> dict[str, Any]:
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def covered(conn: sqlite3.Connection, cond: str, params: list, lo: int, hi: int
+            ) -> dict[str, list[tuple[int, int]]]:
+    """Per source, the merged spans of ``[lo, hi)`` where its energy is known.
+
+    A quarter hour is known when the source has a bucket there that is not ``missing``. Whole
+    days and hours whose roll-up has every bucket, none worse than interpolated, count whole
+    without reading their buckets (fast over a year); the others are read bucket by bucket.
+    """
+    tz = site_tz(conn)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    drill: dict[tuple[int, int], list[str]] = {}
+    for table, a, b in span_parts(lo, hi, tz):
+        if table == "buckets":
+            drill.setdefault((a, b), []).append("*")
+            continue
+        for src, s, q, n in conn.execute(f"SELECT source, start, q, n FROM {table} WHERE {cond} "
+                                         "AND start >= ? AND start < ?", [*params, a, b]):
+            e = s + 3600 if table == "energy_hour" else next_period(s, "day", tz)
+            if n == (e - s) // 900 and q < 2:
+                spans.setdefault(src, []).append((s, e))
+            else:
+                drill.setdefault((s, e), []).append(src)
+    for (a, b), srcs in drill.items():
+        if "*" in srcs:
+            sql, args = f"{cond}", list(params)
+        else:
+            sql, args = "source IN (SELECT value FROM json_each(?))", [json.dumps(srcs)]
+        for src, s in conn.execute(f"SELECT source, start FROM buckets WHERE {sql} AND start >= ? "
+                                   "AND start < ? AND quality != 'missing'", [*args, a, b]):
+            spans.setdefault(src, []).append((s, s + 900))
+    return {k: _merge(v) for k, v in spans.items()}
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sorted lists of disjoint intervals."""
+    i = j = 0
+    tot = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            tot += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tot
+
+
+def _figures(baseline: float, actual: float, covered_s: float, night_s: float,
+             min_coverage: float) -> dict[str, Any]:
     saved = baseline - actual
-    return {"baseline_wh": baseline, "actual_wh": actual, "saved_wh": saved,
-            "saved_pct": round(100.0 * saved / baseline, 2) if baseline > 0 else None}
+    cov = covered_s / night_s if night_s > 0 else None
+    withheld = None
+    if cov is None:
+        withheld = "no night in the period: no baseline"
+    elif cov < min_coverage:
+        withheld = (f"coverage {cov:.1%} of the baseline's night hours is below [savings] "
+                    f"min_coverage {min_coverage:.0%}")
+    pct = round(100.0 * saved / baseline, 2) if baseline > 0 and withheld is None else None
+    return {"baseline_wh": baseline, "actual_wh": actual, "saved_wh": saved, "saved_pct": pct,
+            "coverage": None if cov is None else round(cov, 4), "withheld": withheld}
 
 
 def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: float | None = None,
             longitude: float | None = None, baseline: str | None = None,
             reference_from: float | None = None, reference_to: float | None = None,
             node: str | None = None, group: str | None = None, cabinet: str | None = None,
-            config: Any = None) -> dict[str, Any]:
-    """Savings of the selected luminaires over ``[start, end)``.
+            min_coverage: float | None = None, config: Any = None) -> dict[str, Any]:
+    """Savings of the selected luminaires over ``[start, end)`` (15-minute boundaries).
 
     ``config`` (a gateway.config.Config) supplies the site position and the ``[savings]``
-    settings for any of latitude, longitude, baseline, reference_from/to not given.
+    settings for any of latitude, longitude, baseline, reference_from/to, min_coverage not given.
 
-    Returns ``{baseline, start, end, night_hours, site: {baseline_wh, actual_wh, saved_wh,
-    saved_pct, nodes}, cabinets: [{cabinet, ...}], nodes: [{id, cabinet, group, rated_w,
-    quality, ...}], without_baseline: [ids]}``. Raises ValueError for an unknown baseline or a
-    reference baseline without its period.
+    Returns ``{selection, baseline, start, end, night_hours, min_coverage, site: {baseline_wh,
+    actual_wh, saved_wh, saved_pct, coverage, withheld, nodes}, cabinets: [{cabinet, ...}],
+    nodes: [{id, cabinet, group, rated_w, quality, ...}], without_baseline: [ids]}``.
+    Raises ValueError for an unknown baseline, a reference baseline without its period or a
+    window off the 15-minute grain; UnknownSelection for an unknown node, group or cabinet.
     """
     if config is not None:
         from ..config import parse_time
@@ -48,56 +126,74 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
         latitude = config.site.latitude if latitude is None else latitude
         longitude = config.site.longitude if longitude is None else longitude
         baseline = baseline or config.savings.baseline
+        if min_coverage is None:
+            min_coverage = config.savings.min_coverage
         if reference_from is None and config.savings.reference_from:
             reference_from = parse_time(config.savings.reference_from)
         if reference_to is None and config.savings.reference_to:
             reference_to = parse_time(config.savings.reference_to)
     baseline = baseline or "dusk-to-dawn"
+    min_coverage = DEFAULT_MIN_COVERAGE if min_coverage is None else min_coverage
     if latitude is None or longitude is None:
         raise ValueError("savings need the site latitude and longitude")
     if baseline not in ("dusk-to-dawn", "reference"):
         raise ValueError('baseline must be "dusk-to-dawn" or "reference"')
+    start, end = check_grain(start, "from"), check_grain(end, "to")
     if end <= start:
         raise ValueError("end must be after start")
     cond, params, label = selection(node, group, cabinet)
-    night = night_seconds(start, end, latitude, longitude)
+    require_selection(conn, node, group, cabinet, label)
+    nights = night_intervals(start, end, latitude, longitude)
+    night = sum(b - a for a, b in nights)
     actual = sum_by_source(conn, cond, params, start, end)
+    known = covered(conn, cond, params, start, end)
     ref: dict[str, list] = {}
-    ref_night = 0.0
+    ref_known: dict[str, list[tuple[int, int]]] = {}
+    ref_nights: list[tuple[float, float]] = []
     if baseline == "reference":
         if reference_from is None or reference_to is None or reference_to <= reference_from:
             raise ValueError("the reference baseline needs reference_from < reference_to")
-        ref = sum_by_source(conn, cond, params, reference_from, reference_to)
-        ref_night = night_seconds(reference_from, reference_to, latitude, longitude)
+        rf, rt = check_grain(reference_from, "reference_from"), check_grain(reference_to, "reference_to")
+        ref = sum_by_source(conn, cond, params, rf, rt)
+        ref_known = covered(conn, cond, params, rf, rt)
+        ref_nights = night_intervals(rf, rt, latitude, longitude)
     nodes_meta = conn.execute(f"SELECT id, cabinet, grp, rated_w FROM nodes WHERE {on_nodes(cond)} "
                               "ORDER BY id", params).fetchall()
     out_nodes, without = [], []
     cab: dict[str | None, list[float]] = {}
-    site = [0.0, 0.0, 0]
+    site = [0.0, 0.0, 0.0, 0.0, 0]  # baseline, actual, covered night s, night s, nodes
     for nid, cabname, grp, rated in nodes_meta:
         a = actual.get(nid, [0.0, None, True, 0])
-        if baseline == "dusk-to-dawn":
-            base = rated * night / 3600.0 if rated is not None else None
-        else:
-            r = ref.get(nid)
-            base = r[0] * night / ref_night if r is not None and ref_night > 0 else None
+        cov_s = overlap(known.get(nid, []), nights)
         row = {"id": nid, "cabinet": cabname, "group": grp, "rated_w": rated,
                "quality": QUALITY_NAMES[combine_quality(a[1], a[2])]}
+        base = None
+        if baseline == "dusk-to-dawn":
+            base = rated * cov_s / 3600.0 if rated is not None else None
+        else:
+            r = ref.get(nid)
+            ref_s = overlap(ref_known.get(nid, []), ref_nights)
+            row["reference_coverage"] = (round(ref_s / sum(b - a for a, b in ref_nights), 4)
+                                         if ref_nights else None)
+            base = r[0] * cov_s / ref_s if r is not None and ref_s > 0 else None
         if base is None:
             without.append(nid)
             row.update({"baseline_wh": None, "actual_wh": a[0], "saved_wh": None,
-                        "saved_pct": None})
+                        "saved_pct": None, "coverage": round(cov_s / night, 4) if night else None,
+                        "withheld": "no baseline"})
         else:
-            row.update(_figures(base, a[0]))
-            c = cab.setdefault(cabname, [0.0, 0.0, 0])
+            row.update(_figures(base, a[0], cov_s, night, min_coverage))
+            c = cab.setdefault(cabname, [0.0, 0.0, 0.0, 0.0, 0])
             for acc in (c, site):
                 acc[0] += base
                 acc[1] += a[0]
-                acc[2] += 1
+                acc[2] += cov_s
+                acc[3] += night
+                acc[4] += 1
         out_nodes.append(row)
-    cabinets = [{"cabinet": k, "nodes": v[2], **_figures(v[0], v[1])}
+    cabinets = [{"cabinet": k, "nodes": v[4], **_figures(v[0], v[1], v[2], v[3], min_coverage)}
                 for k, v in sorted(cab.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))]
     return {"selection": label, "baseline": baseline, "start": start, "end": end,
-            "night_hours": round(night / 3600.0, 3),
-            "site": {"nodes": site[2], **_figures(site[0], site[1])},
+            "night_hours": round(night / 3600.0, 3), "min_coverage": min_coverage,
+            "site": {"nodes": site[4], **_figures(site[0], site[1], site[2], site[3], min_coverage)},
             "cabinets": cabinets, "nodes": out_nodes, "without_baseline": without}

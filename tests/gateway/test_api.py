@@ -74,7 +74,7 @@ async def test_endpoints(tmp_path):
             n = body["nodes"][0]
             assert n["online"] and n["group"] == "g1" and n["faults"] == ["lampFailure"]
             st, body = await call(s, gw, "GET", "/api/nodes", group="other")
-            assert body["nodes"] == []
+            assert st == 404 and "no node matches 'group:other'" in body["error"]["message"]
             st, body = await call(s, gw, "GET", "/api/nodes/a1")
             assert st == 200 and body["node"]["id"] == "a1"
             st, body = await call(s, gw, "GET", "/api/nodes/zz")
@@ -119,6 +119,7 @@ async def test_endpoints(tmp_path):
             assert st == 400
             st, body = await call(s, gw, "GET", "/api/energy", node="a1", group="g1")
             assert st == 400
+            await _energy_figures(s, gw, now)
 
             dest = tmp_path / "backups" / "backup.db"  # [store] backup_dir's default
             st, body = await call(s, gw, "POST", "/api/backup", {"path": str(dest)})
@@ -137,3 +138,43 @@ async def test_endpoints(tmp_path):
             assert st == 404 and json.dumps(body)
         finally:
             await node.stop()
+
+
+def _conforms(body, name):
+    """``body`` matches the schema ``name`` of /openapi.json (raises otherwise)."""
+    from openapi_schema_validator import OAS30Validator
+    from openapi_schema_validator import validate as validate_schema
+
+    doc = document()
+    validate_schema(body, {"$ref": f"#/components/schemas/{name}", "components": doc["components"]},
+                    cls=OAS30Validator)
+
+
+async def _energy_figures(s, gw, now):
+    """Issue 16 through the API: unknown selections are 404, windows are answered exactly or
+    refused, answers are bounded, savings say their coverage; every answer matches the schema."""
+    for sel in ({"node": "zz"}, {"group": "nope"}, {"cabinet": "nope"}, {"cabinet": ""}):
+        for path in ("/api/energy", "/api/savings"):
+            st, body = await call(s, gw, "GET", path, **sel)
+            assert st == 404 and "no node matches" in body["error"]["message"], (path, sel, body)
+            _conforms(body, "Error")
+    q = now // 900 * 900
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+    st, body = await call(s, gw, "GET", "/api/energy", node="a1", **{"from": iso(q - 3600),
+                                                                     "to": iso(q - 1800)})
+    assert st == 200 and (body["start"], body["end"]) == (q - 3600, q - 1800)
+    assert body["rows"][0]["clipped"] and body["rows"][0]["end"] == q - 1800
+    _conforms(body, "Energy")
+    st, body = await call(s, gw, "GET", "/api/energy", node="a1", **{"from": iso(q - 3600 + 60)})
+    assert st == 400 and "15-minute boundary" in body["error"]["message"]
+    st, body = await call(s, gw, "GET", "/api/energy", node="a1", by="15min",
+                          **{"from": "1990-01-01", "to": "2027-01-01"})
+    assert st == 400 and "40,000" in body["error"]["message"] and "--by" in body["error"]["message"]
+    st, body = await call(s, gw, "GET", "/api/energy", cabinet="c1")
+    assert st == 200 and body["circuit"]["meter_wh"] is None
+    _conforms(body, "Energy")
+    # 30 minutes of data in the default 30-day window: no percentage
+    st, body = await call(s, gw, "GET", "/api/savings")
+    assert st == 200 and body["site"]["saved_pct"] is None and body["site"]["coverage"] < 0.01
+    assert "min_coverage" in body["site"]["withheld"]
+    _conforms(body, "Savings")

@@ -74,9 +74,22 @@ def test_energy_json_and_csv(gw):
     assert doc["total_wh"] == 60 and doc["circuit"]["nodes_wh"] == 60
     csv = slgw(gw, "energy", "--csv", "--by", "15min")
     assert csv.returncode == 0 and csv.stdout.splitlines()[0].startswith("start,end,local,wh")
-    assert js(slgw(gw, "energy", "--json", "--node", "nobody"))["total_wh"] == 0
+    # two reports an hour apart in the default 30-day window: coverage far below 90 %
     sv = js(slgw(gw, "savings", "--json"))
-    assert "site" in sv
+    assert sv["site"]["saved_pct"] is None and sv["site"]["coverage"] < 0.01
+    human = slgw(gw, "savings")
+    assert human.returncode == 0 and "no percentage: coverage" in human.stdout, human.stdout
+    assert "min_coverage 90%" in human.stdout
+
+
+def test_energy_window_is_answered_exactly(gw):
+    last = js(slgw(gw, "energy", "--json", "--node", "c1", "--by", "15min"))["rows"]
+    t = next(r["start"] for r in last if r["wh"] == pytest.approx(15))  # a whole quarter hour
+    iso = lambda x: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(x))  # noqa: E731
+    doc = js(slgw(gw, "energy", "--json", "--node", "c1", "--from", iso(t), "--to", iso(t + 900)))
+    (row,) = doc["rows"]  # by day, clipped to the quarter hour asked for
+    assert row["clipped"] and (row["start"], row["end"]) == (t, t + 900)
+    assert doc["total_wh"] == pytest.approx(60 / 4)
 
 
 def test_commands_queue_and_delivery_state(gw):
@@ -138,6 +151,13 @@ def test_backup_and_meters(gw, tmp_path):
     (["set-level", "ghost", "10"], 4),
     (["schedule", "show", "group:none"], 4),
     (["commands", "--batch", "nope"], 4),
+    (["energy", "--node", "nobody"], 4),
+    (["energy", "--group", "nope"], 4),
+    (["energy", "--cabinet", "nope"], 4),
+    (["savings", "--group", "nope"], 4),
+    (["nodes", "--group", "nope"], 4),
+    (["energy", "--from", "2026-01-01T17:07:00Z"], 2),
+    (["energy", "--by", "15min", "--from", "1990-01-01", "--to", "2027-01-01"], 2),
     (["schedule", "push", "c1", "/nonexistent.toml"], 2),
 ])
 def test_exit_codes(gw, args, code):

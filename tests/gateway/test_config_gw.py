@@ -113,6 +113,13 @@ def test_reference_baseline_needs_its_period(tmp_path):
         load_config(path, {})
 
 
+def test_savings_min_coverage_is_a_fraction(tmp_path):
+    assert load_config(None, {}).savings.min_coverage == 0.9
+    assert load_config(write(tmp_path, "[savings]\nmin_coverage = 1\n"), {}).savings.min_coverage == 1
+    with pytest.raises(ConfigError, match="min_coverage.*fraction 0-1"):
+        load_config(write(tmp_path, "[savings]\nmin_coverage = 90\n"), {})
+
+
 def test_unreadable_and_non_utf8_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "missing.toml"), {})
