@@ -46,8 +46,8 @@ def test_image_reads_back_and_matches_manifest(tmp_path, built):
     files = provision.read_image(data)
     manifest = json.loads(files["manifest.json"])
     assert manifest["node"] == "lamp-7"
-    # every file in the image is in the manifest with its hash, and vice versa
-    assert set(files) - {"manifest.json"} == set(manifest["files"])
+    # every file in the image is in the manifest with its hash, and vice versa (but the key file)
+    assert set(files) - {"manifest.json", "oscore.json"} == set(manifest["files"])
     for rel, meta in manifest["files"].items():
         assert build.sha256_hex(files[rel]) == meta["sha256"], rel
     for rel in files:
@@ -118,7 +118,10 @@ def test_batch_csv_writes_one_image_per_node_with_overrides(tmp_path, built):
     code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--csv", str(csv_path),
                             "--out-dir", str(out), "--build", str(built))
     assert code == 0, res
-    assert res["nodes"] == ["0042", "lamp-b"] and sorted(p.name for p in out.iterdir()) == ["0042.bin", "lamp-b.bin"]
+    assert res["nodes"] == ["0042", "lamp-b"] and sorted(p.name for p in out.iterdir()) == [
+        "0042.bin", "0042.oscore.json", "lamp-b.bin", "lamp-b.oscore.json"]
+    sids = {json.loads((out / f"{n}.oscore.json").read_text())["node_sender_id_hex"] for n in res["nodes"]}
+    assert len(sids) == 2  # one Sender ID per node
     a = json.loads(provision.read_image((out / "0042.bin").read_bytes())["config.json"])
     b = json.loads(provision.read_image((out / "lamp-b.bin").read_bytes())["config.json"])
     assert a["id"] == "0042" and a["lat"] == 45.5 and a["meter"]["unit"] == 7 and a["cabinet"] == "C1"
@@ -272,3 +275,47 @@ def test_example_toml_documents_every_config_key():
         assert f"\n{key} = " in text or f"\n# {key} = " in text or f"[{key}]" in text, key
     for key in meter_defaults():
         assert f"\n{key} = " in text or f"\n# {key} = " in text, f"meter.{key}"
+
+
+def test_keys_in_the_image_and_a_0600_gateway_file_never_printed(tmp_path, built):
+    """Each provisioning makes a fresh OSCORE context: oscore.json in the image for the node, and
+    <id>.oscore.json (0600) beside the image for `slgw keys import`, with the same keys; neither
+    the summary nor --json shows a key."""
+    img = tmp_path / "fs.bin"
+    cfg = _toml(tmp_path, GOOD)
+    r = slnode("provision", "--config", str(cfg), "--image", str(img), "--build", str(built))
+    assert r.returncode == 0, r.stderr
+    node = json.loads(provision.read_image(img.read_bytes())["oscore.json"])
+    key_file = tmp_path / "lamp-7.oscore.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    gw = json.loads(key_file.read_text())
+    assert gw == {"ep": "lamp-7", "master_secret_hex": node["ms"], "master_salt_hex": node["salt"],
+                  "node_sender_id_hex": node["sid"], "gateway_sender_id_hex": "00",
+                  "alg": "AES-CCM-16-64-128", "hkdf": "sha256"}
+    assert len(bytes.fromhex(node["ms"])) == 16 and len(bytes.fromhex(node["salt"])) == 8
+    assert len(bytes.fromhex(node["sid"])) == 4 and node["rid"] == "00"
+    for secret in (node["ms"], node["salt"]):
+        assert secret not in r.stdout + r.stderr
+    assert str(key_file) in r.stdout
+    # the node's firmware accepts the key file it was given
+    from firmware import secure
+
+    ms, salt, sid, rid = secure.parse_keys(json.dumps(node))
+    assert (ms.hex(), sid.hex(), rid) == (node["ms"], node["sid"], b"\x00")
+    # --json: the paths, never the keys; a second provisioning makes new keys
+    code, res = slnode_json("provision", "--config", str(cfg), "--image", str(img), "--build", str(built))
+    assert code == 0 and res["key_files"] == [str(key_file)]
+    assert node["ms"] not in json.dumps(res)
+    gw2 = json.loads(key_file.read_text())
+    assert gw2["master_secret_hex"] != gw["master_secret_hex"] and gw2["node_sender_id_hex"] != gw["node_sender_id_hex"]
+    assert gw2["master_secret_hex"] not in json.dumps(res)
+
+
+def test_no_oscore_makes_an_image_without_keys_and_says_so(tmp_path, built):
+    img = tmp_path / "fs.bin"
+    code, res = slnode_json("provision", "--config", str(_toml(tmp_path, GOOD)), "--image", str(img),
+                            "--build", str(built), "--no-oscore")
+    assert code == 0 and res["key_files"] == []
+    assert any("UNPROTECTED" in w for w in res["warnings"])
+    assert "oscore.json" not in provision.read_image(img.read_bytes())
+    assert not (tmp_path / "lamp-7.oscore.json").exists()

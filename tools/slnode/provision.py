@@ -9,6 +9,14 @@ Validation is the firmware's own: ``firmware.config.validate(cfg, require_identi
 the same code the node runs at boot, so a config this tool accepts is one the node accepts.
 Every error names its field (``lat: 95.0 is out of range -90..90``).
 
+Keys (SPEC "OSCORE", docs/security.md): each node gets a fresh OSCORE security context (master
+secret 16 random bytes, master salt 8, node Sender ID 4, gateway Sender ID 0x00). The image holds
+``oscore.json`` for the node; ``<id>.oscore.json`` (mode 0600) is written beside the image for
+``slgw keys import``. Keys are never printed, neither in the summary nor in ``--json``. Keys are
+never reused across provisionings: a new image restarts the node's sequence numbers, and the
+same key with the same sequence number would reuse an AEAD nonce. ``--no-oscore`` makes an
+image without keys (the node then runs unprotected: demo/tests only).
+
 Batch form (``--csv nodes.csv --out-dir DIR``): each CSV row overrides or extends the base
 TOML (``--config``, optional). Columns are config keys; ``meter.type``, ``meter.unit``... set the
 meter table; an empty cell keeps the base value. Cells are typed by the schema's defaults, so
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import tempfile
 import tomllib
@@ -36,6 +45,8 @@ LFS_PROG_SIZE = 32
 LFS_LOOKAHEAD = 32
 LFS_DISK_VERSION = 0x00020000  # on-disk format 2.0: mountable by every littlefs 2.x in MicroPython
 CONFIG_NAME = "config.json"
+KEYS_NAME = "oscore.json"  # the node's key file in the image (firmware/secure.py)
+GATEWAY_SENDER_ID = b"\x00"
 
 
 class ProvisionError(Exception):
@@ -181,8 +192,50 @@ def _read_rows(f, path: Path, base: dict) -> list[dict]:
     return configs
 
 
-def image_files(build_dir: Path, cfg: dict) -> dict[str, bytes]:
-    """The files of one node's filesystem: the build, config.json, and the extended manifest."""
+def new_keys(ep: str, used: set[bytes]) -> tuple[dict, dict]:
+    """A fresh OSCORE context for node ``ep``: (the node's oscore.json, the gateway's key file).
+
+    The node Sender ID is 4 random bytes not in ``used`` (the batch so far); it is added there.
+    """
+    while True:
+        sid = os.urandom(4)
+        if sid not in used:
+            break
+    used.add(sid)
+    ms, salt = os.urandom(16), os.urandom(8)
+    node = {"ms": ms.hex(), "salt": salt.hex(), "sid": sid.hex(), "rid": GATEWAY_SENDER_ID.hex()}
+    gateway = {
+        "ep": ep,
+        "master_secret_hex": ms.hex(),
+        "master_salt_hex": salt.hex(),
+        "node_sender_id_hex": sid.hex(),
+        "gateway_sender_id_hex": GATEWAY_SENDER_ID.hex(),
+        "alg": "AES-CCM-16-64-128",
+        "hkdf": "sha256",
+    }
+    return node, gateway
+
+
+def write_key_file(path: Path, data: dict) -> None:
+    """Write a gateway-side key file, mode 0600 from its creation (never readable by others)."""
+    tmp = Path(str(path) + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, 0o600)  # whatever the umask did
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ProvisionError(f"cannot write the key file {path}: {e.strerror or e}") from e
+
+
+def image_files(build_dir: Path, cfg: dict, node_keys: dict | None = None) -> dict[str, bytes]:
+    """The files of one node's filesystem: the build, config.json, the extended manifest, and
+    ``oscore.json`` when ``node_keys`` is given (not in the manifest: no hash of key material
+    goes where a console can show it; the manifest names the node's Sender ID only)."""
     dumps = _validator()[3]
     manifest = buildmod.load_build(build_dir)
     files = {rel: (Path(build_dir) / rel).read_bytes() for rel in manifest["files"]}
@@ -192,6 +245,9 @@ def image_files(build_dir: Path, cfg: dict) -> dict[str, bytes]:
     manifest["node"] = cfg["id"]
     manifest["files"] = dict(manifest["files"])
     manifest["files"][CONFIG_NAME] = {"sha256": buildmod.sha256_hex(config_bytes), "size": len(config_bytes)}
+    if node_keys is not None:
+        files[KEYS_NAME] = json.dumps(node_keys).encode()
+        manifest["oscore_sender_id"] = node_keys["sid"]
     files[buildmod.MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     return files
 
@@ -280,6 +336,11 @@ def add_arguments(parser) -> None:
         type=Path,
         help="MicroPython .bin to take the filesystem partition from (overrides --board)",
     )
+    parser.add_argument(
+        "--no-oscore",
+        action="store_true",
+        help="no OSCORE keys: the node talks to its gateway UNPROTECTED (demo/tests on loopback only)",
+    )
 
 
 def run(args) -> dict:
@@ -304,13 +365,18 @@ def run(args) -> dict:
         elif "main.py" not in buildmod.load_build(build_dir)["files"]:
             warnings = [f"build {build_dir} has no main.py: the node will not start by itself"]
         written = []
+        key_files = []
+        used_sids: set[bytes] = set()
         if args.csv is not None:
             args.out_dir.mkdir(parents=True, exist_ok=True)
         from tools.slnode.progress import progress
 
         for cfg in progress(configs, desc="images", unit="node", disable=args.quiet or len(configs) < 2 or None):
-            image = make_image(image_files(build_dir, cfg), geometry)
             dest = args.image if args.csv is None else args.out_dir / (cfg["id"] + ".bin")
+            node_keys = gw_keys = None
+            if not args.no_oscore:
+                node_keys, gw_keys = new_keys(cfg["id"], used_sids)
+            image = make_image(image_files(build_dir, cfg, node_keys), geometry)
             tmpdest = Path(str(dest) + ".tmp")
             try:
                 tmpdest.write_bytes(image)
@@ -319,13 +385,22 @@ def run(args) -> dict:
                 tmpdest.unlink(missing_ok=True)
                 raise ProvisionError(f"cannot write {dest}: {e.strerror or e}") from e
             written.append(str(dest))
+            if gw_keys is not None:
+                key_path = Path(dest).parent / (cfg["id"] + ".oscore.json")
+                write_key_file(key_path, gw_keys)
+                key_files.append(str(key_path))
+    if args.no_oscore:
+        warnings = [*warnings, "--no-oscore: these nodes talk to their gateway UNPROTECTED (demo/tests only)"]
+    keys_note = (f"; OSCORE key files (0600, import on the gateway with `slgw keys import`): {', '.join(key_files)}"
+                 if key_files else "")
     return {
         "images": written,
+        "key_files": key_files,
         "nodes": [c["id"] for c in configs],
         "fs_offset": f"0x{geometry.offset:x}",
         "fs_size": f"0x{geometry.size:x}",
         "block_size": geometry.block_size,
         "warnings": warnings,
         "summary": f"wrote {len(written)} image(s) ({geometry.source}, littlefs {geometry.block_count} x "
-        f"{geometry.block_size}-byte blocks, flash at 0x{geometry.offset:x}): {', '.join(written)}",
+        f"{geometry.block_size}-byte blocks, flash at 0x{geometry.offset:x}): {', '.join(written)}{keys_note}",
     }
