@@ -135,7 +135,8 @@ async def bench(n: int, rounds: int) -> dict:
     log = open(os.path.join(tmp, "slgw.log"), "wb")
     proc = subprocess.Popen([slgw, "serve", "--store-path", os.path.join(tmp, "gw.db"),
                              "--coap-port", str(coap_port), "--api-port", str(api_port),
-                             "--commands-concurrency", str(CONCURRENCY), "--log-level", "WARNING"],
+                             "--commands-concurrency", str(CONCURRENCY), "--log-level", "WARNING",
+                             "--coap-security", "none"],
                             stdout=log, stderr=subprocess.STDOUT)
     crowd = Crowd(n, coap_port)
     url = f"http://127.0.0.1:{api_port}"

@@ -48,7 +48,7 @@ class Slgw:
         self.proc = subprocess.Popen(
             [os.path.join(os.path.dirname(sys.executable), "slgw"), "serve", "--store-path", db,
              "--coap-port", str(self.port), "--api-port", str(api), "--log-level", "WARNING",
-             *(extra or [])],
+             "--coap-security", "none", *(extra or [])],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         for _ in range(200):
             try:

@@ -46,6 +46,12 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "port": (int, 5683, "UDP port of the CoAP server"),
         "dedup_entries": (int, 10000, "recent requests remembered to answer retransmissions "
                           "(duplicate detection, RFC 7252 4.5); bounds memory under a flood"),
+        "security": (str, "oscore", '"oscore": every node exchange is OSCORE-protected with '
+                     'the node\'s own key and the key is its identity (docs/security.md); '
+                     '"none": unprotected, anyone on the network can pose as a node or '
+                     "command one (demo on loopback only; a warning is logged at start-up)"),
+        "keys_dir": (str, "", 'directory of the nodes\' OSCORE keys (`slgw keys import`), mode '
+                     '0700; "" = `keys` beside the database'),
     },
     "store": {
         "path": (str, DEFAULT_STORE_PATH, "SQLite database file (see the resolution rule)"),
@@ -180,6 +186,8 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
         except ValueError:
             if v != "localhost":
                 return 'must be an IP address such as "127.0.0.1", "0.0.0.0" or "::"'
+    if sec == "coap" and key == "security" and v not in ("oscore", "none"):
+        return 'must be "oscore" or "none"'
     if sec == "site" and key == "latitude" and not -90 <= v <= 90:
         return "must be between -90 and 90"
     if sec == "site" and key == "longitude" and not -180 <= v <= 180:
@@ -366,6 +374,8 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
                           "'savings.reference_from' and 'savings.reference_to'")
     if not cfg.store_path_explicit:
         cfg.store.path = default_store_path()
+    if not cfg.coap.keys_dir:
+        cfg.coap.keys_dir = os.path.join(os.path.dirname(os.path.abspath(cfg.store.path)), "keys")
     return cfg
 
 

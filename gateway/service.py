@@ -29,7 +29,7 @@ from gateway import backup as backup_rules
 from gateway.api.app import check_bind, make_app
 from gateway.clock import Clock
 from gateway.coap import dedup, transport
-from gateway.coap.client import NodeClient
+from gateway.coap.client import NodeClient, NodeRefused, NodeUnreachable
 from gateway.coap.server import LwM2MServer
 from gateway.commands import CommandQueue, submit_command
 from gateway.commands.timesync import TimeSync
@@ -41,6 +41,7 @@ from gateway.store import Store, StorePathError
 log = logging.getLogger("slgw")
 EXIT_CONFIG = 5  # gateway.cli.main: a config value that cannot work (also [store] path)
 EXIT_PORT_IN_USE = 7  # gateway.cli.main: another program listens on a port slgw needs
+PROBE_TIMEOUT_S = 3.0  # "none" mode: how long the old address of a re-registering node may take
 
 
 class PortInUse(OSError):
@@ -61,6 +62,7 @@ async def _exclusive(proto: str, host: str, port: int, section: str, bind: Any) 
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(proto, host, port, section) from exc
         raise
+
 
 class Notifier:
     """systemd notifications via sdnotify; a no-op without NOTIFY_SOCKET."""
@@ -92,11 +94,13 @@ class Gateway:
         self.coap: LwM2MServer | None = None
         self.ingestor: Ingestor | None = None
         self.modbus: Any = None
+        self.credentials: Any = None  # gateway.coap.security.NodeCredentials in "oscore" mode
         self._ctx: aiocoap.Context | None = None
         self._client_ctx: aiocoap.Context | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self.notifier = Notifier()
+        self.client: NodeClient | None = None
         self.coap_address = ""
         self.api_url = ""
 
@@ -114,20 +118,34 @@ class Gateway:
                                      default_lifetime=cfg.nodes.default_lifetime)
             await self.registry.load()
             self.ingestor = Ingestor(self.store)
+            oscore = cfg.coap.security == "oscore"
+            if oscore:
+                self._load_keys()
+                server_tr, client_tr = ["oscore", *server_tr], ["oscore", *client_tr]
+            else:
+                log.warning("[coap] security = \"none\": node exchanges are NOT protected; anyone "
+                            "who can reach %s:%d can pose as a node and anyone who can reach a "
+                            "node can command it. Use this only for a demo on loopback; set "
+                            "security = \"oscore\" and import the nodes' keys (slgw keys "
+                            "import) for a real installation", cfg.coap.bind, cfg.coap.port)
             # aiocoap binds with SO_REUSEPORT, which lets a second gateway share the port and
             # take over nodes; without it a taken port fails the bind (PortInUse, exit 7)
             os.environ["AIOCOAP_REUSE_PORT"] = "0"
             self._ctx = await _exclusive("UDP", cfg.coap.bind, cfg.coap.port, "coap",
                                          lambda: aiocoap.Context.create_server_context(
                                              None, bind=(cfg.coap.bind, cfg.coap.port),
-                                             transports=server_tr))
+                                             transports=server_tr,
+                                             server_credentials=self.credentials))
             if client_tr == server_tr:  # requests to nodes from the registered address
                 transport.quiet_server_socket_requests()
                 self._client_ctx = self._ctx
             else:
                 self._client_ctx = await aiocoap.Context.create_client_context(transports=client_tr)
+            if oscore:
+                self._client_ctx.client_credentials = self.credentials
             client = NodeClient(self._client_ctx, limit=cfg.commands.concurrency,
-                                timeout=cfg.commands.timeout_s)
+                                timeout=cfg.commands.timeout_s, credentials=self.credentials)
+            self.client = client
             self.commands = CommandQueue(self.store, self.registry, client, self.clock,
                                          max_attempts=cfg.commands.max_attempts)
             await self.commands.start()
@@ -135,8 +153,13 @@ class Gateway:
             self.coap = LwM2MServer(self.registry, self._ingest, self.clock,
                                     on_registered=self._on_registered,
                                     on_reports=self.timesync.after_reports,
-                                    default_lifetime=cfg.nodes.default_lifetime)
-            self._ctx.serversite = self.coap
+                                    default_lifetime=cfg.nodes.default_lifetime,
+                                    security=cfg.coap.security, probe=self._probe)
+            if oscore:
+                from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+                self._ctx.serversite = OscoreSiteWrapper(self.coap, self.credentials)
+            else:
+                self._ctx.serversite = self.coap
             dedup.install(self._ctx, cfg.coap.dedup_entries)  # bounded memory under a flood
             transport.rst_unparsable(self._ctx, lambda host: self.coap.badlog.bad(
                 host, "RST", "datagram is not CoAP"))
@@ -159,6 +182,31 @@ class Gateway:
                  "" if self.clock.trusted() else " (not NTP-synchronised: node time sync paused)")
         self.notifier.notify("READY=1")
         self.notifier.notify("STATUS=serving")
+
+    def _load_keys(self) -> None:
+        """Load every node's OSCORE context; raises keystore.PermissionProblem (naming the
+        chmod/chown to run) when the keys are open to other users."""
+        from gateway.coap.security import NodeCredentials
+        cfg = self.config
+        self.credentials = NodeCredentials(cfg.coap.keys_dir, self.registry.endpoint_at)
+        n = self.credentials.load()
+        if n:
+            log.info("OSCORE: keys of %d nodes loaded from %s", n, cfg.coap.keys_dir)
+        else:
+            log.warning("OSCORE: no node keys in %s, so every node request is refused 4.01; "
+                        "import each node's key with `slgw keys import <ep>.oscore.json` (made "
+                        "by `slnode provision`)", cfg.coap.keys_dir)
+
+    async def _probe(self, address: str) -> bool:
+        """True when something answers a CoAP request at `address` ("none" mode, see
+        LwM2MServer._guard_takeover)."""
+        try:
+            await self.client.request(aiocoap.GET, address, "/3/0/0", timeout=PROBE_TIMEOUT_S)
+        except NodeRefused:
+            return True
+        except NodeUnreachable:
+            return False
+        return True
 
     async def _start_modbus(self) -> None:
         # --- MODBUS HOOK: the one call site of gateway/modbus (issue 5). Runs only when the
@@ -191,6 +239,8 @@ class Gateway:
                 await fn()
             except Exception:
                 log.exception("error while stopping the %s; continuing the shutdown", name)
+        if self.credentials is not None:
+            self.credentials.close()  # after the CoAP context: no message uses them any more
         self.timesync = self.commands = self.modbus = self._runner = self.store = None
         log.info("slgw stopped; every accepted report and command state is on disk")
 
@@ -310,6 +360,9 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
             return EXIT_CONFIG
         if isinstance(exc, StorePathError):
             log.error("cannot start: %s", exc)
+            return EXIT_CONFIG
+        if type(exc).__name__ == "PermissionProblem":  # node keys open to others
+            log.error("cannot start: unsafe OSCORE keys: %s", exc)
             return EXIT_CONFIG
         if isinstance(exc, PortInUse):
             log.error("cannot start: %s", exc.message)

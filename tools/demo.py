@@ -103,7 +103,8 @@ class Town:
     def start_gateway(self, meter_lines: list[str]) -> None:
         a = self.args
         toml = [
-            "[coap]", 'bind = "127.0.0.1"', f"port = {a.coap_port}", "",
+            "[coap]", 'bind = "127.0.0.1"', f"port = {a.coap_port}",
+            'security = "none"  # demo on loopback only: the emulated nodes have no keys', "",
             "[store]", f'path = "{self.dir / "slgw.db"}"', "aggregate_interval_s = 2.0", "",
             "[api]", 'bind = "127.0.0.1"', f"port = {a.api_port}", "",
             "[site]", 'name = "Demo town"', f"latitude = {a.lat}", f"longitude = {a.lon}", f'timezone = "{TZ}"', "",

@@ -24,6 +24,7 @@ import re
 import sys
 from typing import Any
 
+from gateway.cli import keys as keys_cli
 from gateway.cli import render
 from gateway.cli.client import ApiClient, ApiFailure, Unreachable
 from gateway.config import ConfigError, add_config_flags, load_config, overrides_from_args
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--node")
     cm.add_argument("--state", choices=["pending", "delivering", "delivered", "failed", "cancelled"])
     sub.add_parser("meters", help="Modbus energy meters")
+    keys_cli.add_parser(sub, common, _Parser)
     return p
 
 
@@ -264,6 +266,22 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(cfg))
 
 
+def run_keys(args: argparse.Namespace) -> int:
+    """`slgw keys import|list|remove`: local, no service needed (gateway/cli/keys.py)."""
+    logging.getLogger("gateway.config").setLevel(logging.ERROR)
+    try:
+        code, kind, doc = keys_cli.run(args, lambda: load_config(config_path(args)))
+    except ConfigError as exc:
+        return _fail(args, EXIT_CONFIG, "config", f"configuration error: {exc}")
+    if kind == "error":
+        return _fail(args, code, doc["error"]["code"], doc["error"]["message"])
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        keys_cli.human(kind, doc, sys.stdout)
+    return code
+
+
 def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> int:
     print(f"slgw: {message}", file=sys.stderr)
     if getattr(args, "json", False):
@@ -291,6 +309,8 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "serve":
         return run_serve(args)
+    if args.cmd == "keys" and args.keys_cmd != "rotate":
+        return run_keys(args)
     try:
         kind, doc = run_client(args)
     except UsageError as exc:

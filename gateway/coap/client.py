@@ -65,11 +65,16 @@ class NodeClient:
     """Sends requests to nodes with bounded concurrency.
 
     `context` is an aiocoap client context (see transport.choose); `limit` bounds requests in
-    flight; `timeout` bounds one request including its retransmissions.
+    flight; `timeout` bounds one request including its retransmissions. With `credentials`
+    (gateway.coap.security.NodeCredentials, set as the context's client credentials) every
+    request is OSCORE-protected with the context of the node registered at the address, and a
+    node without one is never sent an unprotected request (NodeUnreachable).
     """
 
-    def __init__(self, context: aiocoap.Context, limit: int = 64, timeout: float = 10.0):
+    def __init__(self, context: aiocoap.Context, limit: int = 64, timeout: float = 10.0,
+                 credentials: Any = None):
         self.context = context
+        self.credentials = credentials  # NodeCredentials: every request must be protected
         self.timeout = timeout
         self._sem = asyncio.Semaphore(limit)
 
@@ -83,8 +88,7 @@ class NodeClient:
         the time); ``timeout`` overrides the client's. Raises NodeUnreachable on timeout or a
         network error, NodeRefused on a 4.xx/5.xx.
         """
-        if not address:
-            raise NodeUnreachable("no known address (node never registered)")
+        self._check_protected(address)
         timeout = self.timeout if timeout is None else timeout
         msg = aiocoap.Message(code=method, uri=uri(address, path), payload=payload)
         if mtype is not None:
@@ -108,6 +112,13 @@ class NodeClient:
                               resp.payload[:64].decode("utf-8", "replace"))
         return resp
 
+    def _check_protected(self, address: str) -> None:
+        if not address:
+            raise NodeUnreachable("no known address (node never registered)")
+        if self.credentials is not None and self.credentials.for_address(address) is None:
+            raise NodeUnreachable("no OSCORE key for the node registered at this address; import "
+                                  "it with `slgw keys import`, the node registers again")
+
     async def write(self, address: str, path: str, value: Any, **kw: Any) -> None:
         """Write (PUT) one value to `path` in the format of `encode_value` (SPEC §5.1); ``kw``:
         ``mtype``, ``timeout`` of `request`. Raises as `request`."""
@@ -130,6 +141,7 @@ class NodeClient:
     async def observe(self, address: str, path: str) -> AsyncIterator[Any]:
         """Observe a resource (RFC 7641): yields each decoded notification until the node
         ends the observation or the caller stops iterating (which cancels it)."""
+        self._check_protected(address)
         msg = aiocoap.Message(code=Code.GET, uri=uri(address, path), observe=0)
         req = self.context.request(msg)
         try:

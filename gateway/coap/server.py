@@ -25,6 +25,7 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
+from gateway.coap.security import endpoint_of
 from gateway.ingest import parse_payload
 from gateway.store import StoreUnavailable
 from protocol import linkformat, lwm2m
@@ -152,6 +153,7 @@ def _reply(code: Code, text: str = "", **kw: Any) -> aiocoap.Message:
 
 
 SendSink = Callable[[str, list, dict, float], Awaitable[Any]]
+Probe = Callable[[str], Awaitable[bool]]
 
 
 class LwM2MServer(resource.Resource):
@@ -160,13 +162,22 @@ class LwM2MServer(resource.Resource):
     `registry` is a gateway.nodes.Registry; `sink` makes a Send durable (see module
     docstring); `on_registered(ep)` and `on_reports(ep, reports)` are called after the
     response is decided (command delivery, time sync), must not block, and are optional.
+
+    `security` "oscore": every request to /rd and /dp must be OSCORE-protected by a node's
+    context (else 4.01) and the endpoint is the context's (SPEC "OSCORE", gateway side).
+    "none": the endpoint comes from ?ep= and the source address; `probe(address)` (True when
+    something answers there) then guards a live registration against a Register for the same
+    endpoint from another address.
     """
 
     def __init__(self, registry: Any, sink: SendSink, clock: Any, *,
                  on_registered: Callable[[str, bool], Any] | None = None,
                  on_reports: Callable[[str, list], Any] | None = None,
-                 default_lifetime: int = lwm2m.DEFAULT_LIFETIME):
+                 default_lifetime: int = lwm2m.DEFAULT_LIFETIME,
+                 security: str = "oscore", probe: Probe | None = None):
         super().__init__()
+        self.security = security
+        self.probe = probe
         self.registry = registry
         self.sink = sink
         self.clock = clock
@@ -175,7 +186,7 @@ class LwM2MServer(resource.Resource):
         self.default_lifetime = default_lifetime
         self.badlog = RateLimitedLog()
         self.stats = {"register": 0, "update": 0, "deregister": 0, "send": 0, "reports": 0,
-                      "bad": 0, "unavailable": 0, "error": 0}
+                      "bad": 0, "unavailable": 0, "error": 0, "unauthorized": 0, "forbidden": 0}
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
         return False  # a larger payload is refused with 4.13 (SPEC §1), not reassembled
@@ -186,6 +197,10 @@ class LwM2MServer(resource.Resource):
             return await self._dispatch(request, host)
         except BadRequest as exc:
             self.stats["bad"] += 1
+            if exc.code == Code.UNAUTHORIZED:
+                self.stats["unauthorized"] += 1
+            elif exc.code == Code.FORBIDDEN:
+                self.stats["forbidden"] += 1
             self.badlog.bad(host.rsplit(":", 1)[0], str(exc.code.dotted), exc.reason)
             return _reply(exc.code, exc.reason)
         except StoreUnavailable as exc:
@@ -207,11 +222,19 @@ class LwM2MServer(resource.Resource):
         if len(request.payload) > lwm2m.MAX_PAYLOAD:
             raise BadRequest(Code.REQUEST_ENTITY_TOO_LARGE, f"payload over {lwm2m.MAX_PAYLOAD} bytes")
         path = request.opt.uri_path
+        auth = None
+        if self.security == "oscore" and path and path[0] in ("rd", "dp"):
+            auth = endpoint_of(request.remote)
+            if auth is None:
+                raise BadRequest(Code.UNAUTHORIZED, "OSCORE required: protect the request with "
+                                 "this node's key (slgw keys import)")
         if path == ("rd",):
             if request.code != Code.POST:
                 raise BadRequest(Code.METHOD_NOT_ALLOWED, "/rd takes POST (Register)")
-            return await self._register(request, host)
+            return await self._register(request, host, auth)
         if len(path) == 2 and path[0] == "rd":
+            if auth is not None and self.registry.endpoint_of_reg(path[1]) not in (None, auth):
+                raise BadRequest(Code.FORBIDDEN, "registration of another endpoint")
             if request.code == Code.POST:
                 return await self._update(request, path[1], host)
             if request.code == Code.DELETE:
@@ -220,13 +243,16 @@ class LwM2MServer(resource.Resource):
         if path == ("dp",):
             if request.code != Code.POST:
                 raise BadRequest(Code.METHOD_NOT_ALLOWED, "/dp takes POST (Send)")
-            return await self._send(request, host)
+            return await self._send(request, host, auth)
         raise BadRequest(Code.NOT_FOUND, "no resource /{}".format("/".join(path)))
 
     # --- /rd -----------------------------------------------------------------------------
-    async def _register(self, request: aiocoap.Message, host: str) -> aiocoap.Message:
+    async def _register(self, request: aiocoap.Message, host: str,
+                        auth: str | None) -> aiocoap.Message:
         q = _query(request)
-        ep = q.get("ep", "")
+        ep = q.get("ep", auth or "")
+        if auth is not None and ep != auth:
+            raise BadRequest(Code.FORBIDDEN, f"this key registers {auth} only")
         if not EP_RE.match(ep):
             raise BadRequest(Code.BAD_REQUEST, "ep must be 1-63 of [A-Za-z0-9._-]")
         if q.get("lwm2m") != lwm2m.LWM2M_VERSION:
@@ -242,6 +268,8 @@ class LwM2MServer(resource.Resource):
         except ValueError as exc:
             raise BadRequest(Code.BAD_REQUEST, f"link-format: {exc}") from None
         was = self.registry.is_registered(ep)
+        if auth is None and was:
+            await self._guard_takeover(ep, host)
         try:
             reg_id = await self.registry.register(ep, lifetime, host, links)
         except ValueError as exc:
@@ -252,6 +280,19 @@ class LwM2MServer(resource.Resource):
         if self.on_registered:
             self.on_registered(ep, True)
         return aiocoap.Message(code=Code.CREATED, location_path=("rd", reg_id))
+
+    async def _guard_takeover(self, ep: str, host: str) -> None:
+        """Unprotected mode: refuse a Register for `ep` from a new address while its
+        registration is alive and something still answers at the old address (the real node);
+        a node that rebooted onto a new port or address leaves nothing answering there."""
+        old = self.registry.address(ep)
+        if not old or old == host or not self.registry.is_online(ep) or self.probe is None:
+            return
+        if await self.probe(old):
+            raise BadRequest(Code.FORBIDDEN, f"{ep} is registered and answering at another "
+                             "address")
+        log.warning("node %s registers from %s; its registration at %s is alive but nothing "
+                    "answers there any more, so the new address replaces it", ep, host, old)
 
     async def _update(self, request: aiocoap.Message, reg_id: str, host: str) -> aiocoap.Message:
         q = _query(request)
@@ -282,13 +323,18 @@ class LwM2MServer(resource.Resource):
         return aiocoap.Message(code=Code.DELETED)
 
     # --- /dp -----------------------------------------------------------------------------
-    async def _send(self, request: aiocoap.Message, host: str) -> aiocoap.Message:
+    async def _send(self, request: aiocoap.Message, host: str,
+                    auth: str | None) -> aiocoap.Message:
         cf = request.opt.content_format
         if cf not in (lwm2m.CF_SENML_CBOR, lwm2m.CF_SENML_JSON):
             raise BadRequest(Code.UNSUPPORTED_CONTENT_FORMAT, "Send must be senml+cbor (112) or senml+json (110)")
         q = _query(request)
         ep = q.get("ep")
-        if ep is not None:
+        if auth is not None:  # the key is the identity: ?ep= and the address are ignored
+            ep = auth
+            if not self.registry.is_registered(ep):
+                raise BadRequest(Code.NOT_FOUND, "endpoint not registered; Register first")
+        elif ep is not None:
             if not EP_RE.match(ep):
                 raise BadRequest(Code.BAD_REQUEST, "ep must be 1-63 of [A-Za-z0-9._-]")
             if not self.registry.is_registered(ep):

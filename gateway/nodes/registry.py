@@ -183,6 +183,10 @@ class Registry:
     def is_registered(self, ep: str) -> bool:
         return ep in self._info
 
+    def endpoint_of_reg(self, reg_id: str) -> str | None:
+        """The endpoint a registration id belongs to, or None."""
+        return self._by_reg.get(reg_id)
+
     def endpoint_at(self, address: str) -> str | None:
         """The endpoint registered from `address` (the standard LwM2M Send fallback)."""
         return self._by_addr.get(address)

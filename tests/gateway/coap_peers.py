@@ -15,6 +15,7 @@ import aiocoap
 import cbor2
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
+from aiocoap.transports.oscore import OSCOREAddress
 from slgw_harness import free_port
 
 from gateway.config import load_config
@@ -29,7 +30,8 @@ async def gateway(tmp_path: Path, clock: Any = None, **overrides: Any) -> AsyncI
     tmp_path.mkdir(parents=True, exist_ok=True)
     ov = {"store.path": str(tmp_path / "gw.db"), "coap.bind": "127.0.0.1",
           "coap.port": free_port(socket.SOCK_DGRAM), "api.port": free_port(),
-          "commands.timeout_s": 3.0, "store.aggregate_interval_s": 0.5}
+          "commands.timeout_s": 3.0, "store.aggregate_interval_s": 0.5,
+          "coap.security": "none"}  # OSCORE tests pass coap__security="oscore"
     ov.update({k.replace("__", "."): v for k, v in overrides.items()})
     gw = Gateway(load_config(None, ov), clock)
     await gw.start()
@@ -58,6 +60,8 @@ class _Recorder(resource.Resource):
         if self.node.text_only and request.opt.content_format != lwm2m.CF_TEXT:
             return aiocoap.Message(code=Code.NOT_ACCEPTABLE)  # as Wakaama's client does
         value = decode_write(self.path, request.opt.content_format, request.payload)
+        if self.node.oscore_dir is not None and not isinstance(request.remote, OSCOREAddress):
+            return aiocoap.Message(code=Code.UNAUTHORIZED)  # as a protected node does
         self.node.writes.append((self.path, request.opt.content_format, value))
         self.node.event.set()
         return aiocoap.Message(code=self.node.answer.get(self.path, self.code))
@@ -72,8 +76,10 @@ class AiocoapNode:
 
     PATHS = ("/3/0/13", "/3311/0/5850", "/3311/0/5851", "/10250/0/2", "/10250/0/4")
 
-    def __init__(self, ep: str, gw_port: int, port: int | None = None):
+    def __init__(self, ep: str, gw_port: int, port: int | None = None,
+                 oscore_dir: Path | None = None):
         self.ep, self.gw_port = ep, gw_port
+        self.oscore_dir = oscore_dir  # node-side aiocoap context (make_node_key): all protected
         self.port = port or free_port(socket.SOCK_DGRAM)
         self.writes: list[tuple[str, int, Any]] = []
         self.answer: dict[str, Code] = {}
@@ -86,8 +92,20 @@ class AiocoapNode:
         site = resource.Site()
         for p in self.PATHS:
             site.add_resource(tuple(p.strip("/").split("/")), _Recorder(self, p))
+        if self.oscore_dir is None:
+            self.ctx = await aiocoap.Context.create_server_context(
+                site, bind=("127.0.0.1", self.port), transports=["simplesocketserver"])
+            return self
+        from aiocoap.credentials import CredentialsMap
+        from aiocoap.oscore import FilesystemSecurityContext
+        from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+        self.secctx = FilesystemSecurityContext(str(self.oscore_dir))
+        creds = CredentialsMap({":node": self.secctx})
         self.ctx = await aiocoap.Context.create_server_context(
-            site, bind=("127.0.0.1", self.port), transports=["simplesocketserver"])
+            None, bind=("127.0.0.1", self.port), transports=["oscore", "simplesocketserver"],
+            server_credentials=creds)
+        self.ctx.serversite = OscoreSiteWrapper(site, creds)
+        self.ctx.client_credentials[f"coap://127.0.0.1:{self.gw_port}/*"] = self.secctx
         return self
 
     async def request(self, code: Code, path: str, payload: bytes = b"", cf: int | None = None
@@ -124,6 +142,31 @@ class AiocoapNode:
         if self.ctx is not None:
             await self.ctx.shutdown()
             self.ctx = None
+        if getattr(self, "secctx", None) is not None:
+            self.secctx._destroy()  # persist its sequence number, release the lock
+            self.secctx = None
+
+
+def make_node_key(tmp_path: Path, ep: str, sid: bytes | None = None) -> tuple[Path, Path]:
+    """A fresh OSCORE key as `slnode provision` writes it: (the gateway-side
+    ``<ep>.oscore.json``, mode 0600; the node side as an aiocoap context directory)."""
+    import json
+    import os
+    sid = sid or os.urandom(4)
+    ms, salt = os.urandom(16), os.urandom(8)
+    keyfile = tmp_path / f"{ep}.oscore.json"
+    keyfile.write_text(json.dumps({
+        "ep": ep, "master_secret_hex": ms.hex(), "master_salt_hex": salt.hex(),
+        "node_sender_id_hex": sid.hex(), "gateway_sender_id_hex": "00",
+        "alg": "AES-CCM-16-64-128", "hkdf": "sha256"}))
+    keyfile.chmod(0o600)
+    node_dir = tmp_path / f"node-{ep}-{sid.hex()}"
+    node_dir.mkdir(mode=0o700)
+    (node_dir / "secret.json").write_text(json.dumps({"secret_hex": ms.hex(), "salt_hex": salt.hex()}))
+    (node_dir / "settings.json").write_text(json.dumps({
+        "sender-id_hex": sid.hex(), "recipient-id_hex": "00",
+        "algorithm": "AES-CCM-16-64-128", "kdf-hashfun": "sha256"}))
+    return keyfile, node_dir
 
 
 class _CrowdProtocol(asyncio.DatagramProtocol):

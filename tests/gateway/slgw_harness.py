@@ -31,13 +31,16 @@ class SlgwProcess:
 
     def __init__(self, workdir: Path, *extra: str, store: Path | None = None,
                  coap_port: int | None = None, api_port: int | None = None,
-                 env: dict[str, str] | None = None, prefix: list[str] | None = None):
+                 env: dict[str, str] | None = None, prefix: list[str] | None = None,
+                 security: str | None = "none"):
         self.workdir = Path(workdir)
         self.store = store or self.workdir / "slgw.db"
         self.coap_port = coap_port or free_port(socket.SOCK_DGRAM)
         self.api_port = api_port or free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
-        self.extra = list(extra)
+        # tests that are not about security run unprotected (issue 11: OSCORE is the default);
+        # security=None leaves it to the config, "oscore" tests keys (tests/gateway/test_oscore_*)
+        self.extra = (["--coap-security", security] if security else []) + list(extra)
         self.env = env
         self.prefix = prefix or [SLGW]
         self.proc: subprocess.Popen | None = None

@@ -123,7 +123,8 @@ def test_invalid_profile_stops_start_up(tmp_path):
     conf = tmp_path / "gateway.toml"
     conf.write_text('[[modbus.meters]]\nname = "m1"\nprofile = "mine.toml"\n')
     r = subprocess.run([SLGW, "serve", "--config", str(conf), "--store-path", str(tmp_path / "x.db"),
-                        "--coap-bind", "127.0.0.1", "--coap-port", str(free_port()), "--api-port", str(free_port())],
+                        "--coap-bind", "127.0.0.1", "--coap-port", str(free_port()), "--api-port", str(free_port()),
+                        "--coap-security", "none"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 5  # configuration error (docs/cli.md)
     out = r.stdout + r.stderr

@@ -1,0 +1,206 @@
+"""The gateway's OSCORE (issue 11, SPEC "OSCORE" gateway side) in-process, against aiocoap's
+own OSCORE as the node stand-in: identity from the key, 4.01 for unprotected or unknown-kid
+requests, 4.03 for a Register of another endpoint, every gateway request protected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiocoap
+import pytest
+from aiocoap import Code
+from aiocoap.oscore import NotAProtectedMessage
+from coap_peers import AiocoapNode, gateway, make_node_key
+
+from gateway.coap import keystore
+from protocol import lwm2m, report
+
+R1 = (1, 1767286800, 1000.0, 20.0, 40, 60, 0)  # seq, t, wh, w, level, on_time, faults
+
+
+def install(gw_or_dir, keyfile) -> None:
+    keys_dir = gw_or_dir if isinstance(gw_or_dir, str) else gw_or_dir.config.coap.keys_dir
+    keystore.import_key(keys_dir, keystore.load_key_file(str(keyfile)))
+
+
+async def nodes_rows(gw) -> dict:
+    return {n["id"]: n for n in await gw.registry.list_nodes()}
+
+
+async def raw(ctx: aiocoap.Context, code: Code, uri: str, payload: bytes = b"",
+              cf: int | None = None) -> aiocoap.Message:
+    msg = aiocoap.Message(code=code, uri=uri, payload=payload)
+    if cf is not None:
+        msg.opt.content_format = cf
+    return await asyncio.wait_for(ctx.request(msg).response, 20)
+
+
+async def test_protected_node_registers_sends_and_gets_protected_writes(tmp_path):
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    async with gateway(tmp_path / "gw", coap__security="oscore") as gw:
+        install(gw, keyfile)  # imported while the gateway runs: picked up at the unknown kid
+        node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        try:
+            await node.register()
+            assert (await node.describe()).code == Code.CHANGED
+            assert (await node.send([R1])).code == Code.CHANGED
+            res = await gw.commands.submit("lamp-1", "level", {"level": 40}, wait=5)
+            assert [c["state"] for c in res["commands"]] == ["delivered"]
+            # the stand-in answers 4.01 to anything unprotected, so this Write was protected
+            assert ("/3311/0/5851", 60, 40) in node.writes
+            assert gw.coap.stats["send"] == 2 and gw.coap.stats["unauthorized"] == 0
+        finally:
+            await node.stop()
+
+
+async def test_unprotected_and_unknown_kid_requests_get_401_and_change_nothing(tmp_path):
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    _other_file, stranger_dir = make_node_key(tmp_path, "lamp-9")  # a key never imported
+    async with gateway(tmp_path / "gw", coap__security="oscore") as gw:
+        install(gw, keyfile)
+        base = f"coap://127.0.0.1:{gw.config.coap.port}"
+        plain = await aiocoap.Context.create_client_context()
+        stranger = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=stranger_dir).start()
+        try:
+            r = await raw(plain, Code.POST, f"{base}/rd?ep=lamp-1&lt=300&lwm2m=1.1&b=U",
+                          b"</3/0>", lwm2m.CF_LINK_FORMAT)
+            assert r.code == Code.UNAUTHORIZED
+            r = await raw(plain, Code.POST, f"{base}/dp?ep=lamp-1", report.encode_reports([R1]),
+                          lwm2m.CF_SENML_CBOR)
+            assert r.code == Code.UNAUTHORIZED
+            # an unknown kid: the gateway's 4.01 is unprotected (it has no context to protect
+            # it with), which aiocoap's client reports as such
+            with pytest.raises(NotAProtectedMessage) as exc:
+                await stranger.request(Code.POST, "/rd?ep=lamp-1&lt=300&lwm2m=1.1&b=U",
+                                       b"</3/0>", lwm2m.CF_LINK_FORMAT)
+            assert exc.value.plain_message.code == Code.UNAUTHORIZED
+            assert gw.credentials.unknown_kid == 1
+            assert await nodes_rows(gw) == {}
+            # the real node registers; then unprotected Update/De-register of its reg-id fail
+            node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+            try:
+                await node.register()
+                for code in (Code.POST, Code.DELETE):
+                    r = await raw(plain, code, f"{base}{node.location}")
+                    assert r.code == Code.UNAUTHORIZED
+                assert gw.registry.is_registered("lamp-1")
+                assert gw.registry.address("lamp-1") == f"127.0.0.1:{node.port}"
+            finally:
+                await node.stop()
+            assert gw.coap.stats["send"] == 0
+        finally:
+            await stranger.stop()
+            await plain.shutdown()
+
+
+async def test_identity_is_the_key_not_ep_or_address(tmp_path):
+    key1, dir1 = make_node_key(tmp_path, "lamp-1")
+    key2, dir2 = make_node_key(tmp_path, "lamp-2")
+    async with gateway(tmp_path / "gw", coap__security="oscore") as gw:
+        install(gw, key1)
+        install(gw, key2)
+        n1 = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=dir1).start()
+        n2 = await AiocoapNode("lamp-2", gw.config.coap.port, oscore_dir=dir2).start()
+        try:
+            await n1.register()
+            # lamp-2's key registering as lamp-1: 4.03, lamp-1's registration untouched
+            r = await n2.request(Code.POST, "/rd?ep=lamp-1&lt=300&lwm2m=1.1&b=U", b"</3/0>",
+                                 lwm2m.CF_LINK_FORMAT)
+            assert r.code == Code.FORBIDDEN
+            assert gw.registry.address("lamp-1") == f"127.0.0.1:{n1.port}"
+            # lamp-2's key updating or de-registering lamp-1's registration: 4.03
+            for code in (Code.POST, Code.DELETE):
+                r = await n2.request(code, n1.location)
+                assert r.code == Code.FORBIDDEN
+            assert gw.registry.is_registered("lamp-1")
+            # lamp-2 (never registered) sends with ?ep=lamp-1: the key wins, not the query
+            r = await n2.request(Code.POST, "/dp?ep=lamp-1", report.encode_reports([R1]),
+                                 lwm2m.CF_SENML_CBOR)
+            assert r.code == Code.NOT_FOUND
+            await n2.register()
+            r = await n2.request(Code.POST, "/dp?ep=lamp-1", report.encode_reports([R1]),
+                                 lwm2m.CF_SENML_CBOR)
+            assert r.code == Code.CHANGED
+            rows = await nodes_rows(gw)
+            assert rows["lamp-2"]["last_report"] is not None
+            assert rows["lamp-1"]["last_report"] is None
+        finally:
+            await n1.stop()
+            await n2.stop()
+
+
+async def test_no_unprotected_request_to_a_node_without_key(tmp_path):
+    """A node registered in the past (store) whose key is gone: the gateway does not fall
+    back to an unprotected Write."""
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    async with gateway(tmp_path / "gw", coap__security="oscore",
+                       commands__timeout_s=1.0, commands__max_attempts=1) as gw:
+        install(gw, keyfile)
+        node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        try:
+            await node.register()
+            assert keystore.remove_key(gw.config.coap.keys_dir, "lamp-1")
+            gw.credentials.rescan_if_changed()
+            res = await gw.commands.submit("lamp-1", "level", {"level": 10}, wait=3)
+            assert [c["state"] for c in res["commands"]] != ["delivered"]
+            assert node.writes == []
+        finally:
+            await node.stop()
+
+
+def test_import_list_remove_and_permissions(tmp_path):
+    keys_dir = str(tmp_path / "keys")
+    keyfile, _ = make_node_key(tmp_path, "lamp-1", sid=bytes.fromhex("0a0b0c0d"))
+    key = keystore.load_key_file(str(keyfile))
+    assert keystore.import_key(keys_dir, key) == "added"
+    assert keystore.import_key(keys_dir, key) == "unchanged"
+    listed = keystore.list_keys(keys_dir)
+    assert listed == [{"node": "lamp-1", "node_sender_id": "0a0b0c0d", "gateway_sender_id": "00",
+                       "alg": "AES-CCM-16-64-128", "next_sequence_number": None}]
+    assert key["secret"].hex() not in json.dumps(listed)
+    keystore.check_permissions(keys_dir)  # as written: 0700 / 0600
+    # the same node Sender ID for another endpoint is refused (the kid names one node)
+    other, _ = make_node_key(tmp_path, "lamp-2", sid=bytes.fromhex("0a0b0c0d"))
+    try:
+        keystore.import_key(keys_dir, keystore.load_key_file(str(other)))
+        raise AssertionError("duplicate Sender ID accepted")
+    except keystore.KeyFileError as exc:
+        assert "lamp-1" in str(exc)
+    # a new key for the same endpoint needs replace=True
+    (tmp_path / "n").mkdir()
+    newer, _ = make_node_key(tmp_path / "n", "lamp-1")
+    try:
+        keystore.import_key(keys_dir, keystore.load_key_file(str(newer)))
+        raise AssertionError("silent key replacement")
+    except keystore.KeyFileError as exc:
+        assert "--replace" in str(exc)
+    assert keystore.import_key(keys_dir, keystore.load_key_file(str(newer)), replace=True) == "replaced"
+    # group-readable secret: refused with the chmod to run
+    (tmp_path / "keys" / "lamp-1" / "secret.json").chmod(0o640)
+    try:
+        keystore.check_permissions(keys_dir)
+        raise AssertionError("group-readable key accepted")
+    except keystore.PermissionProblem as exc:
+        assert f"chmod -R go-rwx {keys_dir}" in str(exc)
+    assert keystore.remove_key(keys_dir, "lamp-1")
+    assert keystore.list_keys(keys_dir) == []
+    assert not keystore.remove_key(keys_dir, "lamp-1")
+
+
+def test_bad_key_files_are_refused_without_echoing_secrets(tmp_path):
+    keyfile, _ = make_node_key(tmp_path, "lamp-1")
+    doc = json.loads(keyfile.read_text())
+    for field, value, words in (("master_secret_hex", doc["master_secret_hex"][:-2], "16 bytes"),
+                                ("ep", "../etc", "node name"),
+                                ("alg", "AES-CCM-16-128-128", "not supported"),
+                                ("node_sender_id_hex", "00", "must differ")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(dict(doc, **{field: value})))
+        try:
+            keystore.load_key_file(str(bad))
+            raise AssertionError(f"{field}={value!r} accepted")
+        except keystore.KeyFileError as exc:
+            assert words in str(exc)
+            assert doc["master_secret_hex"][:8] not in str(exc)
+
