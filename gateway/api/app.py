@@ -12,7 +12,9 @@ and `check_bind` repeats that rule here so the API can never serve a network unp
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import math
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,7 @@ from gateway.store import StoreError
 log = logging.getLogger("slgw.api")
 GW = web.AppKey("gw", object)
 DEFAULT_WAIT = 5.0
+DEFAULT_LIMIT, MAX_LIMIT = 1000, 100_000  # commands per answer
 
 
 class ApiError(Exception):
@@ -79,9 +82,23 @@ async def errors_and_auth(request: web.Request,
         return _err(500, "internal", f"internal error: {type(exc).__name__}")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):  # 1e999 parses to inf
+        raise ValueError(f"number {text} is out of range")
+    return v
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
+    # strict JSON (RFC 8259): no NaN/Infinity, no number that overflows to inf
     try:
-        body = await request.json()
+        body = json.loads(await request.text(), parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", f"the body must be a JSON object ({exc})") from None
     except Exception:
         raise ApiError(400, "bad_request", "the body must be a JSON object") from None
     if not isinstance(body, dict):
@@ -183,9 +200,11 @@ async def list_commands(request: web.Request) -> web.Response:
     gw = request.app[GW]
     q = request.query
     try:
-        limit = int(q.get("limit", "1000"))
+        limit = int(q.get("limit", str(DEFAULT_LIMIT)))
     except ValueError:
-        raise ApiError(400, "bad_request", "limit must be an integer") from None
+        limit = -1
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, "bad_request", f"limit must be an integer 1..{MAX_LIMIT}")
     cmds = await gw.commands.list(batch=q.get("batch"), node=q.get("node"), state=q.get("state"),
                                   limit=limit)
     if q.get("batch") and not cmds:

@@ -208,7 +208,8 @@ PATHS: dict[str, Any] = {
             "summary": {"type": "object", "additionalProperties": {"type": "integer"}}}}),
         [_q("batch", "only this batch"), _q("node", "only this node"),
          _q("state", "only this state"), _q("limit", "at most this many (default 1000)",
-                                            {"type": "integer"})], op_id="listCommands")},
+                                            {"type": "integer", "minimum": 1, "maximum": 100000})],
+        op_id="listCommands")},
     "/api/energy": {"get": _op(
         "Energy of a node, group, cabinet or the site over exactly the window asked (first and "
         "last periods clipped to it); at most 40,000 rows (else 400: use a coarser by)",

@@ -17,6 +17,7 @@ being delivered late. Every Write is an absolute value, never an increment.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from protocol import lwm2m
@@ -62,7 +63,8 @@ def lacks_object(kind: str, objects: list[int] | None) -> str | None:
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or int(value) != value):  # inf/NaN: no int() at all
         raise CommandError(f"{name} must be an integer {lo}..{hi}, got {value!r}")
     if not lo <= value <= hi:
         raise CommandError(f"{name} must be {lo}..{hi}, got {value!r}")

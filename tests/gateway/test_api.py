@@ -178,3 +178,35 @@ async def _energy_figures(s, gw, now):
     assert st == 200 and body["site"]["saved_pct"] is None and body["site"]["coverage"] < 0.01
     assert "min_coverage" in body["site"]["withheld"]
     _conforms(body, "Savings")
+
+
+async def test_hostile_values_are_refused_with_400_not_500(tmp_path):
+    """What an OpenAPI fuzzer found (issue 16): each was a 500 or an answer off the schema."""
+    async with gateway(tmp_path) as gw, aiohttp.ClientSession() as s:
+        node = await AiocoapNode("h1", gw.config.coap.port).start()
+        try:
+            await node.register()
+            assert (await node.describe(group="g1", cabinet="c1")).code.is_successful()
+            big = "-3192273700997010143972087499325440"
+            for query in ({"limit": big}, {"limit": str(2 ** 63)}, {"limit": "-1"}):
+                st, body = await call(s, gw, "GET", "/api/commands", **query)
+                assert st == 400 and "limit" in body["error"]["message"], (query, st, body)
+            for raw in ('{"target": "h1", "level": 1e999}', '{"target": "h1", "level": NaN}',
+                        '{"target": "h1", "level": 10, "seconds": 1e999}',
+                        '{"target": "h1", "level": 10, "seconds": NaN}',
+                        '{"target": "h1", "level": 10, "wait": NaN}'):
+                for path in ("/api/set-level", "/api/override"):
+                    async with s.post(gw.api_url + path, data=raw,
+                                      headers={"Content-Type": "application/json"}) as r:
+                        body = await r.json()
+                        assert r.status == 400, (path, raw, r.status, body)
+            steps = '{"steps": [[1, 1e999, 100]]}'
+            async with s.put(gw.api_url + "/api/schedules/h1", data=steps,
+                             headers={"Content-Type": "application/json"}) as r:
+                assert r.status == 400, await r.text()
+            st, body = await call(s, gw, "GET", "/api/savings", **{"from": "0001-01-01"})
+            assert st == 400 and "from" in body["error"]["message"]
+            st, body = await call(s, gw, "POST", "/api/backup", {"path": str(tmp_path / "a\x00b.db")})
+            assert st == 400 and "NUL" in body["error"]["message"]
+        finally:
+            await node.stop()
