@@ -12,6 +12,7 @@ import pytest
 from aiocoap import Code
 from aiocoap.oscore import NotAProtectedMessage
 from coap_peers import AiocoapNode, gateway, make_node_key
+from slgw_harness import AIOCOAP_CLIENT
 
 from gateway.coap import keystore
 from protocol import lwm2m, report
@@ -204,3 +205,32 @@ def test_bad_key_files_are_refused_without_echoing_secrets(tmp_path):
             assert words in str(exc)
             assert doc["master_secret_hex"][:8] not in str(exc)
 
+
+
+async def test_none_mode_refuses_a_register_hijack_while_the_node_answers(tmp_path):
+    """Unprotected mode (issue 11: "A Register with an existing ep from another address
+    replaced the registration"): refused 4.03 while the registered node still answers at its
+    address; a node that rebooted onto a new port (nothing answers at the old one) is let in."""
+    async with gateway(tmp_path / "gw") as gw:  # security = none
+        node = await AiocoapNode("lamp-1", gw.config.coap.port).start()
+        try:
+            await node.register()
+            old = gw.registry.address("lamp-1")
+            attacker = await asyncio.create_subprocess_exec(
+                AIOCOAP_CLIENT, "-m", "POST",
+                f"coap://127.0.0.1:{gw.config.coap.port}/rd?ep=lamp-1&lt=300&lwm2m=1.1&b=U",
+                "--content-format", "application/link-format", "--payload", "</3311/0>",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(attacker.communicate(), 60)
+            assert attacker.returncode != 0 and b"4.03" in out, out
+            assert gw.registry.address("lamp-1") == old
+            assert gw.coap.stats["forbidden"] == 1
+        finally:
+            await node.stop()
+        # the same node after a reboot: a new port, nothing at the old one
+        rebooted = await AiocoapNode("lamp-1", gw.config.coap.port).start()
+        try:
+            await rebooted.register()
+            assert gw.registry.address("lamp-1") == f"127.0.0.1:{rebooted.port}" != old
+        finally:
+            await rebooted.stop()
