@@ -266,6 +266,17 @@ class Node:
                 return "below the driver's minimum level %d" % c["min_level"]
             c["default_level"] = v
             self.p.save_config(c)
+        elif name == "oscore_keys":
+            # key rotation (SPEC §10.5): only inside the current OSCORE context; stored before
+            # the 2.04, used for every message after it (firmware/secure.py)
+            if self.sec is None or self.sec.ctx is None:
+                return "no OSCORE context to rotate: provision keys with slnode provision"
+            try:
+                self.sec.rotate(v[0], v[1], v[2])
+            except ValueError as e:
+                return str(e)
+            self.log("oscore: new keys stored; in use after this answer")
+            return None
         elif name in ("lat", "lon", "group", "cabinet"):
             c[name] = v
             if name in ("lat", "lon"):

@@ -59,6 +59,7 @@ _K_STR = const(3)
 _K_SCHED = const(4)
 _K_OVERRIDE = const(5)
 _K_NONE = const(6)
+_K_KEYS = const(7)  # write-only OSCORE key material (SPEC §10.5): never read back
 
 _MAX_STEPS = const(16)
 _MAX_OBSERVERS = const(4)
@@ -102,6 +103,7 @@ _TABLE = {
     (10250, 0, 8): (_R, _K_BOOL, 0, 1, "time_valid"),
     (10250, 0, 9): (_E, _K_NONE, 0, 0, "identify"),
     (10250, 0, 10): (_R, _K_INT, 0, 0, "override_left"),
+    (10250, 0, 30): (_W, _K_KEYS, 0, 0, "oscore_keys"),
 }
 
 
@@ -121,6 +123,8 @@ def _payload_limit(kind, hi, cf):
         lim = 16 + _MAX_STEPS * 12
     elif kind == _K_OVERRIDE:
         lim = 24
+    elif kind == _K_KEYS:
+        lim = 48
     else:
         lim = 24
     if cf == CF_SENML_CBOR:
@@ -168,7 +172,20 @@ def check_value(kind, lo, hi, v):
         return check_schedule(v)
     if kind == _K_OVERRIDE:
         return check_override(v, lo, hi)
+    if kind == _K_KEYS:
+        return check_keys(v)
     raise Bad(coap.METHOD_NOT_ALLOWED, "not writable")
+
+
+def check_keys(v):
+    """[master secret (16 bytes), master salt (8), new node Sender ID (1-7)] (SPEC §10.5).
+    Returns the tuple; raises Bad naming the field (never echoing key bytes)."""
+    if not isinstance(v, list) or len(v) != 3:
+        raise Bad(coap.BAD_REQUEST, "keys: [ms, salt, sid] expected")
+    for i, (what, lo, hi) in enumerate((("ms", 16, 16), ("salt", 8, 8), ("sid", 1, 7))):
+        if not isinstance(v[i], (bytes, bytearray)) or not lo <= len(v[i]) <= hi:
+            raise Bad(coap.BAD_REQUEST, "keys: %s must be %d..%d bytes" % (what, lo, hi))
+    return (bytes(v[0]), bytes(v[1]), bytes(v[2]))
 
 
 def check_schedule(steps):
@@ -232,7 +249,7 @@ def _from_text(kind, text):
                 return False
     except ValueError:
         pass
-    if kind in (_K_SCHED, _K_OVERRIDE):
+    if kind in (_K_SCHED, _K_OVERRIDE, _K_KEYS):
         raise Bad(coap.UNSUPPORTED_CONTENT_FORMAT, "opaque takes CF 60 or 112")
     raise Bad(coap.BAD_REQUEST, "bad text value")
 

@@ -200,7 +200,8 @@ def test_discover_lists_links_with_attributes():
     assert "</3311/0/5851>;pmin=2;pmax=30;st=10" in links
     assert "</3311/0/5805>" in links and len(links) == 7  # object, instance, 5 resources
     inst = cases["discover_instance"]["payload"].decode().split(",")
-    assert inst[0] == "</10250/0>" and "</10250/0/5>;pmin=5;pmax=60" in inst and len(inst) == 12
+    assert inst[0] == "</10250/0>" and "</10250/0/5>;pmin=5;pmax=60" in inst and len(inst) == 13
+    assert "</10250/0/30>" in inst  # the write-only OSCORE key resource (SPEC §10.5)
     # the resource link carries its effective attributes: its own over the instance's
     assert cases["discover_resource"]["payload"] == b"</3311/0/5851>;pmin=2;pmax=30;st=10"
     # "?pmin" without a value removes it: the default (Server object /1/0/2) shows again

@@ -38,13 +38,15 @@ class RecordingSite(OscoreSiteWrapper):
     def __init__(self, inner, creds):
         super().__init__(inner, creds)
         self.pivs = []
+        self.kids = []
 
     async def render_to_pipe(self, pipe):
         ov = pipe.request.opt.oscore
         if ov:
-            piv = oscore.decode_option(ov)[0]
+            piv, kid, _ = oscore.decode_option(ov)
             if piv is not None:
                 self.pivs.append(int.from_bytes(piv, "big"))
+            self.kids.append(kid)
         await super().render_to_pipe(pipe)
 
 
@@ -284,5 +286,57 @@ async def test_invalid_key_file_refuses_everything(tmp_path):
         r = await plain_put(s, "/3311/0/5851", cbor2.dumps(0))
         assert r.code == aiocoap.UNAUTHORIZED
         assert not s.peer.registers
+    finally:
+        await s.stop()
+
+
+async def test_key_rotation_through_10250_0_30(tmp_path):
+    """The gateway writes new keys inside the current context (SPEC §10.5); the 2.04 comes under
+    the old context, every later message under the new one (new kid), also after a power cut;
+    the old context no longer opens the node; keys are never logged and cannot be read back."""
+    s = Secured(tmp_path)
+    await s.start_peer()
+    try:
+        proc = s.start_node()
+        await asyncio.wait_for(s.peer.registered.wait(), 20)
+        ms2, salt2, sid2 = os.urandom(16), os.urandom(8), os.urandom(4)
+        assert await s.peer.write("/10250/0/30", [ms2, salt2, sid2]) == aiocoap.CHANGED
+        # the gateway's side of the rotation: a context for the new keys beside the old one
+        gw2 = str(tmp_path / "gwkeys2")
+        os.makedirs(gw2)
+        with open(os.path.join(gw2, "settings.json"), "w") as f:
+            json.dump({"secret_hex": ms2.hex(), "salt_hex": salt2.hex(), "sender-id_hex": "00",
+                       "recipient-id_hex": sid2.hex(), "algorithm": "AES-CCM-16-64-128", "kdf-hashfun": "sha256"}, f)
+        ctx2 = ao.FilesystemSecurityContext(gw2)
+        try:
+            creds = s.site.server_credentials
+            creds[":node2"] = ctx2
+            n = len(s.site.kids)
+            await s.peer.wait_for(lambda: sid2 in s.site.kids[n:], 20)  # the node's next request: new kid
+            assert s.ctx.sender_id == b"\x00" and s.sid not in s.site.kids[s.site.kids.index(sid2):]
+            s.peer.server.client_credentials[f"coap://127.0.0.1:{s.node_port}/*"] = ctx2
+            assert await s.peer.write("/3311/0/5851", 25) == aiocoap.CHANGED  # through the new context
+            code, _ = await s.peer.read("/10250/0/30")
+            assert code == aiocoap.METHOD_NOT_ALLOWED  # write-only: keys are never read back
+            # the old context is refused now (same gateway kid: an old number is a replay, 4.01, a
+            # new one fails to decrypt, 4.00)
+            s.peer.server.client_credentials[f"coap://127.0.0.1:{s.node_port}/*"] = s.ctx
+            with pytest.raises(ao.NotAProtectedMessage) as e:
+                await s.peer.write("/3311/0/5851", 0)
+            assert e.value.plain_message.code in (aiocoap.BAD_REQUEST, aiocoap.UNAUTHORIZED)
+            s.peer.server.client_credentials[f"coap://127.0.0.1:{s.node_port}/*"] = ctx2
+            # after a power cut the node boots with the rotated keys (durable record)
+            proc.kill()
+            proc.p.wait(timeout=10)
+            n = len(s.site.kids)
+            s.start_node()
+            await s.peer.wait_for(lambda: len(s.site.kids) > n + 1, 20)
+            assert set(s.site.kids[n:]) == {sid2}
+            code, _ = await s.peer.read("/10250/0/30")  # answered under the new context after the boot
+            assert code == aiocoap.METHOD_NOT_ALLOWED
+            log = s.log()
+            assert ms2.hex() not in log and salt2.hex() not in log and "new keys" in log
+        finally:
+            ctx2._destroy()
     finally:
         await s.stop()
