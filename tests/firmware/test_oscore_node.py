@@ -340,3 +340,27 @@ async def test_key_rotation_through_10250_0_30(tmp_path):
             ctx2._destroy()
     finally:
         await s.stop()
+
+
+def test_emulate_oscore_keys_makes_keys_once_and_writes_the_gateway_files(tmp_path):
+    import argparse
+
+    from tools.slnode import emulate
+
+    p = argparse.ArgumentParser()
+    emulate.add_arguments(p)
+    argv = ["--id", "lamp", "--count", "2", "--gateway", "coap://127.0.0.1:5683", "--flash", str(tmp_path / "f"),
+            "--oscore-keys", str(tmp_path / "keys")]
+    emulate.prepare(p.parse_args(argv))
+    files = {}
+    for nid in ("lamp-000", "lamp-001"):
+        node = json.loads((tmp_path / "f" / nid / "oscore.json").read_text())
+        kf = tmp_path / "keys" / f"{nid}.oscore.json"
+        assert kf.stat().st_mode & 0o777 == 0o600
+        gw = json.loads(kf.read_text())
+        assert (gw["ep"], gw["master_secret_hex"], gw["node_sender_id_hex"]) == (nid, node["ms"], node["sid"])
+        files[nid] = gw
+    assert files["lamp-000"]["node_sender_id_hex"] != files["lamp-001"]["node_sender_id_hex"]
+    emulate.prepare(p.parse_args(argv))  # a restart keeps the keys on the node's flash
+    for nid in files:
+        assert json.loads((tmp_path / "keys" / f"{nid}.oscore.json").read_text()) == files[nid]

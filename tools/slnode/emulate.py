@@ -4,6 +4,7 @@
                    [--clock-start ISO8601] [--clock-speed N] [--clock-anchor UNIX]
                    [--truth FILE] [--count K] [--time-valid] [--port P] [--heap SIZE]
                    [--mpy] [--ack-timeout MS] [--report-period S] [--truth-period S]
+                   [--oscore-keys DIR]
 
 One `micropython` process (the one next to ``sys.executable``, i.e. the venv's) runs
 ``firmware/emulator.py`` with ``MICROPYPATH`` set to the repository root; ``--count K`` runs K
@@ -20,6 +21,12 @@ validator; errors exit 2) and written to each node's ``config.json`` with the id
 the command line. Without it, an existing ``config.json`` in the flash dir is left as it is (so
 a corrupt one can be tested: the node falls back to safe defaults and raises configError); a
 missing one is created from the defaults.
+
+OSCORE (``--oscore-keys DIR``, SPEC §10): a node whose flash has no ``oscore.json`` gets a fresh
+security context there (as ``slnode provision`` makes), and ``DIR/<id>.oscore.json`` (mode 0600)
+is written from the flash's key file for ``slgw keys import``. A flash that already holds keys
+keeps them (its sequence-number record is on the same flash, so nothing is reused). Without
+the option a node runs with whatever its flash holds (no key file: unprotected, said at boot).
 
 Truth (``--truth FILE``): the emulator appends one JSON line per node per report period (and
 at exit) with ``id``, ``t`` (the simulated Unix time), ``wh`` (the emulated meter's TRUE
@@ -81,6 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uart", action="append", default=[],
                    help="serial line (pty) of node i's Modbus meter; repeat for nodes 0, 1, ...")
     p.add_argument("--truth-period", type=float, help="simulated seconds between truth lines (default: the report period)")
+    p.add_argument("--oscore-keys", metavar="DIR",
+                   help="give each node OSCORE keys (kept on its flash) and write DIR/<id>.oscore.json for slgw keys import")
 
 
 def parse_iso(s: str) -> float:
@@ -141,6 +150,7 @@ def prepare(args) -> dict:
     anchor = args.clock_anchor if args.clock_anchor is not None else now
     start = parse_iso(args.clock_start) if args.clock_start else anchor
     nodes = []
+    used_sids: set[bytes] = set()
     for n, nid in enumerate(ids):
         flash = os.path.abspath(args.flash if args.count == 1 else os.path.join(args.flash, nid))
         os.makedirs(flash, exist_ok=True)
@@ -155,6 +165,8 @@ def prepare(args) -> dict:
             with open(tmp, "w") as f:
                 f.write(config.dumps(cfg))
             os.replace(tmp, cpath)
+        if getattr(args, "oscore_keys", None):
+            _node_keys(flash, nid, args.oscore_keys, used_sids)
         nodes.append({"id": nid, "flash": flash, "port": args.port + n if args.port else 0,
                       "truth_wh": last_truth.get(nid, {}).get("wh", 0.0),
                       "uart": args.uart[n] if n < len(args.uart) else None})
@@ -170,6 +182,38 @@ def prepare(args) -> dict:
         "report_period": args.report_period,
         "truth_period": args.truth_period,
     }
+
+
+def _node_keys(flash: str, nid: str, keys_dir: str, used: set[bytes]) -> None:
+    """Keys for one emulated node: the flash's oscore.json (made if absent) and the gateway's
+    ``<id>.oscore.json`` beside the others in ``keys_dir`` (0600)."""
+    from pathlib import Path
+
+    from tools.slnode import provision
+
+    kpath = os.path.join(flash, "oscore.json")
+    if os.path.exists(kpath):
+        try:
+            with open(kpath) as f:
+                node = json.load(f)
+            gateway = {"ep": nid, "master_secret_hex": node["ms"], "master_salt_hex": node["salt"],
+                       "node_sender_id_hex": node["sid"], "gateway_sender_id_hex": node["rid"],
+                       "alg": "AES-CCM-16-64-128", "hkdf": "sha256"}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise EmulateError(f"{kpath}: not a valid key file ({type(e).__name__}); remove it to make new keys") from e
+        used.add(bytes.fromhex(node["sid"]))
+    else:
+        node, gateway = provision.new_keys(nid, used)
+        tmp = kpath + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(node, f)
+        os.replace(tmp, kpath)
+    os.makedirs(keys_dir, mode=0o700, exist_ok=True)
+    try:
+        provision.write_key_file(Path(keys_dir) / f"{nid}.oscore.json", gateway)
+    except provision.ProvisionError as e:
+        raise EmulateError(str(e)) from e
 
 
 def _last_truth(path: str) -> dict:
