@@ -9,6 +9,7 @@ and 2999 (a gateway has no data before 1970, and later years overflow date arith
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 FORMATS = ("2026-12-01, 2026-12-01T17:00, 2026-12-01T17:00:00Z or 2026-12-01T18:00:00+01:00 "
            "(no zone = UTC)")
@@ -41,7 +42,21 @@ def parse(text: str, name: str) -> float:
 
 
 def iso(t: float | None) -> str | None:
-    """Unix seconds -> `2026-01-15T18:00:00Z` (UTC, whole seconds); None stays None."""
+    """Unix seconds -> `2026-01-15T18:00:00Z` (UTC, the second it falls in); None stays None."""
     if t is None:
         return None
-    return datetime.fromtimestamp(round(t), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+TIME_KEYS = frozenset(("start", "end", "last_poll"))
+
+
+def iso_times(doc: Any, keys: frozenset[str] = TIME_KEYS) -> Any:
+    """`doc` with every number under one of `keys` (at any depth) as `iso()`; the energy,
+    savings and meter answers keep Unix seconds inside and go out as ISO 8601 here."""
+    if isinstance(doc, dict):
+        return {k: (iso(v) if k in keys and isinstance(v, int | float) and not isinstance(v, bool)
+                    else iso_times(v, keys)) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [iso_times(v, keys) for v in doc]
+    return doc

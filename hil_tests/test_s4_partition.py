@@ -111,7 +111,7 @@ def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
         by_t = {int(r["t"]) // 900 * 900: r for r in stored}
         for row in doc["rows"]:
             assert row["quality"] == "measured" and row["coverage"] == 1.0, (nid, row)
-            lo, hi = by_t.get(row["start"]), by_t.get(row["end"])
+            lo, hi = by_t.get(int(parse_iso(row["start"]))), by_t.get(int(parse_iso(row["end"])))
             assert lo is not None and hi is not None, (nid, row)
             true_wh = reports[hi["seq"]]["wh"] - reports[lo["seq"]]["wh"]
             # 1 Wh: the node reports whole Wh; plus, at each end, the energy the lamp draws

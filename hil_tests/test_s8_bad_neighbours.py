@@ -37,6 +37,7 @@ import urllib.request
 from hil_tests._s5_helpers import gateway_log_errors, reports
 from hil_tests._s8_helpers import Garbage, RtuCabinetMeters, report_pack
 from hil_tests.harness import wait_for
+from hil_tests.sim import parse_iso
 from protocol import coap
 from protocol.lwm2m import CF_SENML_CBOR
 
@@ -163,10 +164,11 @@ def _run(clock, cab, gateway, nodes) -> None:
     m1, m2 = meters_during[cab.name("C1")], meters_during[cab.name("C2")]
     print(f"meters during the storm: C1 {m1['status']} {m1['errors']}, C2 {m2['status']} {m2['errors']}")
     assert m1["errors"]["crc"] >= 3 and m1["status"] in ("quarantined", "ok") and m1["last_error"], m1
-    assert m1["last_poll"] is None or m1["last_poll"] < t0_sim + 2 * SPEED, m1  # no good poll since
+    # last_poll is ISO 8601 UTC (docs/cli.md "Times")
+    assert m1["last_poll"] is None or parse_iso(m1["last_poll"]) < t0_sim + 2 * SPEED, m1  # no good poll since
     assert m2["status"] == "ok", m2
     assert sum(m2["errors"].get(k, 0) for k in ("timeout", "crc", "garbage", "exception", "decode_errors")) == 0, m2
-    assert m2["last_poll"] >= t1_sim - 3 * SPEED, (m2["last_poll"], t1_sim)
+    assert parse_iso(m2["last_poll"]) >= t1_sim - 3 * SPEED, (m2["last_poll"], t1_sim)
     _meter_matches(gw, cab, "C2")
 
     # C1's fault clears: polled again, and its register (cumulative) lost nothing

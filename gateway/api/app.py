@@ -27,6 +27,7 @@ from gateway.backup import BackupRefused
 from gateway.commands import CommandError, NotFoundError
 from gateway.config import _is_loopback
 from gateway.store import StoreError
+from gateway.timefmt import iso_times
 
 log = logging.getLogger("slgw.api")
 GW = web.AppKey("gw", object)
@@ -225,7 +226,7 @@ async def energy(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", str(exc)) from None
     except LookupError as exc:  # an unknown node, group or cabinet
         raise ApiError(404, "not_found", str(exc)) from None
-    return web.json_response(result)
+    return web.json_response(iso_times(result))
 
 
 async def savings(request: web.Request) -> web.Response:
@@ -238,7 +239,7 @@ async def savings(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", str(exc)) from None
     except LookupError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    return web.json_response(result)
+    return web.json_response(iso_times(result))
 
 
 async def faults(request: web.Request) -> web.Response:
@@ -263,7 +264,7 @@ async def backup(request: web.Request) -> web.Response:
 
 async def meters(request: web.Request) -> web.Response:
     gw = request.app[GW]
-    return web.json_response({"meters": gw.meters_status()})
+    return web.json_response({"meters": iso_times(gw.meters_status())})
 
 
 async def openapi(request: web.Request) -> web.Response:

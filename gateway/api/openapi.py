@@ -49,6 +49,8 @@ def _op(summary: str, ok: dict, params: list | None = None, body: dict | None = 
     return op
 
 
+# One representation for times in every answer (docs/cli.md "Times"): ISO 8601 UTC with Z.
+TIME = {"type": "string", "format": "date-time", "example": "2026-01-15T18:00:00Z"}
 TARGET = {"type": "string", "description": "a node id, group:NAME, cabinet:NAME or all"}
 WAIT = {"type": "number", "minimum": 0, "maximum": 60,
         "description": "seconds to wait for the first delivery attempt (default 5)"}
@@ -75,8 +77,10 @@ SCHEMAS: dict[str, Any] = {
         "rated_w": {"type": "number", "nullable": True},
         "default_level": {"type": "integer", "nullable": True},
         "fw": {"type": "string", "nullable": True}, "tz": {"type": "string", "nullable": True},
-        "level": {"type": "number", "nullable": True}, "power_w": {"type": "number", "nullable": True},
-        "wh": {"type": "number", "nullable": True}, "on_time": {"type": "number", "nullable": True},
+        "level": {"type": "integer", "nullable": True}, "power_w": {"type": "number", "nullable": True},
+        "wh": {"type": "number", "nullable": True,
+               "description": "an integer when the node reports whole Wh (ours do)"},
+        "on_time": {"type": "integer", "nullable": True},
         "faults": {"type": "array", "items": {"type": "string"}},
         "fault_flags": {"type": "integer"},
         "modbus_slot": {"type": "integer", "nullable": True}}},
@@ -103,25 +107,25 @@ SCHEMAS: dict[str, Any] = {
         "selection": {"type": "string", "description": "site, node:ID, group:NAME or cabinet:NAME"},
         "by": {"type": "string", "enum": ["15min", "hour", "day", "month"]},
         "timezone": {"type": "string"},
-        "start": {"type": "integer", "nullable": True,
-                  "description": "the window answered, Unix s (what was asked, or the data's)"},
-        "end": {"type": "integer", "nullable": True},
+        "start": {**TIME, "nullable": True,
+                  "description": "the window answered (what was asked, or the data's)"},
+        "end": {**TIME, "nullable": True},
         "total_wh": {"type": "number"}, "quality": {"type": "string", "enum": QUALITIES},
         "rows": {"type": "array", "items": _ref("EnergyRow")},
         "circuit": _ref("Circuit")}},
     "EnergyRow": {"type": "object", "required": ["start", "end", "wh", "quality", "coverage",
                                                  "clipped"], "properties": {
-        "start": {"type": "integer"}, "end": {"type": "integer"}, "local": {"type": "string"},
+        "start": TIME, "end": TIME, "local": {"type": "string"},
         "wh": {"type": "number"}, "quality": {"type": "string", "enum": QUALITIES},
         "coverage": {"type": "number", "minimum": 0, "maximum": 1,
                      "description": "buckets present / expected in [start, end)"},
         "clipped": {"type": "boolean",
                     "description": "the period was cut to the window; start/end are the cut's"}}},
     "Circuit": {"type": "object", "properties": {
-        "cabinet": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"},
+        "cabinet": {"type": "string"}, "start": TIME, "end": TIME,
         "compared": {"type": "object", "nullable": True,
                      "description": "the span every source with data covers, which is compared",
-                     "properties": {"start": {"type": "integer"}, "end": {"type": "integer"}}},
+                     "properties": {"start": TIME, "end": TIME}},
         "nodes": {"type": "integer"}, "nodes_wh": {"type": "number"},
         "meters": {"type": "array", "items": {"type": "object"}},
         "meter_wh": {"type": "number", "nullable": True},
@@ -142,7 +146,7 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
         "selection": {"type": "string"}, "baseline": {"type": "string",
                                                       "enum": ["dusk-to-dawn", "reference"]},
-        "start": {"type": "integer"}, "end": {"type": "integer"},
+        "start": TIME, "end": TIME,
         "night_hours": {"type": "number"}, "min_coverage": {"type": "number"},
         "site": _ref("SavingsFigures"),
         "cabinets": {"type": "array", "items": _ref("SavingsFigures")},
@@ -152,7 +156,7 @@ SCHEMAS: dict[str, Any] = {
         "name": {"type": "string"}, "cabinet": {"type": "string", "nullable": True},
         "import_wh": {"type": "number", "nullable": True},
         "power_w": {"type": "number", "nullable": True}, "status": {"type": "string"},
-        "last_poll": {"type": "string", "nullable": True},
+        "last_poll": {**TIME, "nullable": True},
         "missing_registers": {
             "type": "array", "description": "profile registers the meter refuses (exception 2); "
                                             "polled without them (docs/modbus.md)",

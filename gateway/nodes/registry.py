@@ -261,6 +261,17 @@ class Registry:
         return rows[0] if rows else None
 
 
+def _whole(v: float | None, always: bool = False) -> float | int | None:
+    """An integer where the contract says integer (docs/cli.md): the store keeps REALs, so a
+    level of 40 came back as 40.0. `always` rounds (levels, seconds); otherwise only an
+    integral value becomes an int (a node may report fractional Wh)."""
+    if v is None:
+        return None
+    if always or float(v).is_integer():
+        return int(round(v))
+    return v
+
+
 def node_json(row: dict[str, Any], online: bool) -> dict[str, Any]:
     """The public shape of one node (docs/cli.md, `slgw nodes --json`)."""
     flags = int(row.get("faults") or 0)
@@ -281,10 +292,10 @@ def node_json(row: dict[str, Any], online: bool) -> dict[str, Any]:
         "default_level": row.get("default_level"),
         "fw": row.get("fw"),
         "tz": row.get("tz"),
-        "level": row.get("level"),
+        "level": _whole(row.get("level"), always=True),
         "power_w": row.get("power_w"),
-        "wh": row.get("wh"),
-        "on_time": row.get("on_time"),
+        "wh": _whole(row.get("wh")),
+        "on_time": _whole(row.get("on_time"), always=True),
         "faults": lwm2m.fault_names(flags),
         "fault_flags": flags,
         "modbus_slot": row.get("modbus_slot"),

@@ -162,8 +162,8 @@ async def _energy_figures(s, gw, now):
     iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
     st, body = await call(s, gw, "GET", "/api/energy", node="a1", **{"from": iso(q - 3600),
                                                                      "to": iso(q - 1800)})
-    assert st == 200 and (body["start"], body["end"]) == (q - 3600, q - 1800)
-    assert body["rows"][0]["clipped"] and body["rows"][0]["end"] == q - 1800
+    assert st == 200 and (body["start"], body["end"]) == (iso(q - 3600), iso(q - 1800))
+    assert body["rows"][0]["clipped"] and body["rows"][0]["end"] == iso(q - 1800)
     _conforms(body, "Energy")
     st, body = await call(s, gw, "GET", "/api/energy", node="a1", **{"from": iso(q - 3600 + 60)})
     assert st == 400 and "15-minute boundary" in body["error"]["message"]

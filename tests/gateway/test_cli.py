@@ -4,12 +4,14 @@ with --json documents, human output and the documented exit codes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
 import pytest
 from slgw_harness import AIOCOAP_CLIENT, SLGW, SlgwProcess
 
+from gateway.timefmt import iso, parse
 from protocol import report
 
 TOKEN = "t0ken-for-tests"
@@ -85,10 +87,10 @@ def test_energy_json_and_csv(gw):
 def test_energy_window_is_answered_exactly(gw):
     last = js(slgw(gw, "energy", "--json", "--node", "c1", "--by", "15min"))["rows"]
     t = next(r["start"] for r in last if r["wh"] == pytest.approx(15))  # a whole quarter hour
-    iso = lambda x: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(x))  # noqa: E731
-    doc = js(slgw(gw, "energy", "--json", "--node", "c1", "--from", iso(t), "--to", iso(t + 900)))
+    end = iso(parse(t, "start") + 900)
+    doc = js(slgw(gw, "energy", "--json", "--node", "c1", "--from", t, "--to", end))
     (row,) = doc["rows"]  # by day, clipped to the quarter hour asked for
-    assert row["clipped"] and (row["start"], row["end"]) == (t, t + 900)
+    assert row["clipped"] and (row["start"], row["end"]) == (t, end)
     assert doc["total_wh"] == pytest.approx(60 / 4)
 
 
@@ -215,3 +217,22 @@ def test_bad_time_flags_name_the_flag_and_the_formats(gw, flag, value, words):
         for w in words:
             assert w in r.stderr, r.stderr
         assert "isoformat" not in r.stderr
+
+
+def test_times_are_iso_8601_utc_everywhere_and_integers_are_integers(gw):
+    """Issue 16: energy and savings answered Unix seconds, nodes and commands ISO 8601, meters
+    a float; levels came back as 40.0. One representation now (docs/cli.md "Times")."""
+    z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
+    (n,) = js(slgw(gw, "nodes", "--json"))["nodes"]
+    for k in ("registered_at", "last_seen", "last_report"):
+        assert re.match(z, n[k]), (k, n[k])
+    assert type(n["level"]) is int and type(n["on_time"]) is int and type(n["wh"]) is int, n
+    for c in js(slgw(gw, "commands", "--json"))["commands"]:
+        assert re.match(z, c["created_at"]) and re.match(z, c["updated_at"]), c
+    e = js(slgw(gw, "energy", "--json", "--cabinet", "K1", "--by", "hour"))
+    stamps = [e["start"], e["end"], e["circuit"]["start"], e["circuit"]["end"]]
+    stamps += [r[k] for r in e["rows"] for k in ("start", "end")]
+    sv = js(slgw(gw, "savings", "--json"))
+    stamps += [sv["start"], sv["end"]]
+    for t in stamps:
+        assert isinstance(t, str) and re.match(z, t), t

@@ -87,7 +87,7 @@ port = {bport}
         meter = wait(meters, 20, "five good polls in `slgw meters --json`")
         assert meter["name"] == "cab-1-main" and meter["cabinet"] == "cab-1"
         assert meter["power_w"] == pytest.approx(1800) and meter["import_wh"] > 0
-        assert meter["last_poll"] is not None
+        assert meter["last_poll"].endswith("Z")  # ISO 8601 UTC, as every time (docs/cli.md)
         assert meter["missing_registers"] == [{"name": "frequency", "function": 4, "address": 0x46, "count": 2}]
         human = gw.cli("meters")
         assert human.returncode == 0, human.stderr
