@@ -23,6 +23,7 @@ import sqlite3
 from typing import Any
 
 import aiocoap
+import cbor2
 from aiohttp import web
 
 from gateway import backup as backup_rules
@@ -340,6 +341,43 @@ class Gateway:
         size = os.path.getsize(path)
         log.info("backup written to %s (%d bytes)", path, size)
         return {"path": path, "bytes": size}
+
+    async def rotate_key(self, ep: str, wait: float) -> dict[str, Any]:
+        """Give node `ep` a new OSCORE key (SPEC §10.5): the new master secret, salt and node
+        Sender ID go to the node in a PUT /10250/0/30 protected with its current key.
+
+        Returns {"node", "old_node_sender_id", "node_sender_id", "state"}: "written" when the
+        node answered 2.04, "unconfirmed" when it did not answer (both keys stay accepted until
+        it uses one). Raises LookupError (no key / not registered), RuntimeError (OSCORE off,
+        or a rotation already pending), NodeRefused (the node refused; its key is unchanged).
+        """
+        creds = self.credentials
+        if creds is None:
+            raise RuntimeError("[coap] security is \"none\": there are no keys to rotate")
+        old = creds.context(ep)
+        if old is None:
+            raise LookupError(f"{ep} has no OSCORE key; import one with `slgw keys import`")
+        address = self.registry.address(ep)
+        if not address:
+            raise LookupError(f"{ep} is not registered, so its new key cannot be sent; rotate "
+                              "once it is online")
+        ms, salt, sid = creds.begin_rotation(ep)
+        out = {"node": ep, "old_node_sender_id": old.recipient_id.hex(), "node_sender_id": sid.hex()}
+        try:
+            await self.client.request(aiocoap.PUT, address, "/10250/0/30",
+                                      cbor2.dumps([ms, salt, sid]), content_format=60,
+                                      timeout=wait)
+        except NodeRefused:
+            creds.abort_rotation(ep)
+            raise
+        except NodeUnreachable as exc:
+            log.warning("key rotation of %s: no answer (%s); both its old and new key stay "
+                        "accepted until it uses one", ep, exc)
+            return {**out, "state": "unconfirmed"}
+        creds.confirm_rotation(ep)
+        log.info("key rotation of %s: the node took its new key (kid %s -> %s)", ep,
+                 out["old_node_sender_id"], out["node_sender_id"])
+        return {**out, "state": "written"}
 
     def meters_status(self) -> list[dict[str, Any]]:
         return self.modbus.status() if self.modbus else []

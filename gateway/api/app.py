@@ -262,6 +262,25 @@ async def backup(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", f"cannot write backup to {path}: {exc}") from None
 
 
+async def rotate_key(request: web.Request) -> web.Response:
+    """POST /api/keys/rotate {"node", "wait"}: a new OSCORE key for one node (docs/cli.md)."""
+    from gateway.coap.client import NodeRefused
+    gw = request.app[GW]
+    body = await _body(request)
+    node, wait = body.get("node"), body.get("wait", 30.0)
+    if not isinstance(node, str) or not isinstance(wait, int | float) or not 0 < wait <= 300:
+        raise ApiError(400, "bad_request", "body must be {\"node\": ID, \"wait\": 0-300 s}")
+    try:
+        return web.json_response(await gw.rotate_key(node, float(wait)))
+    except LookupError as exc:
+        raise ApiError(404, "not_found", str(exc).strip("'\"")) from None
+    except RuntimeError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    except NodeRefused as exc:
+        raise ApiError(502, "node_refused", f"{node} refused its new key ({exc}); its current "
+                       "key stays in force") from None
+
+
 async def meters(request: web.Request) -> web.Response:
     gw = request.app[GW]
     return web.json_response({"meters": iso_times(gw.meters_status())})
@@ -286,6 +305,7 @@ ROUTES = [
     ("GET", "/api/faults", faults),
     ("POST", "/api/backup", backup),
     ("GET", "/api/meters", meters),
+    ("POST", "/api/keys/rotate", rotate_key),
     ("GET", "/openapi.json", openapi),
 ]
 

@@ -244,6 +244,19 @@ PATHS: dict[str, Any] = {
         "Energy meters polled over Modbus and their status",
         _json({"type": "object", "properties": {"meters": {"type": "array", "items": _ref("Meter")}}}),
         op_id="meters")},
+    "/api/keys/rotate": {"post": _op(
+        "A new OSCORE key for one node, sent to it under its current key (PUT /10250/0/30); "
+        "state written = the node answered 2.04, unconfirmed = no answer (both keys stay "
+        "accepted until it uses one); 404 no key or not registered, 502 the node refused",
+        _json({"type": "object", "properties": {
+            "node": {"type": "string"}, "old_node_sender_id": {"type": "string"},
+            "node_sender_id": {"type": "string"},
+            "state": {"type": "string", "enum": ["written", "unconfirmed"]}}}),
+        body={"type": "object", "required": ["node"], "properties": {
+            "node": {"type": "string"},
+            "wait": {"type": "number", "minimum": 0, "maximum": 300,
+                     "description": "seconds to wait for the node's answer (default 30)"}}},
+        op_id="rotateKey")},
     "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                               "security": [],
                               "responses": {"200": _json({"type": "object"})}}},

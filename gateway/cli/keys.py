@@ -94,6 +94,14 @@ def human(kind: str, doc: dict[str, Any], out: Any) -> None:
                       f"{k['gateway_sender_id'] or '?':10} {k['alg']}\n")
     elif kind == "keys_removed":
         out.write(f"removed the key of {doc['removed']}: its requests are now refused (4.01)\n")
+    elif kind == "keys_rotated":
+        if doc["state"] == "written":
+            out.write(f"{doc['node']} took its new key (node Sender ID {doc['old_node_sender_id']} "
+                      f"-> {doc['node_sender_id']}); the old one is dropped at its next request\n")
+        else:
+            out.write(f"{doc['node']} did not answer: its new key (node Sender ID "
+                      f"{doc['node_sender_id']}) and the old one ({doc['old_node_sender_id']}) are "
+                      "both accepted until it uses one\n")
     elif kind == "keys_imported":
         for k in doc["imported"]:
             out.write(f"{k['node']}: {k['result']} (node Sender ID {k['node_sender_id']})\n")

@@ -240,6 +240,9 @@ def run_client(args: argparse.Namespace) -> tuple[str, Any]:
     if cmd == "commands":
         return "commands", api.call("GET", "/api/commands", {"batch": args.batch, "node": args.node,
                                                               "state": args.state})
+    if cmd == "keys":  # only rotate gets here: it needs the running service
+        return "keys_rotated", api.call("POST", "/api/keys/rotate",
+                                        body={"node": args.node, "wait": args.wait})
     if cmd == "meters":
         return "meters", api.call("GET", "/api/meters")
     raise UsageError(f"unknown command {cmd}")
@@ -325,6 +328,8 @@ def _main(argv: list[str] | None) -> int:
         return _fail(args, code, exc.code or "service", exc.message)
     if args.json:
         print(json.dumps(doc, indent=2))
+    elif kind == "keys_rotated":
+        keys_cli.human(kind, doc, sys.stdout)
     else:
         render.human(kind, doc, sys.stdout)
     return EXIT_OK

@@ -135,11 +135,20 @@ def _adopt_owner(path: str, like: str) -> None:
             os.chown(os.path.join(root, n), st.st_uid, st.st_gid)
 
 
-def write_context(keys_dir: str, key: dict[str, Any]) -> str:
-    """Write one node's context directory (replacing none: the caller removed an old one).
-    Returns its path."""
+ROTATE_PREFIX = ".rotate-"  # a key being rotated in (SPEC §10.5); hidden from context_dirs
+CONFIRMED = "confirmed"      # marker file: the node answered 2.04 to its new key
+
+
+def rotation_dir(keys_dir: str, ep: str) -> str:
+    """Where a node's next key waits until the node first uses it."""
+    return os.path.join(keys_dir, ROTATE_PREFIX + ep)
+
+
+def write_context(keys_dir: str, key: dict[str, Any], final: str | None = None) -> str:
+    """Write one node's context directory (replacing none: the caller removed an old one) at
+    `final` (default `<keys_dir>/<ep>`). Returns its path."""
     ensure_dir(keys_dir)
-    final = os.path.join(keys_dir, key["ep"])
+    final = final or os.path.join(keys_dir, key["ep"])
     tmpdir = tempfile.mkdtemp(dir=keys_dir, prefix=".new-")  # 0700
     _write_private(os.path.join(tmpdir, "secret.json"),
                    {"secret_hex": key["secret"].hex(), "salt_hex": key["salt"].hex()})
@@ -229,15 +238,53 @@ def import_key(keys_dir: str, key: dict[str, Any], replace: bool = False) -> str
 
 
 def remove_key(keys_dir: str, ep: str) -> bool:
-    """Delete one node's context; return False if it had none."""
+    """Delete one node's context (and a key being rotated in); return False if it had none."""
     path = context_dirs(keys_dir).get(ep)
     if path is None:
         return False
+    pending = rotation_dir(keys_dir, ep)
+    if os.path.isdir(pending):
+        _discard(keys_dir, pending)
+    _discard(keys_dir, path)
+    return True
+
+
+def _discard(keys_dir: str, path: str) -> None:
     # rename first, so a running gateway never loads a half-deleted directory
     tmp = tempfile.mkdtemp(dir=keys_dir, prefix=".old-")
     os.replace(path, os.path.join(tmp, "ctx"))
     shutil.rmtree(tmp)
-    return True
+
+
+def promote_rotation(keys_dir: str, ep: str) -> str:
+    """The node used its new key: the rotated-in context becomes `<keys_dir>/<ep>` and the old
+    one is deleted. Returns the path."""
+    final = os.path.join(keys_dir, ep)
+    if os.path.isdir(final):
+        _discard(keys_dir, final)
+    os.replace(rotation_dir(keys_dir, ep), final)
+    marker = os.path.join(final, CONFIRMED)
+    if os.path.exists(marker):
+        os.unlink(marker)
+    return final
+
+
+def used_sender_ids(keys_dir: str) -> set[str]:
+    """Every node Sender ID (hex) installed or being rotated in."""
+    out = set()
+    for path in list(context_dirs(keys_dir).values()) + [
+            os.path.join(keys_dir, n) for n in _names(keys_dir) if n.startswith(ROTATE_PREFIX)]:
+        s = read_settings(path) or {}
+        if s.get("recipient-id_hex"):
+            out.add(s["recipient-id_hex"])
+    return out
+
+
+def _names(keys_dir: str) -> list[str]:
+    try:
+        return os.listdir(keys_dir)
+    except FileNotFoundError:
+        return []
 
 
 def check_permissions(keys_dir: str) -> None:
@@ -250,7 +297,9 @@ def check_permissions(keys_dir: str) -> None:
     fix_mode = f"chmod -R go-rwx {keys_dir}"
     fix_owner = f"chown -R {user} {keys_dir}"
     entries = [keys_dir]
-    for path in context_dirs(keys_dir).values():
+    dirs = list(context_dirs(keys_dir).values()) + [
+        os.path.join(keys_dir, n) for n in _names(keys_dir) if n.startswith(ROTATE_PREFIX)]
+    for path in dirs:
         entries.append(path)
         entries += [os.path.join(path, n) for n in SECRET_FILES
                     if os.path.exists(os.path.join(path, n))]

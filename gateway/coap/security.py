@@ -92,6 +92,8 @@ class NodeCredentials(CredentialsMap):
         self._stamp: dict[str, tuple[int, int]] = {}  # ep -> (inode, mtime) of secret.json
         self._dir_mtime = -1
         self.scans = 0
+        self._pending: dict[str, NodeContext] = {}  # ep -> key being rotated in (SPEC §10.5)
+        self._confirmed: set[str] = set()  # eps whose node answered 2.04 to its new key
         self.unknown_kid = 0  # protected requests with a kid no node has (answered 4.01)
         self._unknown_logged = -1e9
 
@@ -116,6 +118,9 @@ class NodeCredentials(CredentialsMap):
         for ep in list(self._by_ep):
             if ep not in found or self._stamp_of(found[ep]) != self._stamp.get(ep):
                 self._drop(ep, "removed" if ep not in found else "replaced")
+        for ep in list(self._pending):
+            if ep not in self._by_ep or not os.path.isdir(keystore.rotation_dir(self.keys_dir, ep)):
+                self._forget_pending(ep)
         for ep, path in found.items():
             if ep in self._by_ep:
                 continue
@@ -136,6 +141,34 @@ class NodeCredentials(CredentialsMap):
             self._by_kid[ctx.recipient_id] = ctx
             self._stamp[ep] = self._stamp_of(path)
             log.info("OSCORE key loaded for %s (kid %s)", ep, ctx.recipient_id.hex())
+        for ep in self._by_ep:
+            pending = keystore.rotation_dir(self.keys_dir, ep)
+            if ep not in self._pending and os.path.isdir(pending):
+                self._load_pending(ep, pending)
+
+    def _load_pending(self, ep: str, path: str) -> None:
+        try:
+            ctx = NodeContext(path, ep)
+        except Exception as exc:
+            log.error("the new OSCORE key of %s in %s cannot be loaded (%s); rotate again", ep,
+                      path, exc)
+            return
+        if ctx.recipient_id in self._by_kid:
+            ctx.release()
+            return
+        self._pending[ep] = ctx
+        self._by_kid[ctx.recipient_id] = ctx
+        if os.path.exists(os.path.join(path, keystore.CONFIRMED)):
+            self._confirmed.add(ep)
+        log.info("OSCORE key rotation of %s pending: both kids %s and %s accepted until the node "
+                 "uses the new one", ep, self._by_ep[ep].recipient_id.hex(), ctx.recipient_id.hex())
+
+    def _forget_pending(self, ep: str) -> None:
+        ctx = self._pending.pop(ep)
+        self._confirmed.discard(ep)
+        if self._by_kid.get(ctx.recipient_id) is ctx:
+            del self._by_kid[ctx.recipient_id]
+        ctx.release()
 
     @staticmethod
     def _stamp_of(path: str) -> tuple[int, int]:
@@ -146,6 +179,8 @@ class NodeCredentials(CredentialsMap):
         return (st.st_ino, st.st_mtime_ns)
 
     def _drop(self, ep: str, why: str) -> None:
+        if ep in self._pending:
+            self._forget_pending(ep)
         ctx = self._by_ep.pop(ep)
         self._stamp.pop(ep, None)
         if self._by_kid.get(ctx.recipient_id) is ctx:
@@ -170,9 +205,68 @@ class NodeCredentials(CredentialsMap):
         self._scan()
         return True
 
+    # --- key rotation (SPEC §10.5) ---------------------------------------------------------
+    def begin_rotation(self, ep: str) -> tuple[bytes, bytes, bytes]:
+        """Make and store the node's next key; from now on requests under either kid are
+        accepted. Returns (master secret, master salt, node Sender ID) for the node.
+
+        Raises KeyError for a node without a key, RuntimeError while a rotation is pending.
+        """
+        old = self._by_ep[ep]
+        if ep in self._pending:
+            raise RuntimeError(f"a key rotation of {ep} is already waiting for the node to use "
+                               "its new key; it completes at the node's next request")
+        used = set(self._by_kid) | {bytes.fromhex(h) for h in keystore.used_sender_ids(self.keys_dir)}
+        sid = os.urandom(4)
+        while sid in used or sid == old.sender_id:
+            sid = os.urandom(4)
+        ms, salt = os.urandom(16), os.urandom(8)
+        path = keystore.write_context(self.keys_dir, {
+            "ep": ep, "secret": ms, "salt": salt, "node_sid": sid, "gw_sid": old.sender_id},
+            final=keystore.rotation_dir(self.keys_dir, ep))
+        self._load_pending(ep, path)
+        return ms, salt, sid
+
+    def confirm_rotation(self, ep: str) -> None:
+        """The node answered 2.04 to its new key: it uses only that one from now on, so the
+        gateway's requests to it do too (marked on disk for a restart)."""
+        path = os.path.join(keystore.rotation_dir(self.keys_dir, ep), keystore.CONFIRMED)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._confirmed.add(ep)
+
+    def abort_rotation(self, ep: str) -> None:
+        """The node refused its new key: forget it (the current key stays)."""
+        if ep in self._pending:
+            self._forget_pending(ep)
+        pending = keystore.rotation_dir(self.keys_dir, ep)
+        if os.path.isdir(pending):
+            keystore._discard(self.keys_dir, pending)
+
+    def pending_rotation(self, ep: str) -> bool:
+        return ep in self._pending
+
+    def _promote(self, ep: str) -> NodeContext:
+        """The node's first request under its new kid: the new key becomes its only one."""
+        new, old = self._pending.pop(ep), self._by_ep.pop(ep)
+        self._confirmed.discard(ep)
+        for ctx in (new, old):
+            if self._by_kid.get(ctx.recipient_id) is ctx:
+                del self._by_kid[ctx.recipient_id]
+        old.release()
+        new.close()  # its sequence number and replay window, for the reloaded context
+        path = keystore.promote_rotation(self.keys_dir, ep)
+        fresh = NodeContext(path, ep)
+        self._by_ep[ep] = fresh
+        self._by_kid[fresh.recipient_id] = fresh
+        self._stamp[ep] = self._stamp_of(path)
+        self._dir_mtime = os.stat(self.keys_dir).st_mtime_ns
+        log.info("node %s uses its new OSCORE key (kid %s); its old key (kid %s) is no longer "
+                 "accepted", ep, fresh.recipient_id.hex(), old.recipient_id.hex())
+        return fresh
+
     def close(self) -> None:
         """Persist every context's state (graceful stop)."""
-        for ctx in self._by_ep.values():
+        for ctx in list(self._by_ep.values()) + list(self._pending.values()):
             try:
                 ctx.close()
             except OSError as exc:
@@ -181,6 +275,7 @@ class NodeCredentials(CredentialsMap):
                           ctx.endpoint, exc)
         self._by_ep.clear()
         self._by_kid.clear()
+        self._pending.clear()
 
     # --- lookups ------------------------------------------------------------------------------
     def context(self, ep: str) -> NodeContext | None:
@@ -193,7 +288,11 @@ class NodeCredentials(CredentialsMap):
     def for_address(self, address: str) -> NodeContext | None:
         """The context to protect a request to the node registered at "host:port"."""
         ep = self.endpoint_at(address)
-        return self._by_ep.get(ep) if ep is not None else None
+        if ep is None:
+            return None
+        if ep in self._confirmed:
+            return self._pending.get(ep)
+        return self._by_ep.get(ep)
 
     # aiocoap server side (OscoreSiteWrapper)
     def find_oscore(self, unprotected: dict) -> NodeContext:
@@ -204,6 +303,8 @@ class NodeCredentials(CredentialsMap):
         ctx = self._by_kid.get(kid)
         if ctx is None and self.rescan_if_changed():
             ctx = self._by_kid.get(kid)
+        if ctx is not None and self._pending.get(ctx.endpoint) is ctx:
+            ctx = self._promote(ctx.endpoint)
         if ctx is None:
             self.unknown_kid += 1
             now = time.monotonic()

@@ -67,6 +67,24 @@ class _Recorder(resource.Resource):
         return aiocoap.Message(code=self.node.answer.get(self.path, self.code))
 
 
+class _Rotate(resource.Resource):
+    """/10250/0/30 of a protected node (SPEC §10.5): store [ms, salt, sid] as a new context and
+    use it for everything after this answer (the answer itself goes out under the old one)."""
+
+    def __init__(self, node: AiocoapNode):
+        super().__init__()
+        self.node = node
+
+    async def render_put(self, request: aiocoap.Message) -> aiocoap.Message:
+        if not isinstance(request.remote, OSCOREAddress):
+            return aiocoap.Message(code=Code.UNAUTHORIZED)
+        code = self.node.answer.get("/10250/0/30", Code.CHANGED)
+        if code == Code.CHANGED:
+            ms, salt, sid = cbor2.loads(request.payload)
+            self.node.use_key(write_node_context(self.node.oscore_dir.parent, ms, salt, sid))
+        return aiocoap.Message(code=code)
+
+
 class AiocoapNode:
     """A test LwM2M client on aiocoap: serves the writable resources and records Writes.
 
@@ -80,6 +98,7 @@ class AiocoapNode:
                  oscore_dir: Path | None = None):
         self.ep, self.gw_port = ep, gw_port
         self.oscore_dir = oscore_dir  # node-side aiocoap context (make_node_key): all protected
+        self.retired: list[Any] = []  # contexts replaced by a key rotation
         self.port = port or free_port(socket.SOCK_DGRAM)
         self.writes: list[tuple[str, int, Any]] = []
         self.answer: dict[str, Code] = {}
@@ -104,9 +123,19 @@ class AiocoapNode:
         self.ctx = await aiocoap.Context.create_server_context(
             None, bind=("127.0.0.1", self.port), transports=["oscore", "simplesocketserver"],
             server_credentials=creds)
+        site.add_resource(("10250", "0", "30"), _Rotate(self))
+        self.creds = creds
         self.ctx.serversite = OscoreSiteWrapper(site, creds)
         self.ctx.client_credentials[f"coap://127.0.0.1:{self.gw_port}/*"] = self.secctx
         return self
+
+    def use_key(self, node_dir: Path) -> None:
+        """Switch to another node-side context (key rotation); the old one is released."""
+        from aiocoap.oscore import FilesystemSecurityContext
+        old, self.secctx, self.oscore_dir = self.secctx, FilesystemSecurityContext(str(node_dir)), node_dir
+        self.creds[":node"] = self.secctx
+        self.ctx.client_credentials[f"coap://127.0.0.1:{self.gw_port}/*"] = self.secctx
+        self.retired.append(old)  # its answer to /10250/0/30 still goes out under it
 
     async def request(self, code: Code, path: str, payload: bytes = b"", cf: int | None = None
                       ) -> aiocoap.Message:
@@ -142,9 +171,25 @@ class AiocoapNode:
         if self.ctx is not None:
             await self.ctx.shutdown()
             self.ctx = None
-        if getattr(self, "secctx", None) is not None:
-            self.secctx._destroy()  # persist its sequence number, release the lock
-            self.secctx = None
+        for ctx in [getattr(self, "secctx", None), *self.retired]:
+            if ctx is not None:
+                ctx._destroy()  # persist its sequence number, release the lock
+        self.secctx, self.retired = None, []
+
+
+def write_node_context(parent: Path, ms: bytes, salt: bytes, sid: bytes) -> Path:
+    """A node-side aiocoap context directory (Sender ID `sid`, the gateway's is 00)."""
+    import json
+    n = 0
+    while (parent / f"node-{sid.hex()}-{n}").exists():
+        n += 1
+    node_dir = parent / f"node-{sid.hex()}-{n}"
+    node_dir.mkdir(mode=0o700)
+    (node_dir / "secret.json").write_text(json.dumps({"secret_hex": ms.hex(), "salt_hex": salt.hex()}))
+    (node_dir / "settings.json").write_text(json.dumps({
+        "sender-id_hex": sid.hex(), "recipient-id_hex": "00",
+        "algorithm": "AES-CCM-16-64-128", "kdf-hashfun": "sha256"}))
+    return node_dir
 
 
 def make_node_key(tmp_path: Path, ep: str, sid: bytes | None = None) -> tuple[Path, Path]:
@@ -160,13 +205,7 @@ def make_node_key(tmp_path: Path, ep: str, sid: bytes | None = None) -> tuple[Pa
         "node_sender_id_hex": sid.hex(), "gateway_sender_id_hex": "00",
         "alg": "AES-CCM-16-64-128", "hkdf": "sha256"}))
     keyfile.chmod(0o600)
-    node_dir = tmp_path / f"node-{ep}-{sid.hex()}"
-    node_dir.mkdir(mode=0o700)
-    (node_dir / "secret.json").write_text(json.dumps({"secret_hex": ms.hex(), "salt_hex": salt.hex()}))
-    (node_dir / "settings.json").write_text(json.dumps({
-        "sender-id_hex": sid.hex(), "recipient-id_hex": "00",
-        "algorithm": "AES-CCM-16-64-128", "kdf-hashfun": "sha256"}))
-    return keyfile, node_dir
+    return keyfile, write_node_context(tmp_path, ms, salt, sid)
 
 
 class _CrowdProtocol(asyncio.DatagramProtocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import aiocoap
 import pytest
@@ -15,6 +16,7 @@ from coap_peers import AiocoapNode, gateway, make_node_key
 from slgw_harness import AIOCOAP_CLIENT
 
 from gateway.coap import keystore
+from gateway.coap.client import NodeRefused
 from protocol import lwm2m, report
 
 R1 = (1, 1767286800, 1000.0, 20.0, 40, 60, 0)  # seq, t, wh, w, level, on_time, faults
@@ -234,3 +236,55 @@ async def test_none_mode_refuses_a_register_hijack_while_the_node_answers(tmp_pa
             assert gw.registry.address("lamp-1") == f"127.0.0.1:{rebooted.port}" != old
         finally:
             await rebooted.stop()
+
+
+async def test_key_rotation_both_kids_until_the_node_uses_the_new_one(tmp_path):
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    async with gateway(tmp_path / "gw", coap__security="oscore") as gw:
+        install(gw, keyfile)
+        kdir = gw.config.coap.keys_dir
+        node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        try:
+            await node.register()
+            await node.describe()
+            old_sid = keystore.list_keys(kdir)[0]["node_sender_id"]
+            res = await gw.rotate_key("lamp-1", 5.0)
+            assert res["state"] == "written" and res["old_node_sender_id"] == old_sid
+            assert res["node_sender_id"] != old_sid and node.oscore_dir != node_dir
+            assert gw.credentials.pending_rotation("lamp-1")
+            # the node now only has its new key (kid 00 for the gateway in both): a Write under
+            # the old key would fail to decrypt, so this one went out under the new key
+            out = await gw.commands.submit("lamp-1", "level", {"level": 30}, wait=5)
+            assert [c["state"] for c in out["commands"]] == ["delivered"]
+            # its first request under the new kid completes the rotation
+            assert (await node.send([R1])).code == Code.CHANGED
+            assert not gw.credentials.pending_rotation("lamp-1")
+            assert keystore.list_keys(kdir)[0]["node_sender_id"] == res["node_sender_id"]
+            assert sorted(os.listdir(kdir)) == ["lamp-1"]
+        finally:
+            await node.stop()
+        # the old key is dead
+        ghost = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        try:
+            with pytest.raises(NotAProtectedMessage) as exc:
+                await ghost.send([R1])
+            assert exc.value.plain_message.code == Code.UNAUTHORIZED
+        finally:
+            await ghost.stop()
+
+
+async def test_key_rotation_refused_by_the_node_keeps_the_old_key(tmp_path):
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    async with gateway(tmp_path / "gw", coap__security="oscore") as gw:
+        install(gw, keyfile)
+        node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        try:
+            await node.register()
+            node.answer["/10250/0/30"] = Code.BAD_REQUEST
+            with pytest.raises(NodeRefused):
+                await gw.rotate_key("lamp-1", 5.0)
+            assert not gw.credentials.pending_rotation("lamp-1")
+            assert sorted(os.listdir(gw.config.coap.keys_dir)) == ["lamp-1"]
+            assert (await node.send([R1])).code == Code.CHANGED
+        finally:
+            await node.stop()
