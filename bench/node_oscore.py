@@ -10,8 +10,8 @@ backlog Send:
   2.04 answer vs decode + verify;
 * node side of a gateway Write (PUT /3311/0/5851): decode vs decode + verify of the request,
   and encode vs protect + encode of its 2.04;
-* heap allocated per operation (``gc.mem_alloc`` with the collector off), and the heap the
-  modules take once imported (protocol.oscore + protocol.aes_ccm);
+* heap allocated per operation (``gc.mem_alloc`` with the collector off), the heap the modules
+  take once imported (protocol.oscore + protocol.aes_ccm, firmware.secure) and one context;
 * key derivation at boot (three HKDF-SHA256 runs);
 * datagram sizes with a 4-byte node Sender ID and a Partial IV of 1, 2 and 3 bytes.
 """
@@ -39,6 +39,9 @@ f1 = gc.mem_free()
 from protocol import oscore
 gc.collect()
 f2 = gc.mem_free()
+from firmware import secure
+gc.collect()
+f3 = gc.mem_free()
 
 REPORT = (123456, 1763776800, 48213, 37.25, 40, 9504000, 0)
 FAULT = (123456, 1763776800, 48213, 37.25, 40, 9504000, 1)
@@ -48,6 +51,8 @@ SID = b"\x5e\xed\x0a\x11"
 t0 = time.ticks_us()
 node = oscore.Context(MS, SALT, SID, b"\x00")
 derive_us = time.ticks_diff(time.ticks_us(), t0)
+gc.collect()
+f4 = gc.mem_free()
 gw = oscore.Context(MS, SALT, b"\x00", SID)
 gw.window_ready = True
 
@@ -180,6 +185,8 @@ out["sizes"] = sizes
 out["derive_keys_us"] = derive_us
 out["heap_protocol_base"] = f0 - f1
 out["heap_oscore_modules"] = f1 - f2
+out["heap_firmware_secure"] = f2 - f3
+out["heap_one_context"] = f3 - f4
 print(json.dumps(out))
 """
 
