@@ -4,10 +4,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# System packages the tests use as real peers (pty pairs, an independent Modbus master).
-SYSPKGS := socat mbpoll
+# System packages the tests use as real peers (pty pairs, an independent Modbus master, Node.js
+# for the independent LwM2M peer).
+SYSPKGS := socat mbpoll nodejs npm
+# npm packages the interop tests use as real peers (an independent LwM2M server and client),
+# pinned by tests/interop_js/package-lock.json and installed into that folder only.
+INTEROP_JS := tests/interop_js
+INTEROP_STAMP := $(INTEROP_JS)/node_modules/.installed
 
-.PHONY: demo test venv sysdeps lint unit hil bench clean
+.PHONY: demo test venv sysdeps interop-deps lint unit hil bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +31,12 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+$(INTEROP_STAMP): $(INTEROP_JS)/package.json $(INTEROP_JS)/package-lock.json
+	cd $(INTEROP_JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+interop-deps: sysdeps $(INTEROP_STAMP)
+
 # Other ports when 5683/8080 are taken: make demo API_PORT=8081 COAP_PORT=5684, or FREE_PORTS=1.
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo $(if $(API_PORT),--api-port $(API_PORT)) \
@@ -34,11 +45,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) sysdeps lint
+test: $(STAMP) sysdeps interop-deps lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(INTEROP_JS)/node_modules

@@ -255,8 +255,9 @@ class LwM2MServer(resource.Resource):
             raise BadRequest(Code.FORBIDDEN, f"this key registers {auth} only")
         if not EP_RE.match(ep):
             raise BadRequest(Code.BAD_REQUEST, "ep must be 1-63 of [A-Za-z0-9._-]")
-        if q.get("lwm2m") != lwm2m.LWM2M_VERSION:
-            raise BadRequest(Code.BAD_REQUEST, f"lwm2m={lwm2m.LWM2M_VERSION} required")
+        # 1.0 clients are managed too (Register, Write, Execute are the same); they cannot Send.
+        if q.get("lwm2m") not in ("1.0", lwm2m.LWM2M_VERSION):
+            raise BadRequest(Code.BAD_REQUEST, f"lwm2m={lwm2m.LWM2M_VERSION} or 1.0 required")
         if q.get("b", "U") != "U":
             raise BadRequest(Code.BAD_REQUEST, "binding must be U")
         lifetime = _lifetime(q, self.default_lifetime)

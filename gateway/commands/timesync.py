@@ -4,8 +4,8 @@ is relative (the node has no valid time) or drifts more than 30 s from the gatew
 Only while `clock.trusted()`: a real clock must be NTP-synchronised (a Raspberry Pi boots with a
 stale time and must never push it to a town's nodes); a simulated clock is trusted. Writes to
 one node are at most one per `min_interval` seconds, so a backlog of old reports does not turn
-into a storm of writes. Failures are logged and retried at the next trigger; time writes are
-not queued (the next Register or report triggers a fresh one with a fresh time).
+into a storm of writes. Failures are logged and retried at the next trigger (a report, an
+Update, a Register); time writes are not queued (the next Register or report triggers a fresh one with a fresh time).
 
 A time Write is sent NON (once, no CoAP retransmission): a retransmitted CON carries the time
 of its first transmission, up to MAX_TRANSMIT_WAIT (93 s) stale, and a node set that far back
@@ -58,9 +58,14 @@ class TimeSync:
         return t is not None and abs(t - now) > self.drift_s
 
     def after_register(self, ep: str, registered: bool) -> None:
-        """Hook for a Register (registered=True) or Update (False): sync on Register."""
+        """Hook for a Register (registered=True) or Update (False): sync on Register, and on
+        an Update while this node's time was never set or its last time Write failed (a NON
+        Write can be lost, e.g. one that reaches a client before it listens; a client that
+        never Sends would otherwise wait for its next Register)."""
         if registered:
             self._spawn(ep, force=True)
+        elif ep not in self._last:
+            self._spawn(ep, force=False)
 
     def after_reports(self, ep: str, reports: list[dict[str, Any]]) -> None:
         """Hook for a stored Send: sync if its newest report shows drift."""
@@ -97,8 +102,8 @@ class TimeSync:
             self.writes += 1
             log.debug("set the time of node %s", ep)
         except (NodeUnreachable, NodeRefused) as exc:
-            log.warning("could not set the time of node %s (%s); will retry at its next report "
-                        "or registration", ep, exc)
+            log.warning("could not set the time of node %s (%s); will retry at its next report, "
+                        "Update or Register", ep, exc)
             self._last.pop(ep, None)
 
     async def stop(self) -> None:

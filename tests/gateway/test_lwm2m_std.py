@@ -7,6 +7,7 @@ with the gateway's own codecs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -145,3 +146,28 @@ def test_register_body_summary():
     assert s("</3/0>,</10250/0>") == ([3, 10250], [])
     assert s("") == ([], [])
 
+
+
+async def test_failed_time_write_is_retried_at_the_next_update(tmp_path):
+    """A time Write is NON (SPEC §6) and may be lost or refused; a client that never Sends (an
+    LwM2M 1.0 client has no Send) would wait for its next Register. The gateway retries at
+    the client's next Update (Core 1.1 §6.2.2) while the time is not set; once set, an Update
+    writes nothing."""
+    sim = Clock(start=1_800_000_000.0, speed=1.0)
+    async with gateway(tmp_path, clock=sim) as gw:
+        node = await AiocoapNode("upd1", gw.config.coap.port).start()
+        node.answer["/3/0/13"] = Code.SERVICE_UNAVAILABLE
+        try:
+            await node.register()
+            await node.wait_writes(1)
+            node.answer.clear()
+            assert (await node.request(Code.POST, node.location)).code == Code.CHANGED
+            await node.wait_writes(2)
+            assert [w[0] for w in node.writes] == ["/3/0/13", "/3/0/13"]
+            await asyncio.sleep(0.3)
+            assert gw.timesync.writes == 1
+            assert (await node.request(Code.POST, node.location)).code == Code.CHANGED
+            await asyncio.sleep(0.5)
+            assert len(node.writes) == 2  # set already: an Update does not write again
+        finally:
+            await node.stop()
