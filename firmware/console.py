@@ -127,7 +127,19 @@ class Console:
             "faults": fault_names(self._get("faults")),
             "error": self.last_log or _config_errors(n),
             "identifying": self._identifying(),
+            "oscore": self._oscore(),
         }
+
+    def _oscore(self):
+        """"on <sender id>" (the id is public: it is in every request), "off" (no keys: the node
+        talks unprotected) or "invalid keys" (it refuses everything). Never a key."""
+        sec = getattr(self.node, "sec", None)
+        if sec is None:
+            return "off"
+        sid = sec.sender_id()
+        if sid is None:
+            return "invalid keys"
+        return "on " + "".join("%02x" % b for b in sid)
 
     def _identifying(self):
         until = getattr(self.node, "identify_until", 0)

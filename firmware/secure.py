@@ -243,8 +243,12 @@ class Secure:
                 inner = ctx.unprotect_response(r, rid)
             except oscore.OscoreError as e:
                 self.stats["bad_responses"] += 1
-                self.log("oscore: gateway answered %s that does not verify (%s): treated as no answer"
-                         % (r.code_str(), e))
+                if r.code == coap.UNAUTHORIZED and r.get_option(coap.OSCORE) is None:
+                    self.log("oscore: the gateway refused our key (unprotected 4.01): is this node's "
+                             "<id>.oscore.json imported there (slgw keys import)?")
+                else:
+                    self.log("oscore: gateway answered %s that does not verify (%s): treated as no answer"
+                             % (r.code_str(), e))
                 return None
             if inner.code == coap.UNAUTHORIZED and attempt == 0:
                 echo = inner.get_option(oscore.ECHO)

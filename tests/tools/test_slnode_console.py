@@ -222,6 +222,7 @@ async def test_console_against_the_real_node_firmware(tmp_path, source):
         assert status["id"] == "lamp-77" and status["version"] == "0.1.0"
         assert status["gateway"] == f"coap://127.0.0.1:{rd.port}"
         assert "timeInvalid" in status["faults"]
+        assert status["oscore"] == "off"  # no keys in this image: the console says so
         for _ in range(50):  # the lamp fades up to the default level (no valid time yet)
             if status["level"] == 80:
                 break

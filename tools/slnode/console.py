@@ -5,7 +5,8 @@ line; the node answers with one line ``@slnode {JSON}``. Every other line on the
 messages, logs, a REPL banner) is ignored, so the console works next to the node's own output.
 
     status                      -> {"ok", "cmd", "id", "version", "registered", "location",
-                                    "gateway", "level", "wh", "w", "error", "faults", ...}
+                                    "gateway", "level", "wh", "w", "error", "faults", "oscore",
+                                    ...}; "oscore" is "on <sender id>", "off" or "invalid keys"
     identify                    -> blinks the lamp for a few seconds
     gateway coap://HOST:PORT    -> sets the gateway, persisted in config.json (validated by the
                                    node with the firmware's own config rules)
@@ -108,12 +109,23 @@ def format_status(s: dict) -> str:
         ("node", s.get("id") or "(no id: not provisioned)"),
         ("firmware", s.get("version", "?")),
         ("gateway", f"{s.get('gateway') or '(none)'}: {reg_txt}"),
+        ("security", _security_text(s.get("oscore"))),
         ("level", f"{s.get('level', '?')} %" + (" (identify: blinking)" if s.get("identifying") else "")),
         ("meter", meter),
         ("faults", ", ".join(faults) if faults else "none"),
         ("last error", s.get("error") or "none"),
     ]
     return "\n".join(f"{k:<11} {v}" for k, v in rows)
+
+
+def _security_text(v: str | None) -> str:
+    if v is None:
+        return "?"
+    if v == "off":
+        return "NONE: no OSCORE keys on this node (re-provision it with slnode provision)"
+    if v == "invalid keys":
+        return "BROKEN: oscore.json is invalid, the node refuses everything (re-provision it)"
+    return "OSCORE, node Sender ID " + v[3:] if v.startswith("on ") else v
 
 
 def _gateway_text(resp: dict) -> str:
