@@ -175,36 +175,46 @@ def sum_by_source(conn: sqlite3.Connection, cond: str, params: list, start: floa
     return out
 
 
-def _complete_span(conn: sqlite3.Connection, src: str, lo: int, hi: int) -> tuple[int, int] | None:
+# (table, length of a row in s; days: up to 25 h) from the finest: buckets may be pruned, hour
+# and day roll-ups are kept
+_GRAINS = (("buckets", 900), ("energy_hour", 3600), ("energy_day", 90000))
+
+
+def _complete_span(conn: sqlite3.Connection, src: str, lo: int, hi: int, tz: str
+                   ) -> tuple[int, int] | None:
     """The part of ``[lo, hi)`` where ``src``'s energy is complete, or None without data in it.
 
     Data before ``lo`` (after ``hi``) means the delta chain crosses the edge, so the source
-    covers it; otherwise its first and last buckets in the window are partial (they hold the
-    energy after its first / before its last reading only) and are left out. Roll-ups answer
-    for pruned buckets.
+    covers it; otherwise its first and last rows in the window are partial (they hold the
+    energy after its first / before its last reading only) and are left out. The finest table
+    that has rows answers for each end (roll-ups stand in for pruned buckets).
     """
-    if conn.execute("SELECT 1 FROM buckets WHERE source = ? AND start >= ? AND start < ? LIMIT 1",
-                    (src, lo, hi)).fetchone() is None and conn.execute(
-            "SELECT 1 FROM energy_hour WHERE source = ? AND start >= ? AND start < ? LIMIT 1",
-            (src, lo - 3599, hi)).fetchone() is None:
+    def one(sql: str, *args: Any) -> Any:
+        row = conn.execute(sql, (src, *args)).fetchone()
+        return row[0] if row else None
+
+    rows = [(t, n) for t, n in _GRAINS
+            if one(f"SELECT 1 FROM {t} WHERE source = ? AND start < ? AND start > ? LIMIT 1",
+                   hi, lo - n)]
+    if not rows:
         return None
+    day0 = floor_period(lo, "day", tz)  # a day row before lo's day ends at or before lo
+    before = any(one(f"SELECT 1 FROM {t} WHERE source = ? AND start + ? <= ? LIMIT 1", n, lo)
+                 for t, n in _GRAINS[:2]) or one(
+        "SELECT 1 FROM energy_day WHERE source = ? AND start < ? LIMIT 1", day0)
+    after = any(one(f"SELECT 1 FROM {t} WHERE source = ? AND start >= ? LIMIT 1", hi)
+                for t, _n in _GRAINS)
     a, b = lo, hi
-    before = conn.execute(
-        "SELECT (SELECT 1 FROM buckets WHERE source = ?1 AND start < ?2 LIMIT 1) OR "
-        "(SELECT 1 FROM energy_hour WHERE source = ?1 AND start + 3600 <= ?2 LIMIT 1)",
-        (src, lo)).fetchone()[0]
-    if not before:
-        first = conn.execute("SELECT MIN(start) FROM buckets WHERE source = ? AND start >= ?",
-                             (src, lo)).fetchone()[0]
-        a = hi if first is None else max(lo, first + GRAIN_S)
-    after = conn.execute(
-        "SELECT (SELECT 1 FROM buckets WHERE source = ?1 AND start >= ?2 LIMIT 1) OR "
-        "(SELECT 1 FROM energy_hour WHERE source = ?1 AND start >= ?2 LIMIT 1)",
-        (src, hi)).fetchone()[0]
-    if not after:
-        last = conn.execute("SELECT MAX(start) FROM buckets WHERE source = ? AND start < ?",
-                            (src, hi)).fetchone()[0]
-        b = lo if last is None else min(hi, last)
+    if not before:  # complete from the end of its first row in the window, whichever table
+        ends = []
+        for t, n in rows:
+            first = one(f"SELECT MIN(start) FROM {t} WHERE source = ? AND start < ? AND start > ?",
+                        hi, lo - n)
+            ends.append(next_period(first, "day", tz) if t == "energy_day" else first + n)
+        a = max(lo, -(-min(ends) // GRAIN_S) * GRAIN_S)
+    if not after:  # complete up to the start of its last row in the window
+        b = min(hi, max(lo, max(one(f"SELECT MAX(start) FROM {t} WHERE source = ? AND start < ?",
+                                    hi) for t, _n in rows)))
     return a, b
 
 
@@ -224,6 +234,7 @@ def circuit_check(conn: sqlite3.Connection, cabinet: str, start: float, end: flo
     lo, hi = check_grain(start, "from"), check_grain(end, "to")
     ncond, nparams, _ = selection(cabinet=cabinet, kind="node")
     mcond, mparams, _ = selection(cabinet=cabinet, kind="meter")
+    tz = site_tz(conn)
     n_nodes = _count_sources(conn, ncond, nparams)
     node_ids = [r[0] for r in conn.execute(f"SELECT id FROM nodes WHERE {on_nodes(ncond)}", nparams)]
     meter_ids = [r[0] for r in conn.execute(
@@ -233,7 +244,7 @@ def circuit_check(conn: sqlite3.Connection, cabinet: str, start: float, end: flo
         nodes = sum_by_source(conn, ncond, nparams, lo, hi)
         meters = sum_by_source(conn, mcond, mparams, lo, hi)
     else:
-        spans = [sp for sp in (_complete_span(conn, s, lo, hi) for s in node_ids + meter_ids)
+        spans = [sp for sp in (_complete_span(conn, s, lo, hi, tz) for s in node_ids + meter_ids)
                  if sp is not None]
         a = max((sp[0] for sp in spans), default=lo)
         b = min((sp[1] for sp in spans), default=hi)

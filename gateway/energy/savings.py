@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from bisect import bisect_right
 from typing import Any
 
 from .buckets import QUALITY_NAMES, combine_quality
@@ -31,62 +32,79 @@ from .sun import night_intervals
 DEFAULT_MIN_COVERAGE = 0.9
 
 
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
+class _Nights:
+    """Night seconds inside any span, from the sorted, disjoint dusk-to-dawn intervals."""
+
+    def __init__(self, nights: list[tuple[float, float]]):
+        self.nights = nights
+        self.starts = [n[0] for n in nights]
+
+    def within(self, a: float, b: float) -> float:
+        i = max(0, bisect_right(self.starts, a) - 1)
+        tot = 0.0
+        while i < len(self.nights) and self.nights[i][0] < b:
+            lo, hi = max(a, self.nights[i][0]), min(b, self.nights[i][1])
+            if hi > lo:
+                tot += hi - lo
+            i += 1
+        return tot
+
+
+def known_night(conn: sqlite3.Connection, cond: str, params: list, lo: int, hi: int,
+                nights: list[tuple[float, float]]) -> dict[str, float]:
+    """Per source, the night seconds of ``[lo, hi)`` where its energy is known.
+
+    A quarter hour is known when the source has a bucket there that is not ``missing``. Whole
+    days and hours whose roll-up holds every bucket, none worse than interpolated, count whole
+    without reading their buckets; the other days and hours are read bucket by bucket. A source
+    complete over a piece is counted in SQL (one row per source), so a year for 2,134
+    luminaires costs one pass over the day roll-up.
+    """
+    tz = site_tz(conn)
+    night = _Nights(nights)
+    out: dict[str, float] = {}
+    drill: dict[tuple[int, int], list[str]] = {}
+    for table, a, b in span_parts(lo, hi, tz):
+        grid: dict[int, tuple[int, float]] = {}  # row start -> (quarter hours, night s)
+        p = a
+        while p < b:
+            e = {"buckets": p + 900, "energy_hour": p + 3600}.get(table) or next_period(p, "day", tz)
+            grid[p] = ((e - p) // 900, night.within(p, e))
+            p = e
+        if table == "buckets":
+            whole = "quality != 'missing'"
         else:
-            out.append((a, b))
+            usual = 96 if table == "energy_day" else 4
+            odd = " ".join(f"WHEN {k} THEN {v[0]}" for k, v in grid.items() if v[0] != usual)
+            whole = "q < 2 AND n = " + (f"CASE start {odd} ELSE {usual} END" if odd else str(usual))
+        _known_piece(conn, table, a, b, cond, params, whole, grid, out)
+        if table != "buckets":  # days and hours with a gap or a missing bucket: their buckets
+            for src, s in conn.execute(f"SELECT source, start FROM {table} WHERE {cond} AND "
+                                       f"start >= ? AND start < ? AND NOT ({whole})", [*params, a, b]):
+                e = s + 3600 if table == "energy_hour" else next_period(s, "day", tz)
+                drill.setdefault((s, e), []).append(src)
+    for (a, b), srcs in drill.items():
+        grid = {q: (1, night.within(q, q + 900)) for q in range(a, b, 900)}
+        _known_piece(conn, "buckets", a, b, "source IN (SELECT value FROM json_each(?))",
+                     [json.dumps(srcs)], "quality != 'missing'", grid, out)
     return out
 
 
-def covered(conn: sqlite3.Connection, cond: str, params: list, lo: int, hi: int
-            ) -> dict[str, list[tuple[int, int]]]:
-    """Per source, the merged spans of ``[lo, hi)`` where its energy is known.
-
-    A quarter hour is known when the source has a bucket there that is not ``missing``. Whole
-    days and hours whose roll-up has every bucket, none worse than interpolated, count whole
-    without reading their buckets (fast over a year); the others are read bucket by bucket.
-    """
-    tz = site_tz(conn)
-    spans: dict[str, list[tuple[int, int]]] = {}
-    drill: dict[tuple[int, int], list[str]] = {}
-    for table, a, b in span_parts(lo, hi, tz):
-        if table == "buckets":
-            drill.setdefault((a, b), []).append("*")
-            continue
-        for src, s, q, n in conn.execute(f"SELECT source, start, q, n FROM {table} WHERE {cond} "
-                                         "AND start >= ? AND start < ?", [*params, a, b]):
-            e = s + 3600 if table == "energy_hour" else next_period(s, "day", tz)
-            if n == (e - s) // 900 and q < 2:
-                spans.setdefault(src, []).append((s, e))
-            else:
-                drill.setdefault((s, e), []).append(src)
-    for (a, b), srcs in drill.items():
-        if "*" in srcs:
-            sql, args = f"{cond}", list(params)
+def _known_piece(conn: sqlite3.Connection, table: str, a: int, b: int, cond: str, params: list,
+                 whole: str, grid: dict[int, tuple[int, float]], out: dict[str, float]) -> None:
+    """Add to ``out`` the night seconds of the rows of ``table`` in ``[a, b)`` that are whole."""
+    rng = f"FROM {table} WHERE {cond} AND start >= ? AND start < ? AND {whole}"
+    every = sum(v[1] for v in grid.values())
+    some = []
+    for src, n in conn.execute(f"SELECT source, COUNT(*) {rng} GROUP BY source", [*params, a, b]):
+        if n == len(grid):  # the usual case: complete over the piece, counted in SQL
+            out[src] = out.get(src, 0.0) + every
         else:
-            sql, args = "source IN (SELECT value FROM json_each(?))", [json.dumps(srcs)]
-        for src, s in conn.execute(f"SELECT source, start FROM buckets WHERE {sql} AND start >= ? "
-                                   "AND start < ? AND quality != 'missing'", [*args, a, b]):
-            spans.setdefault(src, []).append((s, s + 900))
-    return {k: _merge(v) for k, v in spans.items()}
-
-
-def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
-    """Total length of the intersection of two sorted lists of disjoint intervals."""
-    i = j = 0
-    tot = 0.0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if hi > lo:
-            tot += hi - lo
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tot
+            some.append(src)
+    if some:
+        for src, s in conn.execute(f"SELECT source, start {rng} AND source IN (SELECT value FROM "
+                                   "json_each(?))", [*params, a, b, json.dumps(some)]):
+            out[src] = out.get(src, 0.0) + grid[s][1]
 
 
 def _figures(baseline: float, actual: float, covered_s: float, night_s: float,
@@ -146,17 +164,17 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
     nights = night_intervals(start, end, latitude, longitude)
     night = sum(b - a for a, b in nights)
     actual = sum_by_source(conn, cond, params, start, end)
-    known = covered(conn, cond, params, start, end)
+    known = known_night(conn, cond, params, start, end, nights)
     ref: dict[str, list] = {}
-    ref_known: dict[str, list[tuple[int, int]]] = {}
+    ref_known: dict[str, float] = {}
     ref_nights: list[tuple[float, float]] = []
     if baseline == "reference":
         if reference_from is None or reference_to is None or reference_to <= reference_from:
             raise ValueError("the reference baseline needs reference_from < reference_to")
         rf, rt = check_grain(reference_from, "reference_from"), check_grain(reference_to, "reference_to")
         ref = sum_by_source(conn, cond, params, rf, rt)
-        ref_known = covered(conn, cond, params, rf, rt)
         ref_nights = night_intervals(rf, rt, latitude, longitude)
+        ref_known = known_night(conn, cond, params, rf, rt, ref_nights)
     nodes_meta = conn.execute(f"SELECT id, cabinet, grp, rated_w FROM nodes WHERE {on_nodes(cond)} "
                               "ORDER BY id", params).fetchall()
     out_nodes, without = [], []
@@ -164,7 +182,7 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
     site = [0.0, 0.0, 0.0, 0.0, 0]  # baseline, actual, covered night s, night s, nodes
     for nid, cabname, grp, rated in nodes_meta:
         a = actual.get(nid, [0.0, None, True, 0])
-        cov_s = overlap(known.get(nid, []), nights)
+        cov_s = known.get(nid, 0.0)
         row = {"id": nid, "cabinet": cabname, "group": grp, "rated_w": rated,
                "quality": QUALITY_NAMES[combine_quality(a[1], a[2])]}
         base = None
@@ -172,7 +190,7 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
             base = rated * cov_s / 3600.0 if rated is not None else None
         else:
             r = ref.get(nid)
-            ref_s = overlap(ref_known.get(nid, []), ref_nights)
+            ref_s = ref_known.get(nid, 0.0)
             row["reference_coverage"] = (round(ref_s / sum(b - a for a, b in ref_nights), 4)
                                          if ref_nights else None)
             base = r[0] * cov_s / ref_s if r is not None and ref_s > 0 else None

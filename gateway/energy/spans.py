@@ -50,15 +50,22 @@ def bounded_periods(start: int, end: int, by: str, tz: str) -> list[tuple[int, i
 
     Raises TooManyRows (naming the limit and ``by``) before building a larger list.
     """
+    per = {"15min": 900, "hour": 3600, "day": 86400, "month": 30 * 86400}[by]
+    longest = {"15min": 900, "hour": 3600, "day": 90000, "month": 31 * 90000}[by]
+
+    def refuse() -> TooManyRows:
+        return TooManyRows(
+            f"this answer would hold about {int((end - start) // per):,} rows by {by}, more "
+            f"than the {MAX_ROWS:,} allowed per answer: use a coarser --by (by=) or a "
+            "shorter --from/--to window")
+
+    if (end - start) // longest > MAX_ROWS:  # surely too many: refuse before counting
+        raise refuse()
     out: list[tuple[int, int]] = []
     p = floor_period(start, by, tz)
     while p < end:
         if len(out) >= MAX_ROWS:
-            per = {"15min": 900, "hour": 3600, "day": 86400, "month": 30 * 86400}[by]
-            raise TooManyRows(
-                f"this answer would hold about {int((end - start) // per):,} rows by {by}, more "
-                f"than the {MAX_ROWS:,} allowed per answer: use a coarser --by (by=) or a "
-                "shorter --from/--to window")
+            raise refuse()
         n = next_period(p, by, tz)
         out.append((p, n))
         p = n
