@@ -331,9 +331,11 @@ class Server:
                 self.proc.wait()
 
 
-async def run_load(port: int, prefix: str, per_send: int, duration: float, server: Server) -> dict:
+async def run_load(port: int, prefix: str, per_send: int, duration: float, server: Server,
+                   load: Load | None = None) -> dict:
+    """Drive `server` for `duration` s with `load` (default: a Load(prefix, per_send))."""
     loop = asyncio.get_running_loop()
-    load = Load(prefix, per_send)
+    load = load or Load(prefix, per_send)
     transport, _ = await loop.create_datagram_endpoint(lambda: load, remote_addr=("127.0.0.1", port))
     try:
         await asyncio.sleep(min(1.0, duration / 4))  # warm-up
