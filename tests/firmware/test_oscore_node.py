@@ -364,3 +364,20 @@ def test_emulate_oscore_keys_makes_keys_once_and_writes_the_gateway_files(tmp_pa
     emulate.prepare(p.parse_args(argv))  # a restart keeps the keys on the node's flash
     for nid in files:
         assert json.loads((tmp_path / "keys" / f"{nid}.oscore.json").read_text()) == files[nid]
+
+
+async def test_gateway_without_the_nodes_key_is_named_in_the_log(tmp_path):
+    """The gateway answers unprotected 4.01 (it has no context for our kid): no registration,
+    and the node's log says what to do (import its key file)."""
+    s = Secured(tmp_path)
+    await s.start_peer()
+    try:
+        s.site.server_credentials.clear()  # the gateway holds no context for this node
+        s.start_node()
+        t_end = time.monotonic() + 15
+        while time.monotonic() < t_end and "refused our key" not in s.log():
+            await asyncio.sleep(0.1)
+        assert "is this node's <id>.oscore.json imported there (slgw keys import)?" in s.log()
+        assert not s.peer.registers
+    finally:
+        await s.stop()
