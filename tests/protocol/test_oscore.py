@@ -364,3 +364,64 @@ def test_protected_report_datagram_sizes_match_spec_10_4():
             c = node_ctx(seq=seq)
             got.append(len(coap.encode(c.protect_request(msg())[0])))
         assert tuple(got) == sizes
+
+
+MP_HOSTILE = r"""
+import gc
+import random
+from protocol import coap, oscore
+random.seed(5)
+node = oscore.Context(b"k" * 16, b"s" * 8, b"\x01\x02\x03\x04", b"\x00")
+gw = oscore.Context(b"k" * 16, b"s" * 8, b"\x00", b"\x01\x02\x03\x04")
+m = coap.Message(coap.CON, coap.PUT, 1, b"\x01")
+m.set_path("/3311/0/5851")
+m.payload = b"\x18\x20"
+good = bytearray(coap.encode(gw.protect_request(m)[0]))
+counts = {}
+for i in range(3000):
+    d = bytearray(good)
+    for _ in range(random.randint(1, 3)):
+        j = random.randint(5, len(d) - 1)  # past the header and token, which OSCORE does not cover
+        d[j] = random.randint(0, 255)
+    if i % 7 == 0:
+        d = d + bytes(random.randint(0, 255) for _ in range(random.randint(0, 900)))
+    try:
+        node.unprotect_request(coap.decode(bytes(d)))
+        k = "ok"
+    except oscore.OscoreError as e:
+        k = "OscoreError"
+    except coap.CoAPError:
+        k = "CoAPError"
+    counts[k] = counts.get(k, 0) + 1
+gc.collect()
+print(counts.get("ok", 0), counts.get("OscoreError", 0), counts.get("CoAPError", 0), node.top)
+"""
+
+
+def test_hostile_protected_requests_in_a_64k_heap(tmp_path, mpy_root):
+    """3,000 corrupted protected Writes (and ones padded to ~1 KB) against the node's context in
+    a 64 KB heap: every one refused with a documented error, no MemoryError, none accepted."""
+    script = tmp_path / "hostile.py"
+    script.write_text(MP_HOSTILE)
+    rc, out, err = run_mp([str(script)], tmp_path, heap="64k", path=mpy_root)
+    assert rc == 0, out + err
+    ok, osc, coap_err, top = (int(x) for x in out.split())
+    assert ok == 0 and osc + coap_err == 3000 and osc > 1000 and top == -1
+
+
+@pytest.mark.soak
+@settings(max_examples=50000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=64), st.binary(max_size=1100), st.sampled_from([coap.POST, coap.FETCH, coap.CHANGED]))
+def test_fuzz_protected_message_parser_long(option, payload, code):
+    """The long run of test_fuzz_protected_message_parser (``pytest -m soak``)."""
+    c = node_ctx()
+    m = coap.Message(coap.CON, code, 1, b"\x01", [(coap.OSCORE, option)], payload)
+    try:
+        if code == coap.CHANGED:
+            c.unprotect_response(m, oscore.RequestId(NODE_ID, b"\x05", False))
+        else:
+            c.unprotect_request(m)
+        raise AssertionError("forged message verified")
+    except oscore.OscoreError:
+        pass
+    assert c.top == -1
