@@ -136,6 +136,13 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(await gw.health())
 
 
+async def _with_holds(gw: Any, nodes: list[dict[str, Any]]) -> None:
+    """Add each node's active hold (an override or a manual level) and when it ends."""
+    holds = await gw.commands.holds(gw.clock.now())
+    for n in nodes:
+        n["hold"] = holds.get(n["id"])
+
+
 async def list_nodes(request: web.Request) -> web.Response:
     gw = request.app[GW]
     group, cabinet = request.query.get("group"), request.query.get("cabinet")
@@ -144,6 +151,7 @@ async def list_nodes(request: web.Request) -> web.Response:
         label = f"group:{group}" if group is not None else f"cabinet:{cabinet}"
         raise ApiError(404, "not_found", f"no node matches {label!r} (`slgw nodes` lists the "
                        "groups and cabinets)")
+    await _with_holds(gw, nodes)
     return web.json_response({"nodes": nodes})
 
 
@@ -153,6 +161,7 @@ async def show_node(request: web.Request) -> web.Response:
     node = await gw.registry.show(node_id)
     if node is None:
         raise ApiError(404, "not_found", f"no node {node_id!r}")
+    await _with_holds(gw, [node])
     commands = await gw.commands.list(node=node_id, limit=20)
     schedule = await gw.commands.schedule(node_id)
     if schedule is None and node["group"]:

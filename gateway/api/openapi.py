@@ -83,7 +83,13 @@ SCHEMAS: dict[str, Any] = {
         "on_time": {"type": "integer", "nullable": True},
         "faults": {"type": "array", "items": {"type": "string"}},
         "fault_flags": {"type": "integer"},
-        "modbus_slot": {"type": "integer", "nullable": True}}},
+        "modbus_slot": {"type": "integer", "nullable": True},
+        "hold": {"type": "object", "nullable": True, "required": ["kind", "level", "until"],
+                 "description": "the active hold: an override, or a manual level (24 h); null "
+                                "when the schedule is in charge",
+                 "properties": {"kind": {"type": "string", "enum": ["level", "override"]},
+                                "level": {"type": "integer"}, "until": TIME,
+                                "batch": {"type": "string"}}}}},
     "Command": {"type": "object", "properties": {
         "id": {"type": "integer"}, "batch": {"type": "string"}, "target": {"type": "string"},
         "node": {"type": "string"},

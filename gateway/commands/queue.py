@@ -302,6 +302,29 @@ class CommandQueue:
 
         return [command_json(r) for r in await self.store.read(q)]
 
+    async def holds(self, now: float) -> dict[str, dict[str, Any]]:
+        """The hold each node is under now, from the level commands it acknowledged: the newest
+        delivered `level` (held LEVEL_HOLD_S from delivery, SPEC §5.3) or `override` (held until
+        created_at + seconds, the end the command was given; a cancel ends it). Returns
+        {node: {"kind", "level", "until", "batch"}} for holds that have not ended."""
+        def q(conn: sqlite3.Connection) -> list[tuple]:
+            return conn.execute(
+                "SELECT node, kind, payload, created_at, delivered_at, batch FROM commands "
+                "WHERE id IN (SELECT MAX(id) FROM commands WHERE state = 'delivered' "
+                "AND kind IN ('level', 'override') GROUP BY node)").fetchall()
+
+        from gateway.nodes.registry import iso
+        out = {}
+        for node, kind, payload, created_at, delivered_at, batch in await self.store.read(q):
+            p = json.loads(payload)
+            if p.get("level") is None:
+                continue  # an override cancel
+            until = (delivered_at or created_at) + model.LEVEL_HOLD_S if kind == "level" \
+                else created_at + p["seconds"]
+            if until > now:
+                out[node] = {"kind": kind, "level": p["level"], "until": iso(until), "batch": batch}
+        return out
+
     async def schedule(self, target: str) -> dict[str, Any] | None:
         """The last schedule pushed to `target` (as pushed), or None."""
         rows = await self.store.read(lambda conn: conn.execute(

@@ -9,6 +9,9 @@ TOML:
     offset = 0         # minutes from sunset/sunrise (-720..720); not used with a time
     level = 100
 or `steps = [[1, 0, 100], ...]`. Steps are validated by commands.model.validate_steps.
+
+`format_schedule(steps)` writes the TOML form back (what `slgw schedule show` prints), so a
+shown schedule can be saved and pushed again unchanged; `describe_steps` is its one-line form.
 """
 
 from __future__ import annotations
@@ -65,3 +68,34 @@ def load_schedule(path: str | Path) -> list[list[int]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise CommandError(f"cannot read schedule file {path}: {exc}") from exc
     return parse_schedule(text, str(path))
+
+
+def _at(kind: int, minutes: int) -> tuple[str, int | None]:
+    """("sunset", offset) / ("sunrise", offset) / ("HH:MM", None) of one step."""
+    if kind == lwm2m.STEP_SUNSET:
+        return "sunset", minutes
+    if kind == lwm2m.STEP_SUNRISE:
+        return "sunrise", minutes
+    return f"{minutes // 60:02d}:{minutes % 60:02d}", None
+
+
+def format_schedule(steps: list[list[int]]) -> str:
+    """The TOML that `parse_schedule` reads back to exactly `steps`."""
+    out = []
+    for kind, minutes, level in steps:
+        at, offset = _at(kind, minutes)
+        out += ["[[steps]]", f'at = "{at}"']
+        if offset:
+            out.append(f"offset = {offset}")
+        out += [f"level = {level}", ""]
+    return "\n".join(out)
+
+
+def describe_steps(steps: list[list[int]]) -> str:
+    """One line for people: `sunset 100%, 22:30 40%, sunrise+15 0%`."""
+    parts = []
+    for kind, minutes, level in steps:
+        at, offset = _at(kind, minutes)
+        parts.append(f"{at}{offset:+d}" if offset else at)
+        parts[-1] += f" {level}%"
+    return ", ".join(parts)

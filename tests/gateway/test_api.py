@@ -210,3 +210,47 @@ async def test_hostile_values_are_refused_with_400_not_500(tmp_path):
             assert st == 400 and "NUL" in body["error"]["message"]
         finally:
             await node.stop()
+
+
+async def test_nodes_show_the_active_hold_and_when_it_ends(tmp_path):
+    """Issue 16: `nodes` and `node show` did not say that a node was held by an override (or a
+    manual level, held 24 h) nor until when; the human tables had raw floats."""
+    import io
+
+    from gateway.cli import render
+    from gateway.timefmt import parse
+
+    async with gateway(tmp_path) as gw, aiohttp.ClientSession() as s:
+        node = await AiocoapNode("k1", gw.config.coap.port).start()
+        try:
+            await node.register()
+            st, body = await call(s, gw, "GET", "/api/nodes")
+            assert body["nodes"][0]["hold"] is None
+            before = time.time()
+            st, body = await call(s, gw, "POST", "/api/override",
+                                  {"target": "k1", "level": 30, "seconds": 5400})
+            assert st == 200 and body["summary"] == {"delivered": 1}
+            st, body = await call(s, gw, "GET", "/api/nodes")
+            hold = body["nodes"][0]["hold"]
+            assert hold["kind"] == "override" and hold["level"] == 30
+            assert before + 5400 - 2 <= parse(hold["until"], "until") <= time.time() + 5400
+            _conforms(body["nodes"][0], "Node")
+            text = io.StringIO()
+            render.human("nodes", body, text)
+            assert f"30% until {hold['until']} (override)" in text.getvalue()
+            st, shown = await call(s, gw, "GET", "/api/nodes/k1")
+            assert shown["node"]["hold"] == hold
+            text = io.StringIO()
+            render.human("node", shown, text)
+            assert f"hold           30% until {hold['until']}" in text.getvalue()
+            assert "30% for 1h30m" in text.getvalue()  # the command, as `--for` takes it
+            # a manual level is held 24 h from its delivery; a cancel ends any hold
+            await call(s, gw, "POST", "/api/set-level", {"target": "k1", "level": 55})
+            hold = (await call(s, gw, "GET", "/api/nodes/k1"))[1]["node"]["hold"]
+            assert hold["kind"] == "level" and hold["level"] == 55
+            assert parse(hold["until"], "until") >= before + 86400 - 2
+            # SPEC §5.3: a Write to 5851 is an override of 86400 s, so a cancel ends it too
+            await call(s, gw, "POST", "/api/override", {"target": "k1", "level": None})
+            assert (await call(s, gw, "GET", "/api/nodes/k1"))[1]["node"]["hold"] is None
+        finally:
+            await node.stop()

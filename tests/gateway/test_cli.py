@@ -236,3 +236,33 @@ def test_times_are_iso_8601_utc_everywhere_and_integers_are_integers(gw):
     stamps += [sv["start"], sv["end"]]
     for t in stamps:
         assert isinstance(t, str) and re.match(z, t), t
+
+
+def test_schedule_show_prints_what_schedule_push_reads(gw):
+    """`schedule show` printed [[1, 0, 100], ...]; now the TOML `schedule push` takes, so a
+    shown schedule can be saved and pushed again unchanged."""
+    steps = [[1, -30, 100], [0, 1350, 40], [0, 300, 40], [2, 15, 0]]
+    f = gw.workdir / "odd.json"
+    f.write_text(json.dumps(steps))
+    assert slgw(gw, "schedule", "push", "group:north", str(f), "--wait", "0").returncode == 0
+    shown = slgw(gw, "schedule", "show", "group:north")
+    assert shown.returncode == 0 and '[[steps]]\nat = "sunset"\noffset = -30\nlevel = 100' in shown.stdout
+    assert "sunset-30 100%, 22:30 40%, 05:00 40%, sunrise+15 0%" in shown.stdout
+    again = gw.workdir / "again.toml"
+    again.write_text(shown.stdout)
+    assert slgw(gw, "schedule", "push", "cabinet:K1", str(again), "--wait", "0").returncode == 0
+    assert js(slgw(gw, "schedule", "show", "cabinet:K1", "--json"))["steps"] == steps
+
+
+RAW_FLOAT = re.compile(r"\d+\.\d{3,}")  # 779.440701007843
+UNIX_TIME = re.compile(r"(?<![\d.])1[6-9]\d{8}(?:\.\d+)?(?![\d])")  # 1796408462.96
+
+
+@pytest.mark.parametrize("args", [["nodes"], ["node", "show", "c1"], ["commands"], ["faults"],
+                                  ["energy", "--by", "hour"], ["energy", "--cabinet", "K1"],
+                                  ["savings"]])
+def test_human_output_has_no_raw_floats_or_unix_times(gw, args):
+    r = slgw(gw, *args)
+    assert r.returncode == 0, r.stderr
+    assert not RAW_FLOAT.search(r.stdout), r.stdout
+    assert not UNIX_TIME.search(r.stdout), r.stdout
