@@ -126,7 +126,7 @@ def main() -> None:
         proc = subprocess.Popen([*shlex.split(a.slgw), "serve", "--store-path",
                                  os.path.join(tmp, "slgw.db"), "--coap-port", str(coap),
                                  "--api-port", str(api), "--log-level", "WARNING"],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
         try:
             for _ in range(400):
                 if health_ms(url) is not None:

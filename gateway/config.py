@@ -69,7 +69,14 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
     "api": {
         "bind": (str, "127.0.0.1", "address of the HTTP/JSON API"),
         "port": (int, 8080, "TCP port of the HTTP/JSON API"),
-        "token": (str, "", "bearer token; required when bind is not a loopback address"),
+        "token": (str, "", "operator bearer token: every route (commands, schedules, backup); "
+                  "required off loopback, then at least 32 characters (24 random bytes)"),
+        "read_token": (str, "", "read-only bearer token: GET routes only (dashboards, "
+                       "monitoring); needs `token` set too"),
+        "header_timeout_s": (float, 10.0, "a connection that has not sent a complete request "
+                             "within this time is closed (also the idle keep-alive time)"),
+        "max_connections": (int, 256, "open connections at most; past it the oldest one still "
+                            "waiting for a request is closed, so new clients get in"),
     },
     "site": {
         "name": (str, "", "site name shown in reports"),
@@ -176,6 +183,41 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
+MIN_TOKEN_CHARS = 32  # 24 random bytes in base64 (`openssl rand -base64 24`); hex gives 48
+TOKEN_ADVICE = ("make one with `openssl rand -base64 24` (or `python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(24))'`)")
+
+
+def token_problem(bind: str, token: str, read_token: str = "") -> str | None:
+    """Why the API's tokens cannot be used on `bind`, or None (the rules of docs/api.md).
+
+    Off loopback the API needs the operator token, and every token must be at least
+    MIN_TOKEN_CHARS characters with some variety (a guessable token there is an open door).
+    """
+    if read_token and not token:
+        return ("'api.read_token' is set but 'api.token' is not: without an operator token "
+                f"commands would need no token at all; set api.token too ({TOKEN_ADVICE})")
+    if read_token and hmac_equal(read_token, token):
+        return "'api.read_token' must differ from 'api.token'"
+    if _is_loopback(bind):
+        return None
+    if not token:
+        return (f"'api.bind' = {bind!r} is not a loopback address, so 'api.token' is required; "
+                f"{TOKEN_ADVICE}, or bind the API to 127.0.0.1")
+    for name, value in (("api.token", token), ("api.read_token", read_token)):
+        if value and (len(value) < MIN_TOKEN_CHARS or len(set(value)) < 10):
+            return (f"'{name}' is too short or too regular for an API bound to {bind!r} (not "
+                    f"loopback): it needs at least {MIN_TOKEN_CHARS} random characters "
+                    f"(24 random bytes); {TOKEN_ADVICE}")
+    return None
+
+
+def hmac_equal(a: str, b: str) -> bool:
+    """Constant-time string comparison (for tokens)."""
+    import hmac
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 def _check_value(sec: str, key: str, v: Any) -> str | None:
     """Return a problem description for a typed value, or None if it is acceptable."""
     if key == "port" and not 0 <= v <= 65535:
@@ -218,9 +260,10 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
     if key in ("commit_interval_ms", "retention_raw_days", "retention_bucket_days",
                "offline_after_s", "anchor") and v < 0:
         return "must be >= 0"
-    if key in ("concurrency", "max_attempts", "default_lifetime", "dedup_entries") and v < 1:
+    if key in ("concurrency", "max_attempts", "default_lifetime", "dedup_entries",
+               "max_connections") and v < 1:
         return "must be >= 1"
-    if key in ("timeout_s", "aggregate_interval_s") and v <= 0:
+    if key in ("timeout_s", "aggregate_interval_s", "header_timeout_s") and v <= 0:
         return "must be > 0"
     return None
 
@@ -362,11 +405,10 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
         if dotted == "store.path":
             cfg.store_path_explicit = True
 
-    if not _is_loopback(cfg.api.bind) and not cfg.api.token:
-        origin = _where(path, _key_line(text, "api", "bind"))
-        raise ConfigError(f"{origin}: 'api.bind' = {cfg.api.bind!r} is not a loopback address, so "
-                          "'api.token' is required; set api.token to a long random string "
-                          "(e.g. `openssl rand -hex 24`) or bind the API to 127.0.0.1")
+    problem = token_problem(cfg.api.bind, cfg.api.token, cfg.api.read_token)
+    if problem:
+        key = "bind" if not cfg.api.token else "token"
+        raise ConfigError(f"{_where(path, _key_line(text, 'api', key))}: {problem}")
     if cfg.savings.baseline == "reference" and not (cfg.savings.reference_from
                                                      and cfg.savings.reference_to):
         origin = _where(path, _key_line(text, "savings", "baseline"))

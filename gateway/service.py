@@ -28,6 +28,7 @@ from aiohttp import web
 
 from gateway import backup as backup_rules
 from gateway.api.app import check_bind, make_app
+from gateway.api.guard import ConnectionGuard, raise_nofile_limit
 from gateway.clock import Clock
 from gateway.coap import dedup, transport
 from gateway.coap.client import NodeClient, NodeRefused, NodeUnreachable
@@ -104,13 +105,16 @@ class Gateway:
         self.client: NodeClient | None = None
         self.coap_address = ""
         self.api_url = ""
+        self.api_guard: ConnectionGuard | None = None
+        self.nofile = (0, 0)
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Start every part. Raises on a part that cannot start (after stopping the others)."""
         cfg = self.config
         try:
-            check_bind(cfg.api.bind, cfg.api.token)
+            check_bind(cfg.api.bind, cfg.api.token, cfg.api.read_token)
+            self.nofile = raise_nofile_limit()  # half-open API connections: gateway/api/guard.py
             server_tr, client_tr = transport.choose(cfg.coap.bind)
             self.store = await Store.open(cfg.store.path, commit_interval_ms=cfg.store.commit_interval_ms,
                                           timezone=cfg.site.timezone,
@@ -166,8 +170,10 @@ class Gateway:
                 host, "RST", "datagram is not CoAP"))
             self.coap_address = f"{cfg.coap.bind}:{cfg.coap.port}"
             await self._start_modbus()
-            self._runner = web.AppRunner(make_app(self), access_log=None)
+            self._runner = web.AppRunner(make_app(self), access_log=None,
+                                         keepalive_timeout=cfg.api.header_timeout_s)
             await self._runner.setup()
+            self.api_guard = ConnectionGuard(self._runner.server, cfg.api.max_connections)
             site = web.TCPSite(self._runner, cfg.api.bind, cfg.api.port)
             await _exclusive("TCP", cfg.api.bind, cfg.api.port, "api", site.start)
             self.api_url = f"http://{cfg.api.bind}:{cfg.api.port}"

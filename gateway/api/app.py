@@ -2,11 +2,13 @@
 
 `make_app(gw)` takes the running service's parts (gateway.service.Gateway): store, registry,
 command queue, clock, config, the Modbus handle. Errors are JSON `{"error": {code, message}}`
-with 400 (bad input), 401 (token), 404 (unknown node/target), 503 (store unavailable), 500.
+with 400 (bad input), 401 (token), 403 (read-only token), 404 (unknown node/target), 503 (store unavailable), 500.
 
-Token (decision): when `[api] token` is set, every route except /openapi.json needs
-`Authorization: Bearer <token>`; config loading refuses a non-loopback bind without a token,
-and `check_bind` repeats that rule here so the API can never serve a network unprotected.
+Tokens (decision): when `[api] token` (the operator's) is set, every route except
+/openapi.json needs `Authorization: Bearer <token>`; `[api] read_token`, if set, opens the GET
+routes only (403 elsewhere). Config loading refuses a non-loopback bind without a long
+operator token, and `check_bind` repeats that rule here so the API can never serve a network
+unprotected. Connection limits: gateway/api/guard.py.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aiohttp import web
 from gateway.api.openapi import document
 from gateway.backup import BackupRefused
 from gateway.commands import CommandError, NotFoundError
-from gateway.config import _is_loopback
+from gateway.config import token_problem
 from gateway.store import StoreError
 from gateway.timefmt import iso_times
 
@@ -41,12 +43,12 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def check_bind(host: str, token: str) -> None:
-    """Refuse to serve a non-loopback address without a token (the rule load_config applies,
-    checked again where the socket is opened). Raises ValueError."""
-    if not _is_loopback(host) and not token:
-        raise ValueError(f"the API is bound to {host}, which is not loopback, and [api] token is "
-                         "empty; set a token or bind to 127.0.0.1")
+def check_bind(host: str, token: str, read_token: str = "") -> None:
+    """Refuse to serve a non-loopback address without a long operator token (the rule
+    load_config applies, checked again where the socket is opened). Raises ValueError."""
+    problem = token_problem(host, token, read_token)
+    if problem:
+        raise ValueError(f"the API cannot start on {host}: {problem}")
 
 
 def _err(status: int, code: str, message: str) -> web.Response:
@@ -58,12 +60,18 @@ async def errors_and_auth(request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
     gw = request.app[GW]
-    token = gw.config.api.token
+    token, read_token = gw.config.api.token, gw.config.api.read_token
     if token and request.path != "/openapi.json":
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        given = request.headers.get("Authorization", "").encode()
+        if hmac.compare_digest(given, f"Bearer {token}".encode()):
+            pass  # the operator token: every route
+        elif read_token and hmac.compare_digest(given, f"Bearer {read_token}".encode()):
+            if request.method not in ("GET", "HEAD"):
+                return _err(403, "forbidden", "this token is read-only ([api] read_token); "
+                            "commands, schedules and backups need the operator token")
+        else:
             return _err(401, "unauthorized", "missing or wrong bearer token "
-                        "(Authorization: Bearer <[api] token>)")
+                        "(Authorization: Bearer <[api] token or read_token>)")
     try:
         return await handler(request)
     except ApiError as exc:

@@ -22,6 +22,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 ERRORS = {
     "400": _json(_ref("Error"), "invalid request (value out of range, bad query)"),
     "401": _json(_ref("Error"), "missing or wrong bearer token"),
+    "403": _json(_ref("Error"), "the read-only token ([api] read_token) on a route that changes "
+                 "something"),
     "404": _json(_ref("Error"), "no such node, group, cabinet, target or batch"),
     "503": _json(_ref("Error"), "the store cannot be read or written now"),
 }

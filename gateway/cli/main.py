@@ -7,7 +7,7 @@ Exit codes (stable, documented in docs/cli.md):
   3 cannot reach the service (not running, wrong --config/--url)
   4 not found (unknown node, target, batch, schedule)
   5 configuration error (the file or a flag is invalid; the message names key and line)
-  6 unauthorized (missing or wrong API token)
+  6 unauthorized (missing or wrong API token, or the read-only token for a command)
   7 `serve`: a port it must listen on is in use (gateway.service.PortInUse)
 With --json every command prints exactly one JSON document on stdout; errors go to stderr
 (with --json also as {"error": {code, message}} on stdout, so scripts always get JSON).
@@ -48,6 +48,12 @@ def parse_duration(text: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        # Flags are spelled in full: an abbreviation such as `--to` (energy's own flag) must
+        # never be taken for `--token-file` or `--token`.
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
+
     def error(self, message: str) -> None:  # argparse exits 2 already; keep the text short
         self.print_usage(sys.stderr)
         print(f"slgw: error: {message}", file=sys.stderr)
@@ -63,7 +69,12 @@ def _global_flags(p: argparse.ArgumentParser, default: Any) -> None:
                    help="print one JSON document")
     p.add_argument("--url", default=default,
                    help="API base URL (default from [api] bind/port in the config)")
-    p.add_argument("--token", default=default, help="API token (default $SLGW_TOKEN, else [api] token)")
+    p.add_argument("--token-file", default=default, metavar="FILE",
+                   help="read the API token from FILE (default $SLGW_TOKEN_FILE, else $SLGW_TOKEN, "
+                        "else [api] token in the config)")
+    # Removed: a token on the command line is readable by every local user (ps, /proc, shell
+    # history). Kept as a flag only to say what to use instead (docs/cli.md).
+    p.add_argument("--token", default=default, nargs="?", const="", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,10 +155,34 @@ def config_path(args: argparse.Namespace) -> str | None:
     return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
 
 
+def read_token_file(path: str | None) -> str:
+    """The token in a file (first line, stripped), or "" without a path. Raises ConfigError."""
+    if not path:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the token file {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise ConfigError(f"the token file {path} is empty; put the API token on its first line")
+    return token
+
+
 def api_client(args: argparse.Namespace) -> ApiClient:
     logging.getLogger("gateway.config").setLevel(logging.ERROR)  # store-path advice is for serve
+    if getattr(args, "token", None) is not None:
+        raise UsageError("--token is no longer accepted: a token on the command line is visible to "
+                         "every local user (ps, shell history). Put it in a file readable only by "
+                         "you and pass --token-file FILE (or set SLGW_TOKEN_FILE), or set "
+                         "SLGW_TOKEN in the environment")
+    token = read_token_file(getattr(args, "token_file", None) or os.environ.get("SLGW_TOKEN_FILE"))
+    token = token or os.environ.get("SLGW_TOKEN", "")
+    if args.url and token:  # nothing needed from the config, which may be root-only
+        return ApiClient(args.url, token)
     cfg = load_config(config_path(args))
-    token = args.token or os.environ.get("SLGW_TOKEN") or cfg.api.token
+    token = token or cfg.api.token
     if args.url:
         return ApiClient(args.url, token)
     host = cfg.api.bind
@@ -324,7 +359,7 @@ def _main(argv: list[str] | None) -> int:
         return _fail(args, EXIT_UNREACHABLE, "unreachable",
                      f"{exc}; is `slgw serve` running (systemctl status slgw)?")
     except ApiFailure as exc:
-        code = {400: EXIT_USAGE, 401: EXIT_AUTH, 404: EXIT_NOT_FOUND}.get(exc.status, EXIT_SERVICE)
+        code = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND}.get(exc.status, EXIT_SERVICE)
         return _fail(args, code, exc.code or "service", exc.message)
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -4,6 +4,7 @@ with --json documents, human output and the documented exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -44,10 +45,15 @@ def gw(tmp_path_factory):
         g.stop()
 
 
+def token_env(token=TOKEN):
+    """The environment with the token in SLGW_TOKEN (never on the command line), or none."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SLGW_TOKEN", "SLGW_TOKEN_FILE")}
+    return dict(env, SLGW_TOKEN=token) if token else env
+
+
 def slgw(gw, *args, token=TOKEN):
-    extra = ["--token", token] if token else []
-    return subprocess.run([SLGW, "--url", gw.url, *extra, *args], capture_output=True, text=True,
-                          timeout=60, cwd=gw.workdir)
+    return subprocess.run([SLGW, "--url", gw.url, *args], capture_output=True, text=True,
+                          timeout=60, cwd=gw.workdir, env=token_env(token))
 
 
 def js(r):
@@ -191,8 +197,8 @@ def test_token_unreachable_and_config_exit_codes(gw, tmp_path):
 def test_a_reader_that_stops_early_ends_the_output_quietly(gw, args):
     """`slgw commands | head -1` ended in a BrokenPipeError traceback: a reader that closes
     the pipe before slgw writes (what `head -1` does to the rest) now gets a quiet exit 0."""
-    p = subprocess.Popen([SLGW, "--url", gw.url, "--token", TOKEN, *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, cwd=gw.workdir)
+    p = subprocess.Popen([SLGW, "--url", gw.url, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=gw.workdir, env=token_env())
     try:
         p.stdout.close()  # the reader is gone before the first byte
         err = p.stderr.read().decode()

@@ -42,7 +42,7 @@ path = "/data/gw.db"
 retention_raw_days = 400
 [api]
 bind = "0.0.0.0"
-token = "s3cret"
+token = "Zk9Qa7Wm2Lx4Vb8Nc6Rt1YpE3sG5hJ0uF"
 [site]
 latitude = 45.5
 longitude = 4.8
@@ -102,7 +102,8 @@ def test_api_token_required_off_loopback(tmp_path):
     path = write(tmp_path, '[api]\nbind = "0.0.0.0"\n')
     with pytest.raises(ConfigError, match=r"line 2.*api\.token"):
         load_config(path, {})
-    assert load_config(path, {"api.token": "t0ken"}).api.token == "t0ken"
+    long_token = "Zk9Qa7Wm2Lx4Vb8Nc6Rt1YpE3sG5hJ0uF"  # off loopback: >= 32 varied characters
+    assert load_config(path, {"api.token": long_token}).api.token == long_token
     # loopback in IPv6 is loopback too
     assert load_config(write(tmp_path, '[api]\nbind = "::1"\n'), {}).api.bind == "::1"
 
