@@ -95,6 +95,19 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "offline_after_s": (float, 0.0, "a node is offline after this long without any message; "
                             "0 = its registration lifetime"),
         "default_lifetime": (int, 300, "registration lifetime assumed when lt is absent, s"),
+        # plausibility of reports (gateway/plausibility.py, docs/security.md)
+        "max_rated_w": (float, 2000.0, "largest rated power a node's descriptor may declare, W; "
+                        "also the power allowed to a node whose rating is not known yet"),
+        "energy_margin": (float, 2.0, "a report's energy step may be at most rated power x "
+                          "elapsed time x this (plus 5 minutes and 1 Wh); more is refused 4.00"),
+        "seq_jump_max": (int, 1000, "a report's seq may run ahead of the last one by this plus "
+                         "one per second elapsed; more is refused 4.00"),
+        "time_back_s": (float, 900.0, "a report time this far before the node's previous one "
+                        "is refused 4.00"),
+        "time_future_s": (float, 600.0, "a report time this far ahead of the gateway's clock is "
+                          "refused 4.00 (only while the clock is NTP-synchronised or simulated)"),
+        "max_report_age_s": (float, 2678400.0, "a report older than this (default 31 days) is "
+                             "refused 4.00 (only while the clock is trusted)"),
     },
     "commands": {
         "concurrency": (int, 64, "requests to nodes in flight at once"),
@@ -260,6 +273,13 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
     if key in ("commit_interval_ms", "retention_raw_days", "retention_bucket_days",
                "offline_after_s", "anchor") and v < 0:
         return "must be >= 0"
+    if sec == "nodes" and key in ("max_rated_w", "time_back_s", "time_future_s",
+                                  "max_report_age_s") and v <= 0:
+        return "must be > 0"
+    if sec == "nodes" and key == "energy_margin" and v < 1:
+        return "must be >= 1 (1 = exactly the rated power)"
+    if sec == "nodes" and key == "seq_jump_max" and v < 16:
+        return "must be >= 16 (a node skips up to 16 seqs after a power cut)"
     if key in ("concurrency", "max_attempts", "default_lifetime", "dedup_entries",
                "max_connections") and v < 1:
         return "must be >= 1"

@@ -8,7 +8,9 @@ is registered (4.04 otherwise), then calls ``Ingestor.handle_payload`` and sends
 
 Answers (SPEC §3, §8):
 - 2.04 once every report of the pack is durable (duplicates count as stored);
-- 4.00 for a payload that does not parse or a report with a bad value: nothing is stored;
+- 4.00 for a payload that does not parse, a report with a bad value, or one that breaks a
+  plausibility rule (gateway/plausibility.py; counted, logged, recorded on the node's row):
+  nothing is stored;
 - 5.03 with Max-Age when the store cannot write (disk full, I/O error): nothing of the pack
   was acknowledged, the node keeps it and retries; the delay doubles from 5 s to 300 s while
   the store keeps failing and returns to 5 s after the first success;
@@ -32,7 +34,8 @@ from protocol.report import parse_send
 from protocol.report_parse import parse_records
 from protocol.senml import REL_TIME_LIMIT
 
-from .store import Store, StoreUnavailable
+from .plausibility import REASONS, Implausible, NodeState, Rules, check_rows, check_times
+from .store import Store, StoreUnavailable, validate_report
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +251,11 @@ class Answer:
         return f"{self.code[0]}.{self.code[1]:02d}"
 
 
-def descriptor_updates(attrs: dict[str, Any]) -> dict[str, Any]:
+def descriptor_updates(attrs: dict[str, Any], max_rated_w: float = 100000.0) -> dict[str, Any]:
     """Map descriptor attributes (resolved SenML name -> value) to nodes columns.
 
-    Raises ValueError for a value of the wrong type or out of range; unknown names are ignored.
+    Raises ValueError for a value of the wrong type or out of range (a rated power must be in
+    (0, ``max_rated_w``]); unknown names are ignored.
     """
     out: dict[str, Any] = {}
     for name, val in attrs.items():
@@ -267,25 +271,39 @@ def descriptor_updates(attrs: dict[str, Any]) -> dict[str, Any]:
         v = conv(val)
         if col == "lat" and not -90 <= v <= 90 or col == "lon" and not -180 <= v <= 180:
             raise ValueError(f"descriptor {name} out of range")
-        if col == "rated_w" and not 0 <= v <= 100000 or col == "default_level" and not 0 <= v <= 100:
+        if col == "rated_w" and not 0 < v <= max_rated_w:
+            raise ValueError(f"descriptor rated power {v:g} W not in (0, {max_rated_w:g}]")
+        if col == "default_level" and not 0 <= v <= 100:
             raise ValueError(f"descriptor {name} out of range")
         out[col] = v
     return out
 
 
 class Ingestor:
-    """Turns Sends into durable readings; one per service."""
+    """Turns Sends into durable readings; one per service.
+
+    ``rules`` (gateway/plausibility.py) are checked on every node's reports against what was
+    last accepted from it (one NodeState per node, loaded from the nodes table on its first
+    Send, updated as packs are accepted); ``clock`` says whether the checks against the
+    gateway's clock apply (``clock.trusted()``; no clock: they do not).
+    """
 
     MIN_RETRY_S = 5
     MAX_RETRY_S = 300
     LOG_EVERY_S = 60.0
 
-    def __init__(self, store: Store, *, kind: str = "node") -> None:
+    def __init__(self, store: Store, *, kind: str = "node", rules: Rules | None = None,
+                 clock: Any = None) -> None:
         self.store = store
         self.kind = kind
+        self.rules = rules or Rules()
+        self.clock = clock
         self._retry = 0
         self._last_log = 0.0
         self.failures = 0  # Sends answered 5.03 since start (exposed for status/metrics)
+        self.implausible = dict.fromkeys(REASONS, 0)  # Sends refused, by reason (API health)
+        self._states: dict[str, NodeState] = {}
+        self._implausible_log: dict[str, list] = {}  # endpoint -> [last logged (mono), suppressed]
 
     async def handle_payload(self, endpoint: str, payload: bytes, *, now: float) -> Answer:
         """Parse a Send payload from ``endpoint`` received at ``now`` and store it."""
@@ -299,24 +317,108 @@ class Ingestor:
 
     async def handle_reports(self, endpoint: str, reports: list[dict], *,
                              received_at: float) -> Answer:
-        """Store already-decoded reports (``parse_send`` dicts) of one endpoint."""
+        """Store already-decoded reports (``parse_send`` dicts) of one endpoint.
+
+        A report that breaks a plausibility rule makes the whole Send 4.00: nothing of it is
+        stored, the refusal is counted (``implausible``, the node's row) and logged.
+        """
         try:
-            res = await self.store.ingest_reports(endpoint, reports, kind=self.kind,
-                                                  received_at=received_at)
+            rows = [validate_report(r, received_at) for r in reports]
+            if self.clock is not None and self.clock.trusted():
+                check_times(reports, self.rules, received_at)
+            state = self._states.get(endpoint)
+            if state is None:
+                state = await self._load_state(endpoint)
+            rows, old, new_state = check_rows(state, rows, self.rules)
+            if old:
+                await self._check_duplicates(endpoint, old, state.seq)
+        except Implausible as e:
+            return await self._refuse(endpoint, e, received_at)
         except StoreUnavailable as e:
             return self._unavailable(e)
         except ValueError as e:
             return Answer(BAD_REQUEST, diagnostic=_short(str(e)))
         except Exception:
+            log.exception("unexpected failure checking %d report(s) from %s", len(reports), endpoint)
+            return Answer(INTERNAL_SERVER_ERROR, diagnostic="internal error")
+        # Taken now, not after the commit: a second Send of the node that arrives meanwhile is
+        # checked against this one. Dropped again if the store fails (reloaded next time).
+        self._states[endpoint] = new_state
+        try:
+            res = await self.store.ingest_rows(endpoint, rows, kind=self.kind, now=received_at)
+        except StoreUnavailable as e:
+            self._states.pop(endpoint, None)
+            return self._unavailable(e)
+        except Exception:
+            self._states.pop(endpoint, None)
             log.exception("unexpected failure storing %d report(s) from %s", len(reports), endpoint)
             return Answer(INTERNAL_SERVER_ERROR, diagnostic="internal error")
         self._ok()
         return Answer(CHANGED, stored=res.stored, duplicates=res.duplicates)
 
-    async def handle_descriptor(self, endpoint: str, attrs: dict[str, Any]) -> Answer:
-        """Upsert a node's metadata from a descriptor Send (SPEC §4)."""
+    async def _load_state(self, endpoint: str) -> NodeState:
+        """The node's last accepted report and rated power, from the nodes table."""
+        def q(conn: Any) -> tuple | None:
+            return conn.execute(
+                "SELECT n.last_seq, n.last_report, r.rel_time, n.wh, n.rated_w FROM nodes n "
+                "LEFT JOIN readings r ON r.source = n.id AND r.seq = n.last_seq WHERE n.id = ?",
+                (endpoint,)).fetchone()
+
+        row = await self.store.read(q)
+        if row is None:
+            return NodeState()
+        seq, t, rel, wh, rated = row
+        if seq is None:
+            return NodeState(rated_w=rated)
+        return NodeState(seq, t, bool(rel), wh, rated)
+
+    async def _check_duplicates(self, endpoint: str, seqs: list[int], last: int | None) -> None:
+        """Reports at or below the last accepted seq must be stored already (a resent pack)."""
+        def q(conn: Any) -> set[int]:
+            marks = ",".join("?" * len(seqs))
+            return {r[0] for r in conn.execute(
+                f"SELECT seq FROM readings WHERE source = ? AND seq IN ({marks})",
+                (endpoint, *seqs))}
+
+        stored = await self.store.read(q)
+        for seq in seqs:
+            if seq not in stored:
+                raise Implausible("out_of_order", f"report seq {seq} is older than the node's "
+                                  f"newest report (seq {last}) and was never stored")
+
+    async def _refuse(self, endpoint: str, e: Implausible, now: float) -> Answer:
+        """Count, record on the node's row and log (once a minute per node) a refused Send."""
+        self.implausible[e.reason] = self.implausible.get(e.reason, 0) + 1
+        msg = str(e)
+
+        def fn(conn: Any) -> None:
+            conn.execute("UPDATE nodes SET implausible = implausible + 1, implausible_reason = ?,"
+                         " implausible_at = ? WHERE id = ?", (msg, now, endpoint))
+
         try:
-            cols = descriptor_updates(attrs)
+            await self.store.write(fn)
+        except Exception as exc:  # the count on the row is a courtesy; the refusal stands
+            log.debug("could not record the refusal on %s's row: %s", endpoint, exc)
+        mono = time.monotonic()
+        entry = self._implausible_log.get(endpoint)
+        if entry is not None and mono - entry[0] < self.LOG_EVERY_S:
+            entry[1] += 1
+        else:
+            extra = f" ({entry[1]} more refused in the last minute)" if entry and entry[1] else ""
+            if len(self._implausible_log) > 10000:
+                self._implausible_log.clear()
+            self._implausible_log[endpoint] = [mono, 0]
+            log.warning("node %s: Send refused (4.00), nothing stored: %s%s. A broken meter or "
+                        "clock, or a forged report; `slgw node show %s` counts them. If the "
+                        "meter was replaced, its counter must restart below 2**32 and grow "
+                        "from there", endpoint, msg, extra, endpoint)
+        return Answer(BAD_REQUEST, diagnostic=_short(f"implausible {e.reason}: {msg}"))
+
+    async def handle_descriptor(self, endpoint: str, attrs: dict[str, Any]) -> Answer:
+        """Upsert a node's metadata from a descriptor Send (SPEC §4). A changed rated power
+        (which bounds the node's energy steps) is logged."""
+        try:
+            cols = descriptor_updates(attrs, self.rules.max_rated_w)
         except ValueError as e:
             return Answer(BAD_REQUEST, diagnostic=_short(str(e)))
         if cols:
@@ -324,14 +426,25 @@ class Ingestor:
 
             def fn(conn):
                 ensure_source(conn, endpoint, self.kind, time.time())
+                old = conn.execute("SELECT rated_w FROM nodes WHERE id = ?", (endpoint,)).fetchone()
                 sets = ", ".join(f"{c} = ?" for c in cols)
                 conn.execute(f"UPDATE nodes SET {sets} WHERE id = ?", (*cols.values(), endpoint))
+                return old[0] if old else None
 
             try:
-                await self.store.write(fn)
+                old_rated = await self.store.write(fn)
             except StoreUnavailable as e:
                 return self._unavailable(e)
             self._ok()
+            rated = cols.get("rated_w")
+            if rated is not None:
+                if old_rated is not None and old_rated != rated:
+                    log.warning("node %s: rated power changed from %g W to %g W (its energy "
+                                "steps are now checked against %g W)", endpoint, old_rated, rated,
+                                rated)
+                state = self._states.get(endpoint)
+                if state is not None:
+                    state.rated_w = rated
         return Answer(CHANGED, descriptor=cols)
 
     def _unavailable(self, e: Exception) -> Answer:

@@ -38,6 +38,7 @@ from gateway.commands.timesync import TimeSync
 from gateway.config import Config
 from gateway.ingest import CHANGED, Answer, Ingestor
 from gateway.nodes import Registry
+from gateway.plausibility import Rules
 from gateway.store import Store, StorePathError
 
 log = logging.getLogger("slgw")
@@ -122,7 +123,7 @@ class Gateway:
             self.registry = Registry(self.store, self.clock, offline_after_s=cfg.nodes.offline_after_s,
                                      default_lifetime=cfg.nodes.default_lifetime)
             await self.registry.load()
-            self.ingestor = Ingestor(self.store)
+            self.ingestor = Ingestor(self.store, rules=Rules.from_config(cfg.nodes), clock=self.clock)
             oscore = cfg.coap.security == "oscore"
             if oscore:
                 self._load_keys()
@@ -308,6 +309,7 @@ class Gateway:
             "trusted": self.clock.trusted()},
             "nodes_online": len(self.registry.online_endpoints()),
             "coap_stats": dict(self.coap.stats) if self.coap else {},
+            "implausible": dict(self.ingestor.implausible) if self.ingestor else {},
             "time_writes": self.timesync.writes if self.timesync else 0}
 
     async def energy(self, node: str | None, group: str | None, cabinet: str | None,

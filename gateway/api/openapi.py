@@ -91,7 +91,12 @@ SCHEMAS: dict[str, Any] = {
                                 "when the schedule is in charge",
                  "properties": {"kind": {"type": "string", "enum": ["level", "override"]},
                                 "level": {"type": "integer"}, "until": TIME,
-                                "batch": {"type": "string"}}}}},
+                                "batch": {"type": "string"}}},
+
+        "implausible_reports": {"type": "integer"},
+        "implausible_last": {"type": "object", "nullable": True, "properties": {
+            "at": {"type": "string", "format": "date-time", "nullable": True},
+            "reason": {"type": "string"}}}}},
     "Command": {"type": "object", "properties": {
         "id": {"type": "integer"}, "batch": {"type": "string"}, "target": {"type": "string"},
         "node": {"type": "string"},

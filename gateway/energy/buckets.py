@@ -5,12 +5,15 @@ Rules (field-notes §5; decisions written down in docs/energy.md):
 - Energy is the difference of the cumulative Wh between consecutive readings in the source's
   own order (``seq``: the counter grows in that order whatever the node's clock did). A delta
   is spread over ``[t0, t1)`` in proportion to time, so energy is conserved across bucket
-  edges and gaps. Two readings with the same ``t`` put their delta in the bucket holding
-  ``t``; a clock that stepped back puts the delta at the later report's time (estimated).
+  edges and gaps (over at most the last ``MAX_SPREAD_S`` of a longer gap). Two readings with
+  the same ``t`` put their delta in the bucket holding ``t``; a clock that stepped back puts
+  the delta at the later report's time (estimated).
 - A reading below 0.9 x the previous one starts a new meter cycle (a reset): the delta is the
   new reading itself (the counter restarted from 0), marked estimated since the moment of the
-  reset is unknown. An integer counter near 2**32 that comes back small wrapped: the delta is
-  taken modulo 2**32. A smaller dip is noise: that reading is skipped and the next one is
+  reset is unknown. An integer counter within ``WRAP_ZONE`` below 2**32 that comes back below
+  ``WRAP_ZONE`` wrapped: the delta is taken modulo 2**32, so a wrap adds less than
+  2 x ``WRAP_ZONE`` (a reading at or above 2**32 never wraps: its "wrap" would be negative
+  energy). A smaller dip is noise: that reading is skipped and the next one is
   compared with the last accepted one (nothing is counted twice when it recovers).
 - An explicit ``replacement`` event between two readings: the old and new counters are
   unrelated, so the interval gets the power integral (trapezoid of ``w``) marked estimated,
@@ -32,7 +35,11 @@ BUCKET_S = 900
 MEASURED_MAX_GAP_S = 1800.0  # two buckets: up to 30-minute report periods count as measured
 RESET_RATIO = 0.9
 WRAP = 2**32
-WRAP_ZONE = 2**28  # a counter within this of 2**32 that restarts below it has wrapped
+WRAP_ZONE = 2**24  # a counter within this of 2**32 (16.8 MWh) that restarts below it has wrapped
+# One interval spreads over at most this span (the last MAX_SPREAD_S before its later
+# reading): one reading creates at most MAX_SPREAD_S / BUCKET_S + 1 bucket rows, whatever its
+# time (a back-dated report once made 1.45 million rows from 12 datagrams).
+MAX_SPREAD_S = 35 * 86400
 
 MEASURED, INTERPOLATED, ESTIMATED, MISSING = 0, 1, 2, 3
 QUALITY_NAMES = ("measured", "interpolated", "estimated", "missing")
@@ -51,7 +58,7 @@ def delta_of(prev_wh: float, wh: float) -> tuple[str, float]:
     """
     if wh >= prev_wh:
         return "delta", wh - prev_wh
-    if prev_wh >= WRAP - WRAP_ZONE and wh < WRAP_ZONE and float(prev_wh).is_integer():
+    if WRAP - WRAP_ZONE <= prev_wh < WRAP and wh < WRAP_ZONE and float(prev_wh).is_integer():
         return "wrap", wh + WRAP - prev_wh
     if wh < RESET_RATIO * prev_wh:
         return "reset", wh
@@ -131,6 +138,8 @@ def spread(iv: Iterable[tuple], lo: int | None = None, hi: int | None = None) ->
         if t1 <= t0:
             add(floor_bucket(t0), wh, q)
             continue
+        if t1 - t0 > MAX_SPREAD_S:  # energy conserved, put in the span's last MAX_SPREAD_S
+            t0 = t1 - MAX_SPREAD_S
         span = t1 - t0
         b = floor_bucket(t0)
         while b < t1:

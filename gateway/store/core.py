@@ -415,6 +415,15 @@ class Store:
         else:
             now = received_at
         rows = [validate_report(r, now) for r in reports]
+        return await self.ingest_rows(source, rows, kind=kind, now=now)
+
+    async def ingest_rows(self, source: str, rows: list[tuple], *, kind: str = "node",
+                          now: float) -> IngestResult:
+        """Store rows that ``validate_report`` returned (the caller checked them further, e.g.
+        gateway/plausibility.py); idempotent on (source, seq), durable when it returns.
+
+        Raises StoreUnavailable if the store cannot write now.
+        """
         if not rows:
             return IngestResult(0, 0)
         return await self.write(ingest_fn(source, rows, kind, now))

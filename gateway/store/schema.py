@@ -100,7 +100,15 @@ ALTER TABLE nodes ADD COLUMN objects TEXT;
 ALTER TABLE nodes ADD COLUMN formats TEXT;
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
+# Reports refused as implausible (gateway/plausibility.py, issue 11), per node: how many, and
+# the last reason and time, shown by `slgw node show` so an operator finds a broken meter.
+MIGRATION_4 = """
+ALTER TABLE nodes ADD COLUMN implausible INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN implausible_reason TEXT;
+ALTER TABLE nodes ADD COLUMN implausible_at REAL;
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4]
 
 
 def current_version(conn: sqlite3.Connection) -> int:

@@ -25,7 +25,8 @@ def send(gw: SlgwProcess, payload_file, ep: str = "lamp-1") -> subprocess.Comple
 def test_register_report_and_energy(tmp_path):
     now = int(time.time())
     desc = tmp_path / "desc.cbor"
-    desc.write_bytes(report.encode_descriptor("1.0.0", 48.85, 2.35, "rue-a", "cab-1", 40.0, 100,
+    # rated 1000 W: 250 Wh in 15 minutes from a 40 W lamp would be refused (issue 11)
+    desc.write_bytes(report.encode_descriptor("1.0.0", 48.85, 2.35, "rue-a", "cab-1", 1000.0, 100,
                                               "CET-1CEST,M3.5.0,M10.5.0/3"))
     reps = tmp_path / "reports.cbor"
     # two reports a quarter-hour apart: 250 Wh consumed between them

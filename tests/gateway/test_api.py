@@ -68,7 +68,8 @@ async def test_endpoints(tmp_path):
             await node.register()
             assert (await node.describe(group="g1", cabinet="c1")).code.is_successful()
             now = int(time.time())
-            r = await node.send([(1, now - 1800, 100, 30.0, 80, 10, 0),
+            # 30 Wh in 45 minutes: a 40 W lamp (15 minutes would be implausible: issue 11)
+            r = await node.send([(1, now - 3600, 100, 30.0, 80, 10, 0),
                                  (2, now - 900, 130, 30.0, 80, 910, 0x01)])
             assert r.code.is_successful()
 
