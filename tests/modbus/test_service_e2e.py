@@ -67,7 +67,8 @@ port = {bport}
     desc = tmp_path / "desc.cbor"
     desc.write_bytes(report.encode_descriptor("1.0.0", 48.85, 2.35, "rue-a", "cab-1", 40.0, 100, "UTC0"))
     reps = tmp_path / "reports.cbor"
-    reps.write_bytes(report.encode_reports([(1, now - 30, 1000, 38.5, 80, 3600, 0), (2, now - 5, 1010, 38.5, 80, 3630, 0)]))
+    # 10 Wh in 15 minutes from a 40 W lamp (in 25 s it would be refused as implausible: issue 11)
+    reps.write_bytes(report.encode_reports([(1, now - 905, 1000, 38.5, 80, 3600, 0), (2, now - 5, 1010, 38.5, 80, 4500, 0)]))
     with SlgwProcess(tmp_path, "--config", str(conf)) as gw:
         url = f"coap://127.0.0.1:{gw.coap_port}"
         r = coap("-m", "POST", f"{url}/rd?ep=lamp-1&lt=300&lwm2m=1.1&b=U",
