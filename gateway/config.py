@@ -95,6 +95,15 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "offline_after_s": (float, 0.0, "a node is offline after this long without any message; "
                             "0 = its registration lifetime"),
         "default_lifetime": (int, 300, "registration lifetime assumed when lt is absent, s"),
+        # registration limits (gateway/nodes/registry.py, docs/security.md)
+        "max_nodes": (int, 10000, "registered nodes at most; a new endpoint beyond is refused "
+                      "5.03 (known nodes always register)"),
+        "max_pending": (int, 1000, "new endpoints that have registered but not reported yet, at "
+                        "most; more new ones are refused 5.03 until these report or expire"),
+        "new_per_s": (float, 20.0, "new endpoints admitted per second (bursts of 10 s worth); "
+                      "known nodes are never limited"),
+        "pending_expire_s": (float, 3600.0, "a registration without a single report this long "
+                             "after its Register expires (its row is deleted if it holds nothing)"),
         # plausibility of reports (gateway/plausibility.py, docs/security.md)
         "max_rated_w": (float, 2000.0, "largest rated power a node's descriptor may declare, W; "
                         "also the power allowed to a node whose rating is not known yet"),
@@ -274,8 +283,10 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
                "offline_after_s", "anchor") and v < 0:
         return "must be >= 0"
     if sec == "nodes" and key in ("max_rated_w", "time_back_s", "time_future_s",
-                                  "max_report_age_s") and v <= 0:
+                                  "max_report_age_s", "new_per_s", "pending_expire_s") and v <= 0:
         return "must be > 0"
+    if sec == "nodes" and key in ("max_nodes", "max_pending") and v < 1:
+        return "must be >= 1"
     if sec == "nodes" and key == "energy_margin" and v < 1:
         return "must be >= 1 (1 = exactly the rated power)"
     if sec == "nodes" and key == "seq_jump_max" and v < 16:

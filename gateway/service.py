@@ -120,8 +120,7 @@ class Gateway:
             self.store = await Store.open(cfg.store.path, commit_interval_ms=cfg.store.commit_interval_ms,
                                           timezone=cfg.site.timezone,
                                           aggregate_interval_s=cfg.store.aggregate_interval_s)
-            self.registry = Registry(self.store, self.clock, offline_after_s=cfg.nodes.offline_after_s,
-                                     default_lifetime=cfg.nodes.default_lifetime)
+            self.registry = Registry.from_config(self.store, self.clock, cfg.nodes)
             await self.registry.load()
             self.ingestor = Ingestor(self.store, rules=Rules.from_config(cfg.nodes), clock=self.clock)
             oscore = cfg.coap.security == "oscore"
@@ -180,6 +179,7 @@ class Gateway:
             self.api_url = f"http://{cfg.api.bind}:{cfg.api.port}"
             if cfg.store.retention_raw_days or cfg.store.retention_bucket_days:
                 self._tasks.append(asyncio.create_task(self._retention_loop()))
+            self._tasks.append(asyncio.create_task(self._expiry_loop()))
         except BaseException:
             await self.stop()
             raise
@@ -292,6 +292,15 @@ class Gateway:
             self.notifier.notify(f"STATUS=serving: {len(self.registry.online_endpoints())} nodes "
                                  f"online, {s.get('reports', 0)} reports stored")
 
+    async def _expiry_loop(self) -> None:
+        """Registrations that never reported expire even when no new node registers."""
+        while True:
+            await asyncio.sleep(self.registry.SWEEP_EVERY_S)
+            try:
+                await self.registry.expire_pending()
+            except Exception as exc:
+                log.error("expiring stale registrations failed (%s); will retry", exc)
+
     async def _retention_loop(self) -> None:
         while True:
             try:
@@ -310,6 +319,8 @@ class Gateway:
             "nodes_online": len(self.registry.online_endpoints()),
             "coap_stats": dict(self.coap.stats) if self.coap else {},
             "implausible": dict(self.ingestor.implausible) if self.ingestor else {},
+            "registrations": {"pending": self.registry.pending(), "refused": self.registry.refused,
+                              "expired": self.registry.expired},
             "time_writes": self.timesync.writes if self.timesync else 0}
 
     async def energy(self, node: str | None, group: str | None, cabinet: str | None,

@@ -27,6 +27,7 @@ from aiocoap.numbers.codes import Code
 
 from gateway.coap.security import endpoint_of
 from gateway.ingest import parse_payload
+from gateway.nodes.registry import RegistrationRefused
 from gateway.store import StoreUnavailable
 from protocol import linkformat, lwm2m
 
@@ -273,6 +274,10 @@ class LwM2MServer(resource.Resource):
             await self._guard_takeover(ep, host)
         try:
             reg_id = await self.registry.register(ep, lifetime, host, links)
+        except RegistrationRefused as exc:  # registration limits (issue 11): nothing written
+            self.stats["refused"] = self.stats.get("refused", 0) + 1
+            self.badlog.bad(host.rsplit(":", 1)[0], "5.03", f"Register refused: {exc}")
+            return _reply(Code.SERVICE_UNAVAILABLE, str(exc), max_age=exc.retry_after)
         except ValueError as exc:
             raise BadRequest(Code.BAD_REQUEST, str(exc)) from None
         self.stats["register"] += 1
@@ -355,7 +360,7 @@ class LwM2MServer(resource.Resource):
         if answer.code[0] == 5:
             self.stats["unavailable" if answer.code == (5, 3) else "error"] += 1
             return _reply(Code(answer.coap_code), answer.diagnostic, max_age=answer.max_age)
-        self.registry.seen(ep)
+        self.registry.seen(ep, reported=bool(reports))
         self.stats["send"] += 1
         self.stats["reports"] += len(reports)
         if self.on_reports and reports:

@@ -9,6 +9,18 @@ Online (decision): a node is online while its registration is alive, i.e. its la
 Update or Send is less than its lifetime old (or `[nodes] offline_after_s` when set); a
 De-register makes it offline at once. Active faults are the flags of its last report.
 Modbus slots are assigned max+1 at first registration and never change (issue 5).
+
+Limits (issue 11; `[nodes]` max_nodes, max_pending, new_per_s, pending_expire_s): a node the
+gateway knows (registered now, or that has ever stored a report) may always Register again,
+whatever the load. A *new* endpoint is admitted only while (1) the rate of new endpoints stays
+under `new_per_s` (a token bucket, bursts of 10 s worth), (2) fewer than `max_pending`
+registered endpoints have not reported yet, and (3) fewer than `max_nodes` are registered;
+otherwise Register is refused with `RegistrationRefused` (the CoAP layer answers 5.03 with
+Max-Age, and a genuine new node retries) and nothing is written. So a flood of new endpoint
+names costs no store write once the bucket is empty, cannot evict or slow a known node, and at
+worst delays the commissioning of new ones. A registered endpoint that has not stored a report
+`pending_expire_s` after its Register expires: its registration is dropped, and its row deleted
+when it holds nothing (no readings, no commands).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,44 +72,152 @@ def _ints(text: str | None) -> list[int] | None:
     return None if text is None else [int(x) for x in text.split(",") if x]
 
 
+class RegistrationRefused(Exception):
+    """A new endpoint's Register refused by the limits; retry after `retry_after` s."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 class Registry:
     """Registrations and node metadata on top of the store.
 
     `store` offers `await write(fn)` / `await read(fn)` with fn(conn); `clock` offers now().
+    The limits on new endpoints are described in the module docstring.
     """
 
+    SWEEP_EVERY_S = 60.0  # monotonic: how often register() looks for expired pending entries
+
     def __init__(self, store: Any, clock: Any, *, offline_after_s: float = 0.0,
-                 default_lifetime: int = lwm2m.DEFAULT_LIFETIME):
+                 default_lifetime: int = lwm2m.DEFAULT_LIFETIME, max_nodes: int = 10000,
+                 max_pending: int = 1000, new_per_s: float = 20.0,
+                 pending_expire_s: float = 3600.0):
         self.store = store
         self.clock = clock
         self.offline_after_s = offline_after_s
         self.default_lifetime = default_lifetime
+        self.max_nodes = max_nodes
+        self.max_pending = max_pending
+        self.new_per_s = new_per_s
+        self.pending_expire_s = pending_expire_s
         self._by_reg: dict[str, str] = {}
         self._info: dict[str, dict[str, Any]] = {}
         self._by_addr: dict[str, str] = {}
+        self._reported: set[str] = set()  # nodes that stored a report: always admitted
+        self._admitting: set[str] = set()  # new endpoints admitted, their Register in progress
+        self._tokens = self._burst = max(1.0, new_per_s * 10)
+        self._tokens_at = time.monotonic()
+        self._last_sweep = 0.0
+        self.refused = 0  # new endpoints' Registers refused by the limits (API health)
+        self.expired = 0  # pending registrations expired
+
+    @classmethod
+    def from_config(cls, store: Any, clock: Any, nodes: Any) -> Registry:
+        """Built from a gateway.config ``[nodes]`` section."""
+        return cls(store, clock, offline_after_s=nodes.offline_after_s,
+                   default_lifetime=nodes.default_lifetime, max_nodes=nodes.max_nodes,
+                   max_pending=nodes.max_pending, new_per_s=nodes.new_per_s,
+                   pending_expire_s=nodes.pending_expire_s)
 
     async def load(self) -> None:
         """Rebuild the in-memory index from the nodes table (call once at start)."""
-        def q(conn: sqlite3.Connection) -> list[tuple]:
-            return conn.execute("SELECT id, reg_id, address, lifetime, last_seen, objects, formats "
-                                "FROM nodes WHERE kind = 'node' AND reg_id IS NOT NULL").fetchall()
-        for ep, reg_id, address, lifetime, last_seen, objects, formats in await self.store.read(q):
+        def q(conn: sqlite3.Connection) -> tuple[list[tuple], list[tuple]]:
+            regs = conn.execute("SELECT id, reg_id, address, lifetime, last_seen, objects, formats, "
+                                "registered_at FROM nodes WHERE kind = 'node' AND reg_id IS NOT "
+                                "NULL").fetchall()
+            reported = conn.execute("SELECT id FROM nodes WHERE kind = 'node' AND last_seq IS NOT "
+                                    "NULL").fetchall()
+            return regs, reported
+        regs, reported = await self.store.read(q)
+        self._reported = {r[0] for r in reported}
+        for ep, reg_id, address, lifetime, last_seen, objects, formats, registered_at in regs:
             self._remember(ep, reg_id, address, lifetime or self.default_lifetime, last_seen or 0,
-                           _ints(objects), _ints(formats))
+                           _ints(objects), _ints(formats), registered_at or last_seen or 0)
         log.info("registry loaded: %d registered nodes", len(self._by_reg))
+        await self.expire_pending()
 
     def _remember(self, ep: str, reg_id: str, address: str, lifetime: int, seen: float,
-                  objects: list[int] | None = None, formats: list[int] | None = None) -> None:
+                  objects: list[int] | None = None, formats: list[int] | None = None,
+                  registered_at: float | None = None) -> None:
         old = self._info.get(ep)
         if old:
             self._by_reg.pop(old["reg_id"], None)
             if self._by_addr.get(old["address"]) == ep:
                 self._by_addr.pop(old["address"], None)
         self._info[ep] = {"reg_id": reg_id, "address": address, "lifetime": lifetime,
-                          "last_seen": seen, "objects": objects, "formats": formats or []}
+                          "last_seen": seen, "objects": objects, "formats": formats or [],
+                          "registered_at": seen if registered_at is None else registered_at}
         self._by_reg[reg_id] = ep
         if address:
             self._by_addr[address] = ep
+
+    def _forget(self, ep: str) -> dict[str, Any] | None:
+        info = self._info.pop(ep, None)
+        if info:
+            self._by_reg.pop(info["reg_id"], None)
+            if self._by_addr.get(info["address"]) == ep:
+                self._by_addr.pop(info["address"], None)
+        return info
+
+    # --- limits (module docstring) ----------------------------------------------------------
+    def pending(self) -> int:
+        """Registered endpoints that have not stored a report yet (and new ones being
+        registered now: admitted, their write not committed yet)."""
+        return sum(1 for ep in self._info if ep not in self._reported) + len(self._admitting)
+
+    async def _admit_new(self, ep: str) -> None:
+        """Raise RegistrationRefused unless a new endpoint may register now."""
+        mono = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (mono - self._tokens_at) * self.new_per_s)
+        self._tokens_at = mono
+        if self._tokens < 1:
+            self.refused += 1
+            raise RegistrationRefused(f"too many new endpoints (over {self.new_per_s:g}/s); "
+                                      "retry later", 30)
+        since = mono - self._last_sweep
+        if since >= self.SWEEP_EVERY_S or since >= 1.0 and self.pending() >= self.max_pending:
+            await self.expire_pending()
+        if self.pending() >= self.max_pending:
+            self.refused += 1
+            raise RegistrationRefused(f"{self.max_pending} new endpoints wait for their first "
+                                      "report; retry later", 60)
+        if len(self._info) + len(self._admitting) >= self.max_nodes:
+            self.refused += 1
+            raise RegistrationRefused(f"the gateway serves at most {self.max_nodes} nodes", 300)
+        self._tokens -= 1
+
+    async def expire_pending(self) -> int:
+        """Drop registrations that stored no report within `pending_expire_s` of their
+        Register; delete their rows when they hold nothing. Returns how many expired."""
+        mono = time.monotonic()
+        periodic = mono - self._last_sweep >= self.SWEEP_EVERY_S
+        self._last_sweep = mono
+        horizon = self.clock.now() - self.pending_expire_s
+        stale = [ep for ep, info in self._info.items()
+                 if ep not in self._reported and info["registered_at"] < horizon]
+
+        def tx(conn: sqlite3.Connection) -> None:
+            for i in range(0, len(stale), 500):
+                chunk = stale[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"UPDATE nodes SET reg_id = NULL WHERE id IN ({marks})", chunk)
+            # every never-reporting, unregistered row that holds nothing (earlier floods too)
+            conn.execute("DELETE FROM nodes WHERE kind = 'node' AND reg_id IS NULL AND last_seq "
+                         "IS NULL AND COALESCE(registered_at, created_at, 0) < ? AND NOT EXISTS "
+                         "(SELECT 1 FROM commands c WHERE c.node = nodes.id) AND NOT EXISTS "
+                         "(SELECT 1 FROM readings r WHERE r.source = nodes.id)", (horizon,))
+
+        if stale or periodic:
+            await self.store.write(tx)
+        for ep in stale:
+            self._forget(ep)
+        if stale:
+            self.expired += len(stale)
+            log.warning("%d registration(s) expired without a single report in %.0f s (e.g. %s); "
+                        "a real node among them registers again on its next Update",
+                        len(stale), self.pending_expire_s, ", ".join(sorted(stale)[:3]))
+        return len(stale)
 
     # --- registration interface (SPEC §2) --------------------------------------------------
     async def register(self, ep: str, lifetime: int, address: str,
@@ -104,8 +225,20 @@ class Registry:
         """Record a Register from `address` with its parsed link-format body `links`; return
         the new reg-id.
 
-        Raises ValueError when the name belongs to a meter, and the store's errors.
+        Raises RegistrationRefused for a new endpoint over the limits, ValueError when the name
+        belongs to a meter, and the store's errors.
         """
+        if ep not in self._info and ep not in self._reported and ep not in self._admitting:
+            await self._admit_new(ep)
+            self._admitting.add(ep)
+            try:
+                return await self._register(ep, lifetime, address, links)
+            finally:
+                self._admitting.discard(ep)
+        return await self._register(ep, lifetime, address, links)
+
+    async def _register(self, ep: str, lifetime: int, address: str,
+                        links: list[tuple[str, dict[str, Any]]] | None) -> str:
         reg_id = secrets.token_hex(4)
         now = self.clock.now()
         objects, formats = summarize_links(links) if links is not None else (None, [])
@@ -128,7 +261,7 @@ class Registry:
                 (ep, address, reg_id, lifetime, now, now, now, obj_text, fmt_text))
 
         await self.store.write(tx)
-        self._remember(ep, reg_id, address, lifetime, now, objects, formats)
+        self._remember(ep, reg_id, address, lifetime, now, objects, formats, now)
         return reg_id
 
     async def update(self, reg_id: str, address: str, lifetime: int | None,
@@ -154,7 +287,7 @@ class Registry:
                              (",".join(map(str, objects)), ",".join(map(str, formats)), ep))
 
         await self.store.write(tx)
-        self._remember(ep, reg_id, address, lt, now, objects, formats)
+        self._remember(ep, reg_id, address, lt, now, objects, formats, info["registered_at"])
         return ep
 
     async def deregister(self, reg_id: str) -> str | None:
@@ -167,17 +300,18 @@ class Registry:
             conn.execute("UPDATE nodes SET reg_id = NULL WHERE id = ?", (ep,))
 
         await self.store.write(tx)
-        info = self._info.pop(ep)
-        self._by_reg.pop(reg_id, None)
-        if self._by_addr.get(info["address"]) == ep:
-            self._by_addr.pop(info["address"], None)
+        self._forget(ep)
         return ep
 
-    def seen(self, ep: str) -> None:
-        """Note traffic from a node (a Send) without a store write: keeps it online."""
+    def seen(self, ep: str, reported: bool = False) -> None:
+        """Note traffic from a node (a Send) without a store write: keeps it online.
+        `reported`: the Send stored reports, so the node is known from now on (never expires,
+        always admitted)."""
         info = self._info.get(ep)
         if info:
             info["last_seen"] = max(info["last_seen"], self.clock.now())
+        if reported:
+            self._reported.add(ep)
 
     # --- lookups ------------------------------------------------------------------------------
     def is_registered(self, ep: str) -> bool:
