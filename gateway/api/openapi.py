@@ -92,7 +92,6 @@ SCHEMAS: dict[str, Any] = {
                  "properties": {"kind": {"type": "string", "enum": ["level", "override"]},
                                 "level": {"type": "integer"}, "until": TIME,
                                 "batch": {"type": "string"}}},
-
         "implausible_reports": {"type": "integer"},
         "implausible_last": {"type": "object", "nullable": True, "properties": {
             "at": {"type": "string", "format": "date-time", "nullable": True},
