@@ -154,3 +154,34 @@ def test_conservation_through_the_real_store(tmp_path):
             await store.close()
 
     asyncio.run(main())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hist=meter_history(), lo_q=st.integers(-200, 400), len_q=st.integers(1, 400),
+       by=st.sampled_from(["15min", "hour", "day", "month"]))
+def test_a_window_total_is_the_buckets_inside_it(hist, lo_q, len_q, by):
+    """Issue 16: whatever the window (on the 15-minute grain) and the period, the total is the
+    energy of the quarter hours inside the window, the rows tile the window exactly, and a
+    clipped row is marked."""
+    from gateway.energy import energy, sum_by_source
+
+    reports, _expected = hist
+    c = _db()
+    now = max(r["t"] for r in reports) + 10
+    c.execute("BEGIN")
+    ingest_fn("m", [validate_report(r, now) for r in reports], "meter", now)(c)
+    c.execute("COMMIT")
+    rebuild_all(c, "Europe/Paris")
+    a = (T0 // 900 + lo_q) * 900
+    b = a + len_q * 900
+    inside = c.execute("SELECT COALESCE(SUM(wh), 0) FROM buckets WHERE start >= ? AND start < ?",
+                       (a, b)).fetchone()[0]
+    q = energy(c, node="m", start=a, end=b, by=by)
+    assert q["total_wh"] == pytest.approx(inside, rel=1e-9, abs=1e-5)
+    assert sum(r["wh"] for r in q["rows"]) == pytest.approx(inside, abs=1e-6 * len(q["rows"]) + 1e-6)
+    assert q["rows"][0]["start"] == a and q["rows"][-1]["end"] == b
+    assert all(x["end"] == y["start"] for x, y in zip(q["rows"], q["rows"][1:], strict=False))
+    assert not any(r["clipped"] for r in q["rows"][1:-1])  # only the ends can stick out
+    assert all(0 <= r["coverage"] <= 1 for r in q["rows"])
+    got = sum_by_source(c, "source = ?", ["m"], a, b).get("m", [0.0])[0]
+    assert got == pytest.approx(inside, rel=1e-9, abs=1e-5)
