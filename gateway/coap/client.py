@@ -17,10 +17,17 @@ from typing import Any
 import aiocoap
 import cbor2
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.constants import TransportTuning
 
 from protocol import lwm2m
 
 log = logging.getLogger("slgw.coap.client")
+
+
+class _SentOnce(TransportTuning):
+    """No CoAP retransmission (see NodeClient.request)."""
+
+    MAX_RETRANSMIT = 0
 
 
 class NodeUnreachable(Exception):
@@ -93,6 +100,10 @@ class NodeClient:
         msg = aiocoap.Message(code=method, uri=uri(address, path), payload=payload)
         if mtype is not None:
             msg.mtype = mtype
+            if mtype == aiocoap.NON and self.credentials is not None:
+                # aiocoap's OSCORE makes every outer message CON (it does not copy the type) but
+                # copies the transport tuning: sent once all the same, as a NON would be
+                msg.transport_tuning = _SentOnce()
         if content_format is not None:
             msg.opt.content_format = content_format
         if accept is not None:

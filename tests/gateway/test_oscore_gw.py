@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 
 import aiocoap
 import pytest
@@ -16,7 +17,8 @@ from coap_peers import AiocoapNode, gateway, make_node_key
 from slgw_harness import AIOCOAP_CLIENT
 
 from gateway.coap import keystore
-from gateway.coap.client import NodeRefused
+from gateway.coap.client import NodeClient, NodeRefused, NodeUnreachable
+from gateway.coap.security import NodeCredentials
 from protocol import lwm2m, report
 
 R1 = (1, 1767286800, 1000.0, 20.0, 40, 60, 0)  # seq, t, wh, w, level, on_time, faults
@@ -288,3 +290,36 @@ async def test_key_rotation_refused_by_the_node_keeps_the_old_key(tmp_path):
             assert (await node.send([R1])).code == Code.CHANGED
         finally:
             await node.stop()
+
+
+async def test_a_non_time_write_is_sent_once_under_oscore_too(tmp_path):
+    """The time Write goes NON (sent once: a retransmission would carry a stale time, SPEC §6);
+    aiocoap's OSCORE turns every outer message into a CON, so the gateway turns retransmission
+    off instead. A node that never answers sees exactly one datagram."""
+    keyfile, _node_dir = make_node_key(tmp_path, "lamp-1")
+    kdir = str(tmp_path / "keys")
+    install(kdir, keyfile)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.setblocking(False)
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    creds = NodeCredentials(kdir, lambda a: "lamp-1" if a == address else None)
+    creds.load()
+    ctx = await aiocoap.Context.create_client_context(transports=["oscore", "udp6"])
+    ctx.client_credentials = creds
+    try:
+        client = NodeClient(ctx, credentials=creds)
+        with pytest.raises(NodeUnreachable):
+            await client.write(address, "/3/0/13", 1767286800, mtype=aiocoap.NON, timeout=4.5)
+        got = []
+        while True:
+            try:
+                got.append(silent.recv(2048))
+            except BlockingIOError:
+                break
+        assert len(got) == 1
+        assert aiocoap.Message.decode(got[0]).opt.oscore is not None
+    finally:
+        await ctx.shutdown()
+        creds.close()
+        silent.close()
