@@ -32,12 +32,24 @@ reported, which changes once the node has applied the command (the write queues 
 command, it does not pretend the lamp already obeyed).
 Refusals: writes when read-only -> exception 01; an address that is not a level register or
 a slot without a node -> 02; a level outside 0..100 -> 03; the queue refusing -> 04.
+
+Who may write (issue 11, decision): ``writable = true`` on a non-loopback bind needs
+``write_allow`` (the SCADA's addresses or networks; config validation refuses to start
+otherwise); with ``write_allow`` set, a write from any other client gets exception 01, as on
+a read-only bridge, and reads stay open. Writes are rate-limited for all clients together
+(``max_writes_per_s``, bursts of two seconds' worth): past it, exception 06 (server busy), so
+a runaway SCADA script cannot flood the nodes with commands. Refused writes are counted and
+logged at most once a minute per reason.
 """
 
 from __future__ import annotations
 
+import contextvars
+import errno
+import ipaddress
 import logging
 import math
+import socket
 import sqlite3
 import time
 from array import array
@@ -46,11 +58,12 @@ from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from protocol import lwm2m
 
-from .config import ServerConfig
+from .config import ModbusConfigError, ServerConfig
 from .decode import encode
 
 log = logging.getLogger(__name__)
@@ -66,6 +79,46 @@ LAMP_FLAGS = (lwm2m.FAULT_LAMP_FAILURE | lwm2m.FAULT_POWER_TOO_HIGH | lwm2m.FAUL
 SubmitCommand = Callable[[str, str, dict], Awaitable[Any]]
 NODE_QUERY = ("SELECT id, modbus_slot, level, power_w, wh, faults, last_report, last_seen, lifetime "
               "FROM nodes WHERE kind = 'node' AND modbus_slot IS NOT NULL")
+
+
+# The client whose request is being handled: set by _Handler for the request's task, read by
+# Bridge._write (pymodbus's datastore callback is not told who asked).
+_PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("modbus_peer", default=None)
+
+
+class _Handler(ServerRequestHandler):
+    """pymodbus's per-connection handler, telling Bridge._write which client asked."""
+
+    async def handle_request(self) -> None:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        _PEER.set(peer[0] if peer else None)
+        await super().handle_request()
+
+
+class _Server(ModbusTcpServer):
+    def callback_new_connection(self) -> _Handler:
+        return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+class WriteLimiter:
+    """A token bucket: `rate` writes per second, bursts of `2 * rate` (at least 1)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(1.0, 2.0 * rate)
+        self.clock = clock
+        self._tokens = self.burst
+        self._t = clock()
+
+    def take(self, n: int = 1) -> bool:
+        """Take `n` writes if the bucket has them; False (nothing taken) otherwise."""
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+        if self._tokens >= n:
+            self._tokens -= n
+            return True
+        return False
 
 
 def _f32(v: float | None) -> list[int]:
@@ -124,6 +177,8 @@ class Bridge:
         self.server: ModbusTcpServer | None = None
         self.port = 0
         self.counters = {"reads": 0, "writes": 0, "refused_writes": 0, "refreshes": 0, "refresh_errors": 0}
+        self.limiter = WriteLimiter(cfg.max_writes_per_s)
+        self._refusal_logged: dict[str, float] = {}
 
     def _online(self, row: tuple, now: float) -> bool:
         if self._is_online is not None:
@@ -175,10 +230,38 @@ class Bridge:
         level = self.levels.get(slot)
         return 0 if level is None else max(0, min(100, round(level)))
 
+    def _refuse(self, why: str, peer: str | None, code: ExcCodes) -> ExcCodes:
+        self.counters["refused_writes"] += 1
+        now = time.monotonic()
+        if now - self._refusal_logged.get(why, -math.inf) >= 60.0:
+            self._refusal_logged[why] = now
+            log.warning("modbus bridge: write from %s refused (%s), answered exception %d; "
+                        "further refusals of this kind are counted, logged once a minute",
+                        peer or "?", why, int(code))
+        return code
+
+    def _may_write(self, peer: str | None) -> bool:
+        if not self.cfg.write_allow:
+            return True  # config validation allows that on a loopback bind only
+        try:
+            ip = ipaddress.ip_address(peer or "")
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.cfg.write_allow)
+
     async def _write(self, address: int, values: list[int]) -> ExcCodes | None:
         if not self.cfg.writable:
             self.counters["refused_writes"] += 1
             return ExcCodes.ILLEGAL_FUNCTION
+        peer = _PEER.get()
+        if not self._may_write(peer):
+            return self._refuse("client not in [modbus_server] write_allow", peer,
+                                ExcCodes.ILLEGAL_FUNCTION)
+        if not self.limiter.take(len(values)):
+            return self._refuse(f"over max_writes_per_s = {self.cfg.max_writes_per_s:g}", peer,
+                                ExcCodes.DEVICE_BUSY)
         await self.refresh()
         targets = []
         for k, value in enumerate(values):
@@ -209,12 +292,30 @@ class Bridge:
         regs = [SimData(0, count=IMAGE_SIZE, values=0, datatype=DataType.REGISTERS)]
         bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
         device = SimDevice(id=self.cfg.unit, simdata=(bits, list(bits), regs, list(regs)), action=self._action)
-        self.server = ModbusTcpServer(device, address=(self.cfg.bind, self.cfg.port))
+        self._check_bind()
+        self.server = _Server(device, address=(self.cfg.bind, self.cfg.port))
         await self.server.serve_forever(background=True)
         self.port = self.server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         log.info("modbus bridge: serving SCADA on %s:%d (unit %d, %s)", self.cfg.bind, self.port,
                  self.cfg.unit, "writable" if self.cfg.writable else "read-only")
         return self.port
+
+    def _check_bind(self) -> None:
+        """Bind a probe socket first: pymodbus only logs "could not listen". Raises
+        ModbusConfigError for an address this host does not have, OSError(EADDRINUSE) for a
+        port in use (the service reports both with what to change)."""
+        family = socket.AF_INET6 if ":" in self.cfg.bind else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.cfg.bind, self.cfg.port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(errno.EADDRINUSE, f"TCP {self.cfg.bind}:{self.cfg.port} ([modbus_server] "
+                                  "bind/port) is in use; stop the other program or change port") from None
+                raise ModbusConfigError(f"[modbus_server]: cannot listen on {self.cfg.bind}:{self.cfg.port}: "
+                                        f"{exc.strerror}; bind must be an address of this host (see "
+                                        "`ip addr`), 127.0.0.1 or 0.0.0.0") from None
 
     async def stop(self) -> None:
         """Stop listening and close client connections."""

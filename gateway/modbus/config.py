@@ -8,6 +8,7 @@ start-up with a message that names the meter and the key at fault. Defaults are 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ SERVER_DEFAULTS: dict[str, object] = {
     "writable": False,
     "unit": 1,
     "refresh": "1s",      # the register image is rebuilt from the store at most this often
+    "write_allow": [],    # client addresses/networks that may write; needed off loopback
+    "max_writes_per_s": 10.0,  # level writes accepted per second (bursts of 2 s), all clients
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*$")
@@ -122,6 +125,8 @@ class ServerConfig:
     writable: bool = False
     unit: int = 1
     refresh: float = 1.0
+    write_allow: tuple = ()  # ipaddress networks that may write (empty: any client, loopback only)
+    max_writes_per_s: float = 10.0
 
 
 def _meters_list(raw: object) -> list:
@@ -267,9 +272,39 @@ def parse_server(raw: object) -> ServerConfig:
     for key in ("enabled", "writable"):
         if not isinstance(v[key], bool):
             raise ModbusConfigError(f"[modbus_server]: {key} = {v[key]!r}: must be true or false")
-    if not isinstance(v["bind"], str) or not v["bind"]:
-        raise ModbusConfigError(f"[modbus_server]: bind = {v['bind']!r}: must be an address such as 127.0.0.1")
-    return ServerConfig(enabled=v["enabled"], bind=v["bind"],
+    bind = v["bind"]
+    try:
+        bind_ip = ipaddress.ip_address(bind) if isinstance(bind, str) else None
+    except ValueError:
+        bind_ip = None
+    if bind_ip is None:
+        raise ModbusConfigError(f"[modbus_server]: bind = {bind!r}: must be an IP address of this host, "
+                                'such as "127.0.0.1", its LAN address, or "0.0.0.0"')
+    allow = _networks(v["write_allow"])
+    if v["writable"] and not bind_ip.is_loopback and not allow:
+        raise ModbusConfigError(f"[modbus_server]: writable = true on bind = {bind!r} (not loopback) lets "
+                                "anyone on the network switch lamps: list the SCADA's address in "
+                                'write_allow (e.g. write_allow = ["192.168.1.20"]) or bind to 127.0.0.1')
+    rate = v["max_writes_per_s"]
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1000:
+        raise ModbusConfigError(f"[modbus_server]: max_writes_per_s = {rate!r}: must be a number > 0 and <= 1000")
+    return ServerConfig(enabled=v["enabled"], bind=str(bind_ip),
                         port=_int_in("[modbus_server]", "port", v["port"], 0, 65535),
                         writable=v["writable"], unit=_int_in("[modbus_server]", "unit", v["unit"], 0, 255),
-                        refresh=_dur("[modbus_server]", "refresh", v["refresh"], positive=False))
+                        refresh=_dur("[modbus_server]", "refresh", v["refresh"], positive=False),
+                        write_allow=allow, max_writes_per_s=float(rate))
+
+
+def _networks(raw: object) -> tuple:
+    """``write_allow``: a list of addresses or networks ("192.168.1.20", "10.0.0.0/24")."""
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ModbusConfigError(f"[modbus_server]: write_allow = {raw!r}: must be a list of addresses, "
+                                'e.g. ["192.168.1.20", "10.0.0.0/24"]')
+    out = []
+    for a in raw:
+        try:
+            out.append(ipaddress.ip_network(a, strict=False))
+        except ValueError:
+            raise ModbusConfigError(f"[modbus_server]: write_allow: {a!r} is not an IP address or "
+                                    "network") from None
+    return tuple(out)
