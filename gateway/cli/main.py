@@ -283,12 +283,26 @@ def run_client(args: argparse.Namespace) -> tuple[str, Any]:
     raise UsageError(f"unknown command {cmd}")
 
 
+class _LogHandler(logging.StreamHandler):
+    """The log on stdout; when its reader goes away (`slgw serve | head`) the log goes on on
+    stderr (then nowhere) instead of a "Logging error" traceback per line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            self.setStream(sys.stderr if self.stream is not sys.stderr
+                           else open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the log)
+            self.emit(record)
+            return
+        super().handleError(record)
+
+
 def setup_logging(level: str) -> None:
     # journald adds its own timestamps; elsewhere (a terminal, a test) we add them.
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
-    logging.basicConfig(stream=sys.stdout, level=level.upper(), format=fmt, force=True)
+    logging.basicConfig(handlers=[_LogHandler(sys.stdout)], level=level.upper(), format=fmt,
+                        force=True)
     logging.getLogger("coap-server").setLevel(logging.WARNING)
     logging.getLogger("coap").setLevel(logging.WARNING)
 

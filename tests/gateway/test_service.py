@@ -171,3 +171,30 @@ def test_unusable_store_path_names_path_and_cause(tmp_path, where, cause):
     assert r.returncode == 5, r.stdout + r.stderr
     assert str(path) in r.stdout and cause in r.stdout, r.stdout
     assert "free disk space" not in r.stdout
+
+
+def test_serve_whose_log_reader_goes_away_keeps_serving_and_logs_on_stderr(tmp_path):
+    """`slgw serve | head -1` printed a "Logging error" traceback per log line; now the log
+    moves to stderr, the service keeps serving and stops cleanly."""
+    gw = SlgwProcess(tmp_path)
+    p = subprocess.Popen(gw.args(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        p.stdout.close()  # the reader is gone before the first line
+        gw.proc = p
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                gw.api("GET", "/api/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert register(gw, "bp1").returncode == 0
+        p.send_signal(signal.SIGTERM)
+        err = p.stderr.read().decode()
+        assert p.wait(20) == 0, err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "Logging error" not in err and "BrokenPipe" not in err, err[:2000]
+    assert "slgw ready" in err and "slgw stopped" in err
