@@ -316,7 +316,10 @@ class Node:
         self.stats["registers"] += 1
         r = await self.request(coap.POST, "/rd", q, OBJECT_LINKS.encode(), CF_LINK_FORMAT)
         if r is None or r.code != coap.CREATED:
-            self.log("register: %s" % ("no answer" if r is None else r.code_str()))
+            why = "no answer" if r is None else r.code_str()
+            if r is None and self.sec is not None and self.sec.error:
+                why = self.sec.error
+            self.log("register: " + why)
             return False if r is None else None
         loc = r.location_path()
         self.reg_path = "/" + "/".join(loc) if loc else None

@@ -122,6 +122,7 @@ class Secure:
         self.obs = {}  # token -> RequestId of an accepted Observe registration
         self.pending = None  # rotated keys to switch to after the 2.04 that confirms them
         self.stats = {"refused": 0, "echo": 0, "bad_responses": 0}
+        self.error = None  # why the last request() got no usable answer, for the caller's log
         self.ctx = None
         self.counters = None
         if keys is not None:
@@ -232,7 +233,9 @@ class Secure:
         """Send ``msg`` protected and return the verified inner response, or None (no answer,
         or an answer that does not verify). A 4.01 with Echo is answered once (B.1.2)."""
         ctx = self.ctx
+        self.error = None
         if ctx is None:
+            self.error = "no valid OSCORE keys: nothing is sent"
             return None
         for attempt in range(2):
             outer, rid = ctx.protect_request(msg)
@@ -244,8 +247,9 @@ class Secure:
             except oscore.OscoreError as e:
                 self.stats["bad_responses"] += 1
                 if r.code == coap.UNAUTHORIZED and r.get_option(coap.OSCORE) is None:
-                    self.log("oscore: the gateway refused our key (unprotected 4.01): is this node's "
-                             "<id>.oscore.json imported there (slgw keys import)?")
+                    # said by the caller (node.register logs it: the console's "last error")
+                    self.error = ("the gateway refused our key (unprotected 4.01): is this node's "
+                                  "<id>.oscore.json imported there (slgw keys import)?")
                 else:
                     self.log("oscore: gateway answered %s that does not verify (%s): treated as no answer"
                              % (r.code_str(), e))

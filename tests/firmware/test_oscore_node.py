@@ -377,7 +377,8 @@ async def test_gateway_without_the_nodes_key_is_named_in_the_log(tmp_path):
         t_end = time.monotonic() + 15
         while time.monotonic() < t_end and "refused our key" not in s.log():
             await asyncio.sleep(0.1)
-        assert "is this node's <id>.oscore.json imported there (slgw keys import)?" in s.log()
+        assert "register: the gateway refused our key (unprotected 4.01): is this node's <id>.oscore.json " \
+               "imported there (slgw keys import)?" in s.log()
         assert not s.peer.registers
     finally:
         await s.stop()
