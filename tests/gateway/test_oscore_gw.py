@@ -13,7 +13,7 @@ import aiocoap
 import pytest
 from aiocoap import Code
 from aiocoap.oscore import NotAProtectedMessage
-from coap_peers import AiocoapNode, gateway, make_node_key
+from coap_peers import AiocoapNode, gateway, make_node_key, write_node_context
 from slgw_harness import AIOCOAP_CLIENT
 
 from gateway.coap import keystore
@@ -323,3 +323,38 @@ async def test_a_non_time_write_is_sent_once_under_oscore_too(tmp_path):
         await ctx.shutdown()
         creds.close()
         silent.close()
+
+
+async def test_unconfirmed_rotation_survives_a_gateway_restart(tmp_path):
+    """The node took its new key but the 2.04 was lost (here: the node was away): the gateway
+    keeps both keys across a restart, and the node's first request under the new key completes
+    the rotation."""
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    async with gateway(tmp_path / "gw", coap__security="oscore", commands__timeout_s=1.0) as gw:
+        install(gw, keyfile)
+        kdir = gw.config.coap.keys_dir
+        node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        await node.register()
+        await node.stop()  # away when the key comes
+        res = await gw.rotate_key("lamp-1", 2.0)
+        assert res["state"] == "unconfirmed"
+    pending = os.path.join(kdir, keystore.ROTATE_PREFIX + "lamp-1")
+    sec = json.loads(open(os.path.join(pending, "secret.json")).read())
+    new_dir = write_node_context(tmp_path, bytes.fromhex(sec["secret_hex"]),
+                                 bytes.fromhex(sec["salt_hex"]), bytes.fromhex(res["node_sender_id"]))
+    async with gateway(tmp_path / "gw", coap__security="oscore") as gw:
+        assert gw.credentials.pending_rotation("lamp-1")
+        node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=new_dir).start()
+        try:
+            await node.register()
+            assert (await node.send([R1])).code == Code.CHANGED
+            assert not gw.credentials.pending_rotation("lamp-1")
+            assert keystore.list_keys(kdir)[0]["node_sender_id"] == res["node_sender_id"]
+        finally:
+            await node.stop()
+        old = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        try:
+            with pytest.raises(NotAProtectedMessage):
+                await old.send([R1])
+        finally:
+            await old.stop()
