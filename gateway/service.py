@@ -40,6 +40,7 @@ from gateway.ingest import CHANGED, Answer, Ingestor
 from gateway.nodes import Registry
 from gateway.plausibility import Rules
 from gateway.store import Store, StorePathError
+from gateway.timefmt import iso
 
 log = logging.getLogger("slgw")
 EXIT_CONFIG = 5  # gateway.cli.main: a config value that cannot work (also [store] path)
@@ -314,7 +315,7 @@ class Gateway:
     # --- the API's facade -------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "coap": self.coap_address, "clock": {
-            "now": self.clock.now(), "simulated": self.clock.simulated,
+            "now": iso(self.clock.now()), "simulated": self.clock.simulated,
             "trusted": self.clock.trusted()},
             "nodes_online": len(self.registry.online_endpoints()),
             "coap_stats": dict(self.coap.stats) if self.coap else {},

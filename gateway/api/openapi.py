@@ -178,7 +178,14 @@ SCHEMAS: dict[str, Any] = {
 }
 
 PATHS: dict[str, Any] = {
-    "/api/health": {"get": _op("Service status, clock and counters", _json({"type": "object"}),
+    "/api/health": {"get": _op("Service status, clock and counters", _json({
+        "type": "object", "required": ["status", "clock"], "properties": {
+            "status": {"type": "string"}, "coap": {"type": "string"},
+            "clock": {"type": "object", "properties": {
+                "now": TIME, "simulated": {"type": "boolean"}, "trusted": {"type": "boolean"}}},
+            "nodes_online": {"type": "integer"},
+            "coap_stats": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "time_writes": {"type": "integer"}}}),
                                op_id="health")},
     "/api/nodes": {"get": _op(
         "List nodes with registration, online status, last report and faults",
