@@ -16,7 +16,8 @@ Truth lines (``spec["truth"]``), one JSON object per node per report and at exit
 HAL's physics), "w", "seq", "time_valid", "faults", "event"}``; ``event`` is "boot", "report", "tick" (every
 ``truth_period``) or "stop". With ``spec["truth_period"]``
 a line per node is also written every that many simulated seconds (event "tick"), so a test
-can follow levels between reports.
+can follow levels between reports; the ticks keep to a grid of simulated time, so a loaded
+host makes them late, never fewer.
 
 Fault control from outside (the HIL harness): the JSON file ``emulator-control.json`` next to
 the spec file is re-read every 0.2 real s. It holds a list of commands, applied once each in
@@ -135,11 +136,19 @@ class Emulator:
         if not period:
             return
         hal = self.nodes[0].hal
+        # on a fixed grid of simulated time, not period after period: a relative sleep drifts
+        # by the loop's latency each time (at 1200x, 17 ms real late per tick on a loaded host
+        # made 120-s ticks come every 141 s, so the lines a test counts on went missing)
+        due = hal.sim_unix()
         while True:
-            await hal.sleep_ms(int(period * 1000))
+            due += period
+            await hal.sleep_ms(int((due - hal.sim_unix()) * 1000))
             for n in self.nodes:
                 if n.cfg is not None:
                     self.write_truth(n, "tick")
+            late = hal.sim_unix() - due
+            if late > period:
+                due += late - late % period  # stalled for whole periods: no burst of stale lines
 
     async def control(self):
         """Apply the fault commands of the control file (see the module docstring)."""

@@ -13,6 +13,9 @@ The relay cuts the link from 21:15Z to 03:15Z (22:15-04:15 local), across the 22
 - the outage's 15-minute buckets are then "measured" with full coverage, and each bucket's
   energy equals the true energy of that quarter hour within the integer-Wh resolution of the
   two reports that bound it (1 Wh).
+
+The cut starts at 21:15Z of the first day the set-up (registration, the push, valid time) is
+done by, so a loaded host delays the scenario instead of failing it.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ def plan() -> list[dict]:
              "jitter": 5, "lifetime": 1800} for i in range(10)]
 
 
+CUT_FROM, CUT_TO = parse_iso("2026-12-15T21:15:00Z"), parse_iso("2026-12-16T03:15:00Z")
+
+
 def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
     clock = hil_clock("2026-12-15T19:15:00Z", speed=SPEED)
-    cut_from, cut_to = parse_iso("2026-12-15T21:15:00Z"), parse_iso("2026-12-16T03:15:00Z")
     gw = gateway(clock)
     rl = relay(gw.coap_port, seed=4)
     town = nodes(clock, rl.url, plan(), per_process=5, truth_period=120.0, ack_timeout_ms=200)
@@ -50,7 +55,14 @@ def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
              timeout=20, what="the schedule delivered")
     wait_for(lambda: all(t and t[-1]["time_valid"] for t in town.truth().values()), timeout=20,
              what="valid time on every node")
-    assert clock.now() < cut_from, "set-up took too long"
+    # the cut starts at 21:15Z of the first day the set-up is done by: today (6 real s after
+    # the start at 1200x) or, on a host so loaded that the set-up took longer, tomorrow. The
+    # set-up is waited for, not raced against the simulated clock.
+    day = 0
+    while clock.now() >= CUT_FROM + day * 86400.0:
+        day += 1
+    cut_from, cut_to = CUT_FROM + day * 86400.0, CUT_TO + day * 86400.0
+    print(f"set-up done at {iso(clock.now())}; partition {iso(cut_from)} .. {iso(cut_to)}")
 
     clock.sleep_until(cut_from)
     rl.set(partition=True)
@@ -99,7 +111,14 @@ def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
         seqs = [r["seq"] for r in stored]
         assert seqs == list(range(seqs[0], seqs[-1] + 1)), (nid, seqs)  # no power cut: no gap
         outage = [r for r in stored if cut_from + 60 < r["t"] < cut_to - 60]
-        assert len(outage) == 23, (nid, len(outage))  # the 15-minute reports 21:30Z .. 03:00Z
+        # every report the node took in the outage (by the time it carries: the node's clock,
+        # as stored), and one for each 15-minute boundary 21:30Z .. 03:00Z. Not a fixed count:
+        # at 1200x on a loaded host the gateway's time sync steps a node's clock by a minute
+        # or more, and a step back across a boundary makes the node report at it again.
+        took = {x["seq"] for x in lines if x["event"] == "report" and cut_from + 60 < x["report_t"] < cut_to - 60}
+        assert {r["seq"] for r in outage} == took, (nid, sorted(took), [r["seq"] for r in outage])
+        boundaries = {round(r["t"] / 900) * 900 for r in outage}
+        assert boundaries >= {cut_from + 900 * k for k in range(1, 24)}, (nid, sorted(boundaries))
         recv = [r["received_at"] for r in stored]
         assert recv == sorted(recv), (nid, "the backlog did not arrive oldest first")
         assert min(r["received_at"] for r in outage) >= cut_to - 1, nid
@@ -108,11 +127,11 @@ def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
         doc = gw.cli("energy", "--node", nid, "--by", "15min", "--from", iso(cut_from), "--to", iso(cut_to))
         assert len(doc["rows"]) == 24
         reports = {x["seq"]: x for x in lines if x["event"] == "report"}
-        by_t = {int(r["t"]) // 900 * 900: r for r in stored}
         for row in doc["rows"]:
             assert row["quality"] == "measured" and row["coverage"] == 1.0, (nid, row)
-            lo, hi = by_t.get(int(parse_iso(row["start"]))), by_t.get(int(parse_iso(row["end"])))
-            assert lo is not None and hi is not None, (nid, row)
+            row_start, row_end = parse_iso(row["start"]), parse_iso(row["end"])
+            lo, hi = _nearest(stored, row_start), _nearest(stored, row_end)
+            assert abs(lo["t"] - row_start) < 450 and abs(hi["t"] - row_end) < 450, (nid, row, lo, hi)
             true_wh = reports[hi["seq"]]["wh"] - reports[lo["seq"]]["wh"]
             # 1 Wh: the node reports whole Wh; plus, at each end, the energy the lamp draws
             # between taking a report and writing its truth line (up to 20 ms real = 24 s
@@ -121,3 +140,9 @@ def test_six_hours_of_partition(hil_clock, gateway, nodes, relay, tmp_path):
             assert abs(row["wh"] - true_wh) <= 1.0 + lag_wh, (nid, row, true_wh)
     # the gateway kept serving without an error on the way (SIGKILLs and faults are warnings at most)
     assert not gateway_log_errors(gw), gateway_log_errors(gw)
+
+
+def _nearest(stored: list[dict], t: float) -> dict:
+    """The stored report closest to a bucket edge: the bucket's energy is interpolated at its
+    edges, so a second report in the quarter (after a clock step) is not one of its ends."""
+    return min(stored, key=lambda r: abs(r["t"] - t))
