@@ -73,8 +73,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
                   "required off loopback, then at least 32 characters (24 random bytes)"),
         "read_token": (str, "", "read-only bearer token: GET routes only (dashboards, "
                        "monitoring); needs `token` set too"),
-        "header_timeout_s": (float, 10.0, "a connection that has not sent a complete request "
-                             "within this time is closed (also the idle keep-alive time)"),
+        "header_timeout_s": (float, 10.0, "a connection that has not sent a request's headers "
+                             "within this time is closed, and its body must arrive within it "
+                             "too (408); also the idle keep-alive time"),
         "max_connections": (int, 256, "open connections at most; past it the oldest one still "
                             "waiting for a request is closed, so new clients get in"),
     },

@@ -13,6 +13,7 @@ unprotected. Connection limits: gateway/api/guard.py.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -73,9 +74,14 @@ async def errors_and_auth(request: web.Request,
             return _err(401, "unauthorized", "missing or wrong bearer token "
                         "(Authorization: Bearer <[api] token or read_token>)")
     try:
+        if request.body_exists:
+            await _read_body(request, gw.config.api.header_timeout_s)
         return await handler(request)
     except ApiError as exc:
-        return _err(exc.status, exc.code, exc.message)
+        resp = _err(exc.status, exc.code, exc.message)
+        if exc.status == 408:
+            resp.force_close()
+        return resp
     except CommandError as exc:
         return _err(400, "bad_request", str(exc))
     except NotFoundError as exc:
@@ -89,6 +95,17 @@ async def errors_and_auth(request: web.Request,
         log.exception("API request %s %s failed unexpectedly; please report this", request.method,
                       request.path)
         return _err(500, "internal", f"internal error: {type(exc).__name__}")
+
+
+async def _read_body(request: web.Request, timeout: float) -> None:
+    """Read the whole body within `timeout`: a body sent a byte at a time would otherwise hold
+    its connection, which the connection cap (guard.py) never closes while a request is being
+    handled. Raises ApiError 408."""
+    try:
+        await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise ApiError(408, "timeout", f"the request body did not arrive within {timeout:g} s "
+                       "([api] header_timeout_s); the connection is closed") from None
 
 
 def _no_constant(name: str) -> Any:

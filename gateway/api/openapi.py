@@ -25,6 +25,7 @@ ERRORS = {
     "403": _json(_ref("Error"), "the read-only token ([api] read_token) on a route that changes "
                  "something"),
     "404": _json(_ref("Error"), "no such node, group, cabinet, target or batch"),
+    "408": _json(_ref("Error"), "the request body did not arrive within [api] header_timeout_s"),
     "503": _json(_ref("Error"), "the store cannot be read or written now"),
 }
 

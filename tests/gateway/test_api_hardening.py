@@ -126,3 +126,19 @@ def test_non_loopback_needs_a_long_operator_token(tmp_path):
     r = subprocess.run([SLGW, "serve", "--store-path", str(tmp_path / "x.db"), "--api-bind", "0.0.0.0",
                         "--api-token", "s3cret"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 5 and "openssl rand -base64 24" in r.stderr, r.stderr
+
+
+def test_a_body_sent_byte_by_byte_is_cut_off(tmp_path):
+    with SlgwProcess(tmp_path, "--api-header-timeout-s", "1") as g:
+        s = socket.create_connection(("127.0.0.1", g.api_port))
+        try:
+            s.sendall(b"POST /api/set-level HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"tar")  # 5 of 100 bytes, then nothing
+            s.settimeout(15)
+            answer = b""
+            while chunk := s.recv(4096):  # until the gateway closes (was: never)
+                answer += chunk
+        finally:
+            s.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer, answer
+        assert g.api("GET", "/api/health")["status"] == "ok"
