@@ -14,6 +14,7 @@ returns and says what to answer (a gateway.ingest.Answer: 2.04, 4.00 for a value
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -57,8 +58,10 @@ class RateLimitedLog:
     A kind is the answer code and the reason with paths and numbers blanked ("4.04 no
     resource /*"), never the source host or the path: a flood of garbage from many addresses,
     or to many paths, must not fill the journal. The first one of a kind is logged in full;
-    the next one after `interval` logs a summary of how many were suppressed, from how many
-    hosts, and the last example. Memory is one entry per kind.
+    the rest of its interval is counted, and one summary line per interval says how many were
+    suppressed, from how many hosts, and the last example: written when the interval ends
+    (a timer on the running event loop, `flush()`), or at the next one of that kind. Memory
+    is one entry per kind.
     """
 
     _BLANK = re.compile(r"/\S*|\d+")
@@ -68,6 +71,7 @@ class RateLimitedLog:
         self.clock = clock
         # kind -> [start of interval, suppressed count, hosts seen (capped), last example]
         self._seen: dict[Any, list] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     def bad(self, host: str, code: str, reason: str) -> bool:
         """Record one bad request; return True if a line was logged."""
@@ -75,6 +79,8 @@ class RateLimitedLog:
         now = self.clock()
         entry = self._seen.get(kind)
         if entry is not None and now - entry[0] < self.interval:
+            if not entry[1]:
+                self._schedule_flush(entry[0] + self.interval - now)
             entry[1] += 1
             if len(entry[2]) < 1000:
                 entry[2].add(host)
@@ -82,17 +88,49 @@ class RateLimitedLog:
             return False
         self._seen[kind] = [now, 0, set(), None]
         if entry is not None and entry[1]:
-            ex_host, ex_reason = entry[3]
-            log.warning("bad requests answered %s: %d more of this kind from %s%d host(s) in the "
-                        "last %.0f s, suppressed (last: bad request from %s: %s); they changed "
-                        "nothing. If these are our nodes, check their firmware version and config",
-                        code, entry[1], "at least " if len(entry[2]) >= 1000 else "", len(entry[2]),
-                        now - entry[0], ex_host, ex_reason)
+            self._summary(kind, entry, now)
             return True
         log.warning("bad request from %s answered %s: %s; the request changed nothing (more of "
                     "this kind are summarised once per %.0f s). If this is one of our nodes, check "
                     "its firmware version and config", host, code, reason, self.interval)
         return True
+
+    def flush(self) -> int:
+        """Write the summary of every kind whose interval has ended with requests suppressed;
+        return how many lines were written."""
+        now = self.clock()
+        n = 0
+        for kind, entry in list(self._seen.items()):
+            if len(entry) == 4 and entry[1] and now - entry[0] >= self.interval:
+                self._summary(kind, entry, now)
+                self._seen[kind] = [now, 0, set(), None]
+                n += 1
+        return n
+
+    def _summary(self, kind: str, entry: list, now: float) -> None:
+        ex_host, ex_reason = entry[3]
+        log.warning("bad requests answered %s: %d more of this kind from %s%d host(s) in the "
+                    "last %.0f s, suppressed (last: bad request from %s: %s); they changed "
+                    "nothing. If these are our nodes, check their firmware version and config",
+                    kind.split(" ", 1)[0], entry[1], "at least " if len(entry[2]) >= 1000 else "",
+                    len(entry[2]), now - entry[0], ex_host, ex_reason)
+
+    def _schedule_flush(self, delay: float) -> None:
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a unit test): the next request of the kind summarises
+            return
+        self._timer = loop.call_later(max(0.0, delay) + 0.05, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+        now = self.clock()
+        due = [e[0] + self.interval - now for e in self._seen.values() if len(e) == 4 and e[1]]
+        if due:
+            self._schedule_flush(min(due))
 
     def unavailable(self, reason: str, host: str) -> None:
         """Log a 5.03 (store cannot write), at most once per interval."""

@@ -44,3 +44,36 @@ def test_kinds_are_kept_apart():
     assert badlog.bad("h1", "4.05", "/rd takes POST (Register)")
     assert badlog.bad("h1", "4.02", "unknown critical option 9")
     assert not badlog.bad("h1", "4.02", "unknown critical option 13")
+
+
+def test_one_summary_per_interval_even_when_the_flood_stops(caplog):
+    clock = FakeClock()
+    badlog = RateLimitedLog(interval=60.0, clock=clock)
+    caplog.set_level(logging.WARNING, logger="slgw.coap")
+    badlog.bad("10.0.0.1", "4.04", "no resource /a")
+    for i in range(100):
+        badlog.bad(f"10.0.0.{i % 7}", "4.04", f"no resource /b{i}")
+    assert badlog.flush() == 0  # the interval is not over
+    clock.t += 61.0
+    assert badlog.flush() == 1  # no further request needed for the summary
+    assert "100 more of this kind from 7 host(s)" in caplog.records[-1].getMessage()
+    assert badlog.flush() == 0 and len(caplog.records) == 2
+    for _ in range(5):  # the flood goes on in the next interval: counted, not logged
+        badlog.bad("10.0.0.9", "4.04", "no resource /c")
+    assert len(caplog.records) == 2
+    clock.t += 61.0
+    assert badlog.flush() == 1 and "5 more of this kind" in caplog.records[-1].getMessage()
+
+
+async def test_the_summary_is_written_by_a_timer(caplog):
+    import asyncio
+    import time
+    badlog = RateLimitedLog(interval=0.2)
+    caplog.set_level(logging.WARNING, logger="slgw.coap")
+    for _ in range(10):
+        badlog.bad("10.0.0.1", "RST", "datagram is not CoAP")
+    assert len(caplog.records) == 1
+    deadline = time.monotonic() + 10
+    while len(caplog.records) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # no further datagram arrives
+    assert "9 more of this kind" in caplog.records[-1].getMessage()
