@@ -57,7 +57,7 @@ from protocol.lwm2m import (
 FW_VERSION = "0.1.0"
 # `</>;rt="oma.lwm2m";ct=112` tells a standard server to use SenML-CBOR (Core 1.1 §6.2.1,
 # Register "Objects and Object Instances"); without it Wakaama asks for TLV, which we lack.
-OBJECT_LINKS = '</>;rt="oma.lwm2m";ct=112,</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</10250/0>'
+OBJECT_LINKS = '</>;rt="oma.lwm2m";ct=112,</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</3416/0>,</10250/0>'
 
 
 class Node:
@@ -225,6 +225,8 @@ class Node:
             return 0.95 if self.p.light.actual_level > 0 else 0.0
         if name == "lifetime":
             return c["lifetime"]
+        if name == "command":  # uCIFI 3416 command: the level in force
+            return self.wanted_level()
         return {
             "srv_id": 1, "binding": "U", "mfr": "streetlight-edge", "model": "emulated" if c["meter"]["type"] == "emulated" else "esp32",
             "serial": c["id"], "fw": FW_VERSION, "tz": c["tz"], "lat": c["lat"], "lon": c["lon"],
@@ -234,7 +236,7 @@ class Node:
     def res_set(self, name, v):
         """Apply a checked value. Returns None, or a reason to answer 4.00 (state unchanged)."""
         c = self.cfg
-        if name == "level":
+        if name == "level" or name == "command":
             self.p.override.set(v, 86400)  # SPEC §5.3: a manual level is a day's override
         elif name == "on":
             if not v:

@@ -37,6 +37,8 @@ from protocol.lwm2m import (
     CF_LINK_FORMAT,
     CF_SENML_CBOR,
     CF_TEXT,
+    FAULT_LAMP_FAILURE,
+    FAULT_LAMP_UNEXPECTED_ON,
     MAX_PAYLOAD,
     SENML_N,
     SENML_V,
@@ -104,6 +106,16 @@ _TABLE = {
     (10250, 0, 9): (_E, _K_NONE, 0, 0, "identify"),
     (10250, 0, 10): (_R, _K_INT, 0, 0, "override_left"),
     (10250, 0, 30): (_W, _K_KEYS, 0, 0, "oscore_keys"),
+    # uCIFI Outdoor lamp controller 3416 (object version 2.0): the resources that are ours under
+    # another number (SPEC §12). Command = a manual level (as /3311/0/5851), read as the level
+    # in force; dimming level = the actual level; failures from the fault flags.
+    (3416, 0, 1): (_R | _W, _K_INT, 0, 100, "command"),
+    (3416, 0, 2): (_R, _K_INT, 0, 0, "command"),
+    (3416, 0, 3): (_R | _O, _K_INT, 0, 0, "level"),
+    (3416, 0, 4): (_R | _W, _K_INT, 0, 100, "default"),
+    (3416, 0, 5): (_R, _K_BOOL, 0, 1, "lamp_failure"),
+    (3416, 0, 10): (_R, _K_BOOL, 0, 1, "day_burner"),
+    (3416, 0, 15): (_R, _K_FLOAT, 0, 0, "op_hours"),
 }
 
 
@@ -307,6 +319,12 @@ class Resources:
             return _NOTIFY_MIN_S
         if name == "def_pmax":
             return _NOTIFY_MAX_S
+        if name == "lamp_failure":
+            return bool(self.app.res_get("faults") & FAULT_LAMP_FAILURE)
+        if name == "day_burner":
+            return bool(self.app.res_get("faults") & FAULT_LAMP_UNEXPECTED_ON)
+        if name == "op_hours":
+            return round(self.app.res_get("on_time") / 3600, 2)
         return self.app.res_get(name)
 
     # -- entry point (called by the endpoint) ---------------------------------------------

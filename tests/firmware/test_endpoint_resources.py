@@ -97,6 +97,14 @@ EXPECT = {
     "discover_after_clear": "2.05",
     "observe_fade": "2.05",
     "observe_fade_pmin": "2.05",
+    "ucifi_dimming_level": "2.05",
+    "ucifi_command": "2.04",
+    "ucifi_command_101": "4.00",
+    "ucifi_lamp_failure": "2.05",
+    "ucifi_day_burner": "2.05",
+    "ucifi_hours": "2.05",
+    "ucifi_dimming_readonly": "4.05",
+    "ucifi_discover": "2.05",
 }
 
 
@@ -226,3 +234,16 @@ def test_observe_honours_pmin_pmax_and_thresholds():
     assert 1 <= n_pmin <= 2  # pmin 5 s
     assert extra["pmax"] == [0, 1]
     assert extra["thresholds"] == [0, 1, 0, 1]
+
+
+def test_ucifi_outdoor_lamp_controller_3416():
+    """uCIFI object 3416 (OMA registry, object version 2.0): resource 1 Command (RW 0..100),
+    3 Dimming level (R), 5 Lamp failure, 10 Day burner (R bool), 15 Lamp operating hours (R, h)
+    answer from the same state as 3311 and 10250 (SPEC §12)."""
+    cases, _ = _run()
+    assert cases["ucifi_dimming_level"]["payload"] == str(cases["ucifi_dimming_level"]["state"]["level"]).encode()
+    assert cases["ucifi_command"]["state"]["command"] == 55
+    assert cases["ucifi_lamp_failure"]["payload"] == b"1" and cases["ucifi_day_burner"]["payload"] == b"0"
+    assert cases["ucifi_hours"]["payload"] == b"1.5"
+    links = cases["ucifi_discover"]["payload"].decode().split(",")
+    assert links[:2] == ["</3416>", "</3416/0>"] and len(links) == 9

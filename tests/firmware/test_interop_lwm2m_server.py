@@ -61,6 +61,8 @@ def test_lwm2m_node_lib_server_manages_the_node(procs, tmp_path):
         assert s[step]["error"] is None, (step, s[step])
     assert s["read_manufacturer"]["value"] == "streetlight-edge"
     assert s["read_level"]["value"] == "100" and s["read_level_after"]["value"] == "40"
+    # the same state through uCIFI's Outdoor lamp controller (SPEC §12)
+    assert s["read_ucifi_command"]["value"] == s["read_ucifi_dimming"]["value"] == "40"
     # Write-Attributes never writes a value (issue 15 item 2)
     assert s["read_group"]["value"] == s["read_group_after"]["value"] == "rue-A"
     disc = s["discover_resource"]["value"]

@@ -57,6 +57,8 @@ async function scenario(endpoint) {
     r = await call(server.write, id, 3311, 0, 5851, '40'); out('write_level', ...r);
     await wait(2600);  // the fade to 40 % takes 2 s
     r = await call(server.read, id, 3311, 0, 5851); out('read_level_after', ...r);
+    r = await call(server.read, id, 3416, 0, 2); out('read_ucifi_command', ...r);
+    r = await call(server.read, id, 3416, 0, 3); out('read_ucifi_dimming', ...r);
     r = await call(server.read, id, 10250, 0, 5); out('read_group', ...r);
     r = await call(server.writeAttributes, id, 10250, 0, 5, {pmin: '5', pmax: '60'}); out('wattr_group', ...r);
     r = await call(server.read, id, 10250, 0, 5); out('read_group_after', ...r);

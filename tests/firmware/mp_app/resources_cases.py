@@ -17,6 +17,7 @@ class App:
             "lon": 4.0, "on": True, "level": 80, "on_time": 3600, "wh": 1234, "pf": 0.95, "w": 40.25,
             "seq": 7, "faults": 0, "schedule": [], "default": 100, "override": [None, 0],
             "group": "g", "cabinet": "c", "rated": 50.0, "time_valid": True, "override_left": 0,
+            "command": 80,
         }
         self.execs = []
         self.t = 0
@@ -226,3 +227,16 @@ below = len(res.due_notifications(3102))
 app.s["level"] = 62
 cross = len(res.due_notifications(3103))
 print(json.dumps(["thresholds", small, big, below, cross]))
+
+# uCIFI Outdoor lamp controller 3416 (SPEC §12)
+res.observers = []
+app.s["faults"] = 0x01
+app.s["on_time"] = 5400
+run("ucifi_dimming_level", coap.GET, "/3416/0/3", accept=T)
+run("ucifi_command", coap.PUT, "/3416/0/1", b"55", cf=T)
+run("ucifi_command_101", coap.PUT, "/3416/0/1", b"101", cf=T)
+run("ucifi_lamp_failure", coap.GET, "/3416/0/5", accept=T)
+run("ucifi_day_burner", coap.GET, "/3416/0/10", accept=T)
+run("ucifi_hours", coap.GET, "/3416/0/15", accept=T)
+run("ucifi_dimming_readonly", coap.PUT, "/3416/0/3", b"10", cf=T)
+run_q("ucifi_discover", coap.GET, "/3416", [], accept=40)
