@@ -58,6 +58,9 @@ async def test_register_descriptor_reports_and_update(setup):
     reg = peer.registers[0]
     assert reg["query"] == {"ep": "lamp-1", "lt": "60", "lwm2m": "1.1", "b": "U"}
     assert reg["cf"] == 40
+    # OMA-TS-LightweightM2M-Core 1.1 §6.2.1: the root link says which format to use (SenML-CBOR);
+    # without it a standard server asks for TLV, which the node does not speak (issue 15 item 1)
+    assert reg["body"].startswith('</>;rt="oma.lwm2m";ct=112,')
     links = [x.strip() for x in reg["body"].split(",")]
     for obj in ("</3/0>", "</6/0>", "</3305/0>", "</3311/0>", "</10250/0>"):
         assert obj in links

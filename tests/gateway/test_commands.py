@@ -21,7 +21,7 @@ async def states(gw, batch):
     return [c["state"] for c in await gw.commands.list(batch=batch)]
 
 
-async def test_set_level_reaches_node_as_cbor_write(tmp_path):
+async def test_set_level_reaches_node_as_a_write(tmp_path):
     async with gateway(tmp_path) as gw:
         node = await AiocoapNode("n1", gw.config.coap.port).start()
         try:
