@@ -10,11 +10,13 @@ import os
 import socket
 
 import aiocoap
+import cbor2
 import pytest
-from aiocoap import Code
+from aiocoap import Code, resource
 from aiocoap.oscore import NotAProtectedMessage
+from aiocoap.transports.oscore import OSCOREAddress
 from coap_peers import AiocoapNode, gateway, make_node_key, write_node_context
-from slgw_harness import AIOCOAP_CLIENT
+from slgw_harness import AIOCOAP_CLIENT, free_port
 
 from gateway.coap import keystore
 from gateway.coap.client import NodeClient, NodeRefused, NodeUnreachable
@@ -358,3 +360,74 @@ async def test_unconfirmed_rotation_survives_a_gateway_restart(tmp_path):
                 await old.send([R1])
         finally:
             await old.stop()
+
+
+class _Level(resource.ObservableResource):
+    """/3311/0/5851 of a protected node: Read and Observe only under OSCORE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 40
+
+    def set(self, v: int) -> None:
+        self.value = v
+        self.updated_state()
+
+    async def render_get(self, request):
+        if not isinstance(request.remote, OSCOREAddress):
+            return aiocoap.Message(code=Code.UNAUTHORIZED)
+        return aiocoap.Message(payload=cbor2.dumps(self.value), content_format=60)
+
+
+class _Reboot(resource.Resource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.protected = []
+
+    async def render_post(self, request):
+        self.protected.append(isinstance(request.remote, OSCOREAddress))
+        return aiocoap.Message(code=Code.CHANGED)
+
+
+async def test_read_execute_observe_are_protected(tmp_path):
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    kdir = str(tmp_path / "keys")
+    install(kdir, keyfile)
+    from aiocoap.credentials import CredentialsMap
+    from aiocoap.oscore import FilesystemSecurityContext
+    from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+    node_ctx = FilesystemSecurityContext(str(node_dir))
+    site, level, reboot = resource.Site(), _Level(), _Reboot()
+    site.add_resource(("3311", "0", "5851"), level)
+    site.add_resource(("3", "0", "4"), reboot)
+    node_creds = CredentialsMap({":node": node_ctx})
+    port = free_port(socket.SOCK_DGRAM)
+    server = await aiocoap.Context.create_server_context(
+        None, bind=("127.0.0.1", port), transports=["oscore", "simplesocketserver"],
+        server_credentials=node_creds)
+    server.serversite = OscoreSiteWrapper(site, node_creds)
+    address = f"127.0.0.1:{port}"
+    creds = NodeCredentials(kdir, lambda a: "lamp-1" if a == address else None)
+    creds.load()
+    ctx = await aiocoap.Context.create_client_context(transports=["oscore", "udp6"])
+    ctx.client_credentials = creds
+    try:
+        client = NodeClient(ctx, credentials=creds, timeout=10)
+        assert await client.read(address, "/3311/0/5851") == 40
+        await client.execute(address, "/3/0/4")
+        assert reboot.protected == [True]
+        seen = []
+        obs = client.observe(address, "/3311/0/5851")
+        async for v in obs:
+            seen.append(v)
+            if len(seen) == 1:
+                level.set(70)
+            else:
+                break
+        await obs.aclose()
+        assert seen == [40, 70]
+    finally:
+        await ctx.shutdown()
+        await server.shutdown()
+        creds.close()
+        node_ctx._destroy()
