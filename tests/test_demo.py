@@ -48,3 +48,12 @@ def test_demo_names_a_taken_port_at_once_and_how_to_choose_others(tmp_path):
     assert f"TCP port {api_port} (the gateway API)" in r.stderr
     assert "make demo API_PORT=" in r.stderr and "--url http://127.0.0.1:" in r.stderr
     assert "last: None" not in r.stderr and not state.exists()  # nothing was started
+
+
+def test_make_demo_passes_the_port_variables_on():
+    """README: `make demo API_PORT=8081 COAP_PORT=5684` (or FREE_PORTS=1) chooses other ports."""
+    r = subprocess.run(["make", "-n", "demo", "API_PORT=8081", "COAP_PORT=5684", "FREE_PORTS=1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    line = " ".join(r.stdout.replace("\\\n", " ").split())
+    assert r.returncode == 0, r.stderr
+    assert "-m tools.demo --api-port 8081 --coap-port 5684 --free-ports" in line, r.stdout
