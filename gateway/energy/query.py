@@ -175,6 +175,10 @@ def sum_by_source(conn: sqlite3.Connection, cond: str, params: list, start: floa
     return out
 
 
+def _round6(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
 # (table, length of a row in s; days: up to 25 h) from the finest: buckets may be pruned, hour
 # and day roll-ups are kept
 _GRAINS = (("buckets", 900), ("energy_hour", 3600), ("energy_day", 90000))
@@ -260,12 +264,13 @@ def circuit_check(conn: sqlite3.Connection, cabinet: str, start: float, end: flo
     mlist = []
     for mid in meter_ids:
         c = meters.get(mid)
-        mlist.append({"id": mid, "wh": c[0] if c else None,
+        mlist.append({"id": mid, "wh": round(c[0], 6) if c else None,
                       "quality": QUALITY_NAMES[combine_quality(c[1], c[2])] if c else "missing"})
     meter_wh = sum(c[0] for c in meters.values()) if meters else None
     unacc = None if meter_wh is None else meter_wh - nodes_wh
     pct = None if unacc is None or not meter_wh else round(100.0 * unacc / meter_wh, 3)
+    r6 = _round6  # µWh, as energy(): sums over day/hour/bucket pieces leave float noise
     return {"cabinet": cabinet, "start": lo, "end": hi, "compared": compared, "nodes": n_nodes,
-            "nodes_wh": nodes_wh, "meters": mlist, "meter_wh": meter_wh,
-            "unaccounted_wh": unacc, "unaccounted_pct": pct,
+            "nodes_wh": r6(nodes_wh), "meters": mlist, "meter_wh": r6(meter_wh),
+            "unaccounted_wh": r6(unacc), "unaccounted_pct": pct,
             "quality": QUALITY_NAMES[combine_quality(worst, miss or meter_wh is None)]}

@@ -118,7 +118,8 @@ def _figures(baseline: float, actual: float, covered_s: float, night_s: float,
         withheld = (f"coverage {cov:.1%} of the baseline's night hours is below [savings] "
                     f"min_coverage {min_coverage:.0%}")
     pct = round(100.0 * saved / baseline, 2) if baseline > 0 and withheld is None else None
-    return {"baseline_wh": baseline, "actual_wh": actual, "saved_wh": saved, "saved_pct": pct,
+    return {"baseline_wh": round(baseline, 6), "actual_wh": round(actual, 6),
+            "saved_wh": round(saved, 6), "saved_pct": pct,
             "coverage": None if cov is None else round(cov, 4), "withheld": withheld}
 
 
@@ -196,7 +197,7 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
             base = r[0] * cov_s / ref_s if r is not None and ref_s > 0 else None
         if base is None:
             without.append(nid)
-            row.update({"baseline_wh": None, "actual_wh": a[0], "saved_wh": None,
+            row.update({"baseline_wh": None, "actual_wh": round(a[0], 6), "saved_wh": None,
                         "saved_pct": None, "coverage": round(cov_s / night, 4) if night else None,
                         "withheld": "no baseline"})
         else:
