@@ -87,6 +87,8 @@ SCHEMAS: dict[str, Any] = {
         "faults": {"type": "array", "items": {"type": "string"}},
         "fault_flags": {"type": "integer"},
         "modbus_slot": {"type": "integer", "nullable": True},
+        "objects": {"type": "array", "items": {"type": "integer"}, "nullable": True,
+                    "description": "LwM2M object ids the node registered (null: not known yet)"},
         "hold": {"type": "object", "nullable": True, "required": ["kind", "level", "until"],
                  "description": "the active hold: an override, or a manual level (24 h); null "
                                 "when the schedule is in charge",

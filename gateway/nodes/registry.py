@@ -433,6 +433,7 @@ def node_json(row: dict[str, Any], online: bool) -> dict[str, Any]:
         "faults": lwm2m.fault_names(flags),
         "fault_flags": flags,
         "modbus_slot": row.get("modbus_slot"),
+        "objects": _ints(row.get("objects")),
         # reports refused as implausible (issue 11): how many, the last reason and when
         "implausible_reports": int(row.get("implausible") or 0),
         "implausible_last": ({"at": iso(row.get("implausible_at")),

@@ -104,6 +104,7 @@ async def test_commands_to_an_object_the_client_never_registered_are_refused(tmp
             await std.register(links=links_std)
             await ours.register()
             assert gw.registry.objects("std") == [1, 3, 3311] and gw.registry.formats("std") == [112]
+            assert (await gw.registry.show("std"))["objects"] == [1, 3, 3311]  # slgw node show
             with pytest.raises(CommandError, match=r"node std did not register object 10250"):
                 await gw.commands.submit("std", "schedule", {"steps": [[0, 60, 30]]})
             assert await gw.commands.list(node="std") == []  # nothing queued
