@@ -431,3 +431,21 @@ async def test_read_execute_observe_are_protected(tmp_path):
         await server.shutdown()
         creds.close()
         node_ctx._destroy()
+
+
+async def test_a_full_backlog_pack_goes_through_oscore(tmp_path):
+    """A 1,024-byte backlog Send (SPEC §3.2) still fits one protected datagram and is stored."""
+    keyfile, node_dir = make_node_key(tmp_path, "lamp-1")
+    reps = [(100 + i, 1767286800 + 900 * i, 1000.0 + i, 20.0, 40, 60 * i, 0) for i in range(40)]
+    pack = report.pack_reports(reps)[0]
+    assert len(report.encode_reports(pack)) > 900
+    async with gateway(tmp_path / "gw", coap__security="oscore") as gw:
+        install(gw, keyfile)
+        node = await AiocoapNode("lamp-1", gw.config.coap.port, oscore_dir=node_dir).start()
+        try:
+            await node.register()
+            await node.describe()
+            assert (await node.send(pack)).code == Code.CHANGED
+            assert gw.coap.stats["reports"] == len(pack)
+        finally:
+            await node.stop()

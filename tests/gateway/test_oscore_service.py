@@ -147,6 +147,9 @@ def test_unprotected_attacks_fail_and_the_protected_node_works(tmp_path):
         health = gw.api("GET", "/api/health")["coap_stats"]
         assert health["unauthorized"] == 6 and health["send"] == 1
         assert "OSCORE required" in gw.log()
+        key = json.loads(k1.read_text())
+        for secret in (key["master_secret_hex"], key["master_salt_hex"]):
+            assert secret not in gw.log() and secret.upper() not in gw.log()
         # `slgw keys rotate` goes through the API: a node without a key is "not found"
         r = gw.cli("keys", "rotate", "lamp-9", "--json")
         assert r.returncode == 4 and "no OSCORE key" in json.loads(r.stdout)["error"]["message"]
