@@ -225,3 +225,19 @@ def test_gateway_sigkill_neither_locks_the_node_out_nor_accepts_a_replay(tmp_pat
             gw2.stop()
     finally:
         gw.stop()
+
+
+def test_import_as_root_leaves_the_keys_to_the_owner_of_the_state_directory(tmp_path):
+    """`sudo slgw keys import` into the service's state directory: the keys must belong to the
+    service's user (here uid 65534), or the gateway could not read them. Runs as root, as CI
+    and the development machines do (giving a directory to another user needs it)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    k1, _ = provision_key(tmp_path, "lamp-1")
+    kdir = state / "keys"
+    assert keys("import", "--keys-dir", str(kdir), str(k1)).returncode == 0
+    for path in (kdir, kdir / "lamp-1", kdir / "lamp-1" / "secret.json", kdir / "lamp-1" / "settings.json"):
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid) == (65534, 65534), path
+        assert st.st_mode & 0o077 == 0, path
