@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any
 
 from .buckets import MISSING, QUALITY_NAMES, combine_quality
-from .periods import BY, floor_period, iso_local, next_period
+from .periods import BY, floor_period, iso_local, iso_utc, next_period
 from .spans import (
     GRAIN_S,
     Q_RANK_SQL,
@@ -107,6 +107,7 @@ def energy(conn: sqlite3.Connection, *, node: str | None = None, group: str | No
         start = check_grain(start, "from")
     if end is not None:
         end = check_grain(end, "to")
+    given = (start is not None, end is not None)
     if start is None or end is None:
         lo, hi = conn.execute(f"SELECT MIN(start), MAX(start) FROM energy_day WHERE {cond}",
                               params).fetchone()
@@ -116,7 +117,13 @@ def energy(conn: sqlite3.Connection, *, node: str | None = None, group: str | No
         start = int(lo) // GRAIN_S * GRAIN_S if start is None else start
         end = next_period(int(hi), "day", tz) if end is None else end
     if end <= start:
-        raise ValueError("end must be after start")
+        if given == (True, False):
+            raise ValueError(f"from {iso_utc(start)} is after the last data of {label} (its day "
+                             f"ends {iso_utc(end)}); give an earlier from, or to as well")
+        if given == (False, True):
+            raise ValueError(f"to {iso_utc(end)} is before the first data of {label} (its day "
+                             f"starts {iso_utc(start)}); give a later to, or from as well")
+        raise ValueError("to must be after from")
     plist = bounded_periods(start, end, by, tz)
     nsrc = 1 if node is not None else _count_sources(conn, cond, params)
     acc: dict[int, list] = {p: [0.0, None, 0, 0] for p, _e in plist}

@@ -159,7 +159,7 @@ def savings(conn: sqlite3.Connection, *, start: float, end: float, latitude: flo
         raise ValueError('baseline must be "dusk-to-dawn" or "reference"')
     start, end = check_grain(start, "from"), check_grain(end, "to")
     if end <= start:
-        raise ValueError("end must be after start")
+        raise ValueError("to must be after from")
     cond, params, label = selection(node, group, cabinet)
     require_selection(conn, node, group, cabinet, label)
     nights = night_intervals(start, end, latitude, longitude)

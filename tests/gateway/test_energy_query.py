@@ -215,6 +215,15 @@ async def test_a_window_off_the_15_minute_grain_is_refused(town):
             await town.read(call)
 
 
+async def test_one_bound_past_the_data_says_so(town):
+    with pytest.raises(ValueError, match="after the last data of node:A1"):
+        await town.read(lambda c: energy(c, node="A1", start=D0 + 10 * 86400))
+    with pytest.raises(ValueError, match="before the first data of node:A1"):
+        await town.read(lambda c: energy(c, node="A1", end=D0 - 86400))
+    with pytest.raises(ValueError, match="to must be after from"):
+        await town.read(lambda c: energy(c, node="A1", start=D0, end=D0))
+
+
 async def test_an_answer_too_large_is_refused_naming_the_limit_and_by(town):
     from gateway.energy.spans import MAX_ROWS, TooManyRows
 
