@@ -312,6 +312,7 @@ class Resources:
         self.observers = []
         self.obs_seq = 0
         self.attrs = {}  # path tuple (1-3 ids) -> {"pmin": 5, ...} set by Write-Attributes
+        self._defaults = {"pmin": _NOTIFY_MIN_S, "pmax": _NOTIFY_MAX_S}  # read-only: shared
 
     def _get(self, key):
         name = _TABLE[key][4]
@@ -490,7 +491,9 @@ class Resources:
     def effective(self, key):
         """The attributes in force for resource ``key``: Object, then Instance, then Resource
         level (Core 1.1 §5.1.2 inheritance); pmin/pmax default to /1/0/2 and /1/0/3."""
-        out = {"pmin": _NOTIFY_MIN_S, "pmax": _NOTIFY_MAX_S}
+        if not self.attrs:  # the usual case: no allocation per observer and control tick
+            return self._defaults
+        out = dict(self._defaults)
         for n in (1, 2, 3):
             a = self.attrs.get(key[:n])
             if a:
