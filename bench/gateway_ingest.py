@@ -53,9 +53,9 @@ async def serve(mode: str, port: int, db: str, commit_ms: float = 0.0,
     import aiocoap
     import aiocoap.resource
 
-    from gateway.ingest import Ingestor, fast_parse_reports
+    from gateway.ingest import Ingestor
     from gateway.store import Store
-    from protocol.report import parse_send
+    from protocol.report_parse import parse_send
 
     store = ingestor = None
     sync = None
@@ -76,12 +76,11 @@ async def serve(mode: str, port: int, db: str, commit_ms: float = 0.0,
             if handoff is not None:
                 await handoff.durable()
             if ingestor is None:
-                # decode exactly as the gateway does (fast path, else the protocol parser)
-                if fast_parse_reports(request.payload) is None:
-                    try:
-                        parse_send(request.payload, now)
-                    except ValueError:
-                        return aiocoap.Message(code=aiocoap.BAD_REQUEST)
+                # decode exactly as the gateway does (the protocol's one parser)
+                try:
+                    parse_send(request.payload, now)
+                except ValueError:
+                    return aiocoap.Message(code=aiocoap.BAD_REQUEST)
                 return aiocoap.Message(code=aiocoap.CHANGED)
             ans = await ingestor.handle_payload(ep, request.payload, now=now)
             msg = aiocoap.Message(code=aiocoap.numbers.codes.Code(ans.coap_code))

@@ -4,8 +4,8 @@ thread to every Send, beside aiocoap (which the bare server pays too).
     python -m bench gateway_ingest_path
 
 32 concurrent tasks each take a Send payload (the ingest benches' template: one report, or a
-pack of 11 filled to 1,024 bytes), parse it (``gateway.ingest.parse_payload``, as the /dp
-resource does) and await ``Ingestor.handle_reports`` on a real Store (its writer thread, WAL,
+pack of 11 filled to 1,024 bytes), parse it (``gateway.ingest.parse_payload``, i.e. the
+protocol's one parser ``protocol.report_parse.parse_send``, as the /dp resource does) and await ``Ingestor.handle_reports`` on a real Store (its writer thread, WAL,
 synchronous=FULL). ``time.thread_time()`` of the event loop's thread over the run, per Send:
 the loop's own cost, however busy the machine, since the writer runs on another thread. The
 baseline in the same run is parse alone (what a decoding bare server pays).
@@ -72,6 +72,8 @@ def run() -> dict:
     packed = asyncio.run(_measure(16))
     for r in (live, packed):
         r["loop_cpu_beyond_parse_us"] = round(r["loop_cpu_us_per_send"] - r["parse_alone_us_per_send"], 1)
+        # the parser's share of the loop's whole ingest cost, both taken in this run
+        r["parse_share_of_loop"] = round(r["parse_alone_us_per_send"] / r["loop_cpu_us_per_send"], 3)
     return {"command": "python -m bench gateway_ingest_path", "live": live, "packed": packed,
             "packed_over_live_loop_cpu": round(packed["loop_cpu_us_per_send"] / live["loop_cpu_us_per_send"], 2)}
 

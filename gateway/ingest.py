@@ -21,18 +21,12 @@ A descriptor pack (no report) updates the node's metadata and is answered 2.04.
 from __future__ import annotations
 
 import logging
-import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
-
 from protocol import lwm2m, senml_json
-from protocol.report import parse_send
-from protocol.report_parse import parse_records
-from protocol.senml import REL_TIME_LIMIT
+from protocol.report_parse import parse_records, parse_send
 
 from .plausibility import REASONS, Implausible, NodeState, Rules, check_rows, check_times
 from .store import Store, StoreUnavailable, validate_report
@@ -58,175 +52,18 @@ DESCRIPTOR_COLUMNS = {
 }
 
 
-# The SPEC §3.1 layout of one report as the node encodes it: (base name or None, name) of
-# its records, the first carrying the base time; the fault record (second) is left out when
-# the node has no fault.
-_BN_SL = _P(lwm2m.OBJ_STREETLIGHT, 0) + "/"
-_BN_LIGHT = _P(lwm2m.OBJ_LIGHT, 0) + "/"
-_BN_POWER = _P(lwm2m.OBJ_POWER, 0) + "/"
-_SEQ_REC = (_BN_SL, str(lwm2m.RES_SEQ))
-_FAULT_REC = (None, str(lwm2m.RES_FAULTS))
-_TAIL = ((_BN_LIGHT, str(lwm2m.RES_CUMULATIVE_ENERGY)), (None, str(lwm2m.RES_DIMMER)),
-         (None, str(lwm2m.RES_ON_TIME)), (_BN_POWER, str(lwm2m.RES_ACTIVE_POWER)))
-_SEQ_LIMIT = 1 << 63
-
-
-def _fast_value(rec: Any, bn: str | None, n: str, first: bool = False) -> int | float | None:
-    """The value of one record of the node's own layout, or None if it is anything else."""
-    if type(rec) is not dict or rec.get(0) != n or rec.get(-2) != bn:
-        return None
-    if len(rec) != (2 if bn is None else 3) + first:
-        return None
-    v = rec.get(2)
-    if type(v) not in (int, float) or not math.isfinite(v):
-        return None
-    return v
-
-
-def _cstr(text: str) -> bytes:
-    """The CBOR encoding of a short text string (under 24 bytes), escaped for a regex."""
-    b = text.encode()
-    return re.escape(bytes((0x60 + len(b),)) + b)
-
-
-# The node's own encoding of one report, byte for byte (protocol.report.encode_reports: map
-# keys in the order 0 n, 2 v, -2 bn, -3 bt), with the values left open: an unsigned integer
-# (seq, faults) or any CBOR integer or float. Every value encoding is self-delimiting by its
-# first byte, so the pattern is unambiguous. Matching it is a C regex scan over the datagram
-# instead of building six dicts per report.
-_UINT = rb"([\x00-\x17]|\x18.|\x19..|\x1a....|\x1b........)"
-_NUM = (rb"([\x00-\x17\x20-\x37]|[\x18\x38].|[\x19\x39\xf9]..|[\x1a\x3a\xfa]...."
-        rb"|[\x1b\x3b\xfb]........)")
-_REPORT_RE = re.compile(
-    b"\xa4\x00" + _cstr(_SEQ_REC[1]) + b"\x02" + _UINT + b"\x21" + _cstr(_BN_SL)
-    + b"\x22" + _NUM
-    + b"(?:\xa2\x00" + _cstr(_FAULT_REC[1]) + b"\x02" + _UINT + b")?"
-    + b"\xa3\x00" + _cstr(_TAIL[0][1]) + b"\x02" + _NUM + b"\x21" + _cstr(_BN_LIGHT)
-    + b"\xa2\x00" + _cstr(_TAIL[1][1]) + b"\x02" + _NUM
-    + b"\xa2\x00" + _cstr(_TAIL[2][1]) + b"\x02" + _NUM
-    + b"\xa3\x00" + _cstr(_TAIL[3][1]) + b"\x02" + _NUM + b"\x21" + _cstr(_BN_POWER),
-    re.DOTALL)
-
-
-def _template_parse_reports(data: bytes) -> list[dict] | None:
-    """The node's own byte layout (see _REPORT_RE): all values decoded by ONE cbor2 call."""
-    if not data:
-        return None
-    b0 = data[0]
-    if 0x80 <= b0 <= 0x97:
-        n, pos = b0 - 0x80, 1
-    elif b0 == 0x98 and len(data) > 1:
-        n, pos = data[1], 2
-    elif b0 == 0x99 and len(data) > 2:
-        n, pos = data[1] << 8 | data[2], 3
-    else:
-        return None
-    end = len(data)
-    match = _REPORT_RE.match
-    parts = [b"\x9f"]
-    records = 0
-    while pos < end:
-        m = match(data, pos)
-        if m is None:
-            return None
-        g = m.groups()
-        if g[2] is None:
-            parts += (g[0], g[1], b"\x00", *g[3:])  # no fault record: faults 0
-            records += 5
-        else:
-            parts += g
-            records += 6
-        pos = m.end()
-    if records != n or not records:
-        return None
-    parts.append(b"\xff")
-    try:
-        vals = cbor2.loads(b"".join(parts))
-    except Exception:
-        return None
-    out = []
-    for k in range(0, len(vals), 7):
-        seq, t, faults, wh, level, on_time, w = vals[k:k + 7]
-        # x - x == 0 is false exactly for inf and nan (ints pass)
-        if (seq >= _SEQ_LIMIT or faults >= _SEQ_LIMIT or t - t != 0 or t < REL_TIME_LIMIT
-                or wh - wh != 0 or wh < 0 or on_time - on_time != 0 or on_time < 0
-                or w - w != 0 or not 0 <= level <= 100):
-            return None
-        out.append({"seq": seq, "t": t, "wh": wh, "w": w, "level": level, "on_time": on_time,
-                    "faults": faults, "rel_time": False})
-    return out
-
-
-def fast_parse_reports(data: bytes) -> list[dict] | None:
-    """Decode a Send in exactly the node's own layout (SPEC §3.1 records, absolute time)
-    with C code (a regex over the node's byte layout, then the ``cbor2`` decoder); None for
-    anything else, which then goes to the authoritative ``protocol.report.parse_send`` (same
-    result, about 10x slower in pure Python).
-
-    Only values that parse_send would accept are returned; any doubt gives None. Known
-    leniency: cbor2 accepts indefinite-length items, non-minimal integer heads and keeps the
-    last of duplicate map keys, which protocol.cbor rejects; none can change an unambiguous
-    value.
-    """
-    out = _template_parse_reports(data)
-    if out is not None:
-        return out
-    return _dict_parse_reports(data)
-
-
-def _dict_parse_reports(data: bytes) -> list[dict] | None:
-    """The node's records in any key order or encoding, decoded to dicts by cbor2."""
-    try:
-        recs = cbor2.loads(data)
-    except Exception:
-        return None
-    if type(recs) is not list or not recs:
-        return None
-    out = []
-    i, end = 0, len(recs)
-    while i < end:
-        seq = _fast_value(recs[i], *_SEQ_REC, first=True)
-        if seq is None:
-            return None
-        t = recs[i].get(-3)
-        i += 1
-        faults = 0
-        if i < end and type(recs[i]) is dict and recs[i].get(0) == _FAULT_REC[1]:
-            faults = _fast_value(recs[i], *_FAULT_REC)
-            if faults is None:
-                return None
-            i += 1
-        if i + len(_TAIL) > end:
-            return None
-        vals = [_fast_value(recs[i + k], bn, n) for k, (bn, n) in enumerate(_TAIL)]
-        i += len(_TAIL)
-        if None in vals:
-            return None
-        wh, level, on_time, w = vals
-        if (type(t) not in (int, float) or not math.isfinite(t) or t < REL_TIME_LIMIT
-                or type(seq) is not int or not 0 <= seq < _SEQ_LIMIT
-                or type(faults) is not int or not 0 <= faults < _SEQ_LIMIT
-                or wh < 0 or on_time < 0 or not 0 <= level <= 100):
-            return None
-        out.append({"seq": seq, "t": t, "wh": wh, "w": w, "level": level, "on_time": on_time,
-                    "faults": faults, "rel_time": False})
-    return out
-
-
 def parse_payload(payload: bytes, now: float, content_format: int = lwm2m.CF_SENML_CBOR
                   ) -> tuple[list[dict], dict[str, Any]]:
-    """``protocol.report.parse_send`` with the fast path in front: same result, same errors.
+    """Parse a Send with the protocol's one validated parser (issue 16): SenML-CBOR by
+    ``protocol.report_parse.parse_send`` (its lane reads the node's own layout fast, anything
+    else takes its general path), SenML-JSON (110, LwM2M 1.1 Send) decoded by
+    protocol.senml_json into the same records and checked by the same ``parse_records``.
 
-    ``content_format`` 110 (SenML-JSON, LwM2M 1.1 Send) is decoded by protocol.senml_json
-    into the same records and validated by the same ``parse_records``. Returns
-    ``(reports, attrs)``. Raises ValueError (CBORError, SenMLError) for a pack that does not
-    parse or holds a bad value (answer 4.00).
+    Returns ``(reports, attrs)``. Raises ValueError (CBORError, SenMLError) for a pack that does
+    not parse or holds a bad value (answer 4.00).
     """
     if content_format == lwm2m.CF_SENML_JSON:
         return parse_records(senml_json.decode(payload), now)
-    reports = fast_parse_reports(payload)
-    if reports is not None:
-        return reports, {}
     return parse_send(payload, now)
 
 

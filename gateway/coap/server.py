@@ -6,7 +6,7 @@ One root resource dispatches on the whole path, so unknown paths and methods get
 log line instead of a traceback. Malformed datagrams never reach this code: aiocoap answers
 them with RST or drops them (SPEC §8, first row).
 
-What a Send costs: parse (gateway.ingest.parse_payload: protocol.report.parse_send behind a cbor2 fast path), then `sink(ep, reports, attrs, now)`
+What a Send costs: parse (gateway.ingest.parse_payload: the protocol's one parser, protocol.report_parse.parse_send), then `sink(ep, reports, attrs, now)`
 (the service's glue to gateway.ingest.Ingestor), which makes the pack durable before it
 returns and says what to answer (a gateway.ingest.Answer: 2.04, 4.00 for a value out of range,
 5.03 with Max-Age when the store cannot write, so the node keeps its outbox).
