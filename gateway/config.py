@@ -275,9 +275,11 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
         return "must be a fraction 0-1 (0.9 = 90 % of the night hours have data)"
     if sec == "savings" and key in ("reference_from", "reference_to") and v:
         try:
-            parse_time(v)
+            t = parse_time(v)
         except ValueError:
             return 'must be an ISO 8601 date such as "2025-01-01"'
+        if t % 900:  # energy is known per quarter hour (docs/energy.md §4)
+            return "must fall on a 15-minute boundary (a date, or a time such as 17:00 or 17:15)"
     if sec == "log" and key == "level" and v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         return "must be DEBUG, INFO, WARNING or ERROR"
     if key in ("commit_interval_ms", "retention_raw_days", "retention_bucket_days",

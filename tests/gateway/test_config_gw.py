@@ -119,6 +119,8 @@ def test_savings_min_coverage_is_a_fraction(tmp_path):
     assert load_config(write(tmp_path, "[savings]\nmin_coverage = 1\n"), {}).savings.min_coverage == 1
     with pytest.raises(ConfigError, match="min_coverage.*fraction 0-1"):
         load_config(write(tmp_path, "[savings]\nmin_coverage = 90\n"), {})
+    with pytest.raises(ConfigError, match="reference_from.*15-minute boundary"):
+        load_config(write(tmp_path, '[savings]\nreference_from = "2025-01-01T00:07:00"\n'), {})
 
 
 def test_unreadable_and_non_utf8_files(tmp_path):
