@@ -322,7 +322,8 @@ class Gateway:
             "implausible": dict(self.ingestor.implausible) if self.ingestor else {},
             "registrations": {"pending": self.registry.pending(), "refused": self.registry.refused,
                               "expired": self.registry.expired},
-            "time_writes": self.timesync.writes if self.timesync else 0}
+            "time_writes": self.timesync.writes if self.timesync else 0,
+            "oscore": self.credentials.stats() if self.credentials is not None else None}
 
     async def energy(self, node: str | None, group: str | None, cabinet: str | None,
                      start: str | None, end: str | None, by: str) -> dict[str, Any]:

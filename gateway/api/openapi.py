@@ -188,7 +188,10 @@ PATHS: dict[str, Any] = {
                 "now": TIME, "simulated": {"type": "boolean"}, "trusted": {"type": "boolean"}}},
             "nodes_online": {"type": "integer"},
             "coap_stats": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "time_writes": {"type": "integer"}}}),
+            "time_writes": {"type": "integer"},
+            "oscore": {"type": "object", "nullable": True,
+                       "description": "null with [coap] security = none",
+                       "additionalProperties": {"type": "integer"}}}}),
                                op_id="health")},
     "/api/nodes": {"get": _op(
         "List nodes with registration, online status, last report and faults",

@@ -39,10 +39,21 @@ log = logging.getLogger("slgw.oscore")
 class NodeContext(oscore.FilesystemSecurityContext):
     """aiocoap's file-backed context, labelled with the endpoint it authenticates."""
 
-    def __init__(self, basedir: str, endpoint: str):
+    def __init__(self, basedir: str, endpoint: str,
+                 on_replay: Callable[[NodeContext], None] | None = None):
         super().__init__(basedir)
         self.endpoint = endpoint
         self.authenticated_claims = [endpoint]
+        self.on_replay = on_replay
+
+    def unprotect(self, protected_message: Any, request_id: Any = None) -> Any:
+        """aiocoap's unprotect; a replay (answered 4.01 by aiocoap) is also reported."""
+        try:
+            return super().unprotect(protected_message, request_id)
+        except oscore.ReplayError:
+            if self.on_replay is not None:
+                self.on_replay(self)
+            raise
 
     def __repr__(self) -> str:  # never the keys: aiocoap logs contexts at debug level
         return f"<NodeContext {self.endpoint} kid {self.recipient_id.hex()}>"
@@ -95,7 +106,8 @@ class NodeCredentials(CredentialsMap):
         self._pending: dict[str, NodeContext] = {}  # ep -> key being rotated in (SPEC §10.5)
         self._confirmed: set[str] = set()  # eps whose node answered 2.04 to its new key
         self.unknown_kid = 0  # protected requests with a kid no node has (answered 4.01)
-        self._unknown_logged = -1e9
+        self.replays = 0  # protected requests refused by a replay window (answered 4.01)
+        self._unknown_logged = self._replay_logged = -1e9
 
     # --- loading ------------------------------------------------------------------------------
     def load(self) -> int:
@@ -125,7 +137,7 @@ class NodeCredentials(CredentialsMap):
             if ep in self._by_ep:
                 continue
             try:
-                ctx = NodeContext(path, ep)
+                ctx = NodeContext(path, ep, self._replayed)
             except Exception as exc:  # a damaged directory must not stop the others
                 log.error("OSCORE key of %s in %s cannot be loaded (%s): requests from this node "
                           "are refused 4.01; import its key again with `slgw keys import`",
@@ -148,7 +160,7 @@ class NodeCredentials(CredentialsMap):
 
     def _load_pending(self, ep: str, path: str) -> None:
         try:
-            ctx = NodeContext(path, ep)
+            ctx = NodeContext(path, ep, self._replayed)
         except Exception as exc:
             log.error("the new OSCORE key of %s in %s cannot be loaded (%s); rotate again", ep,
                       path, exc)
@@ -169,6 +181,20 @@ class NodeCredentials(CredentialsMap):
         if self._by_kid.get(ctx.recipient_id) is ctx:
             del self._by_kid[ctx.recipient_id]
         ctx.release()
+
+    def _replayed(self, ctx: NodeContext) -> None:
+        self.replays += 1
+        now = time.monotonic()
+        if now - self._replay_logged >= 60:  # a replay flood must not flood the journal
+            self._replay_logged = now
+            log.warning("a protected request under the key of %s was a replay (an old message "
+                        "sent again) and was refused 4.01 (%d so far); someone on the network "
+                        "may be replaying captured traffic", ctx.endpoint, self.replays)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /api/health: nodes with a key, pending rotations, refusals."""
+        return {"keys": len(self._by_ep), "rotations_pending": len(self._pending),
+                "unknown_kid": self.unknown_kid, "replays": self.replays}
 
     @staticmethod
     def _stamp_of(path: str) -> tuple[int, int]:
@@ -255,7 +281,7 @@ class NodeCredentials(CredentialsMap):
         old.release()
         new.close()  # its sequence number and replay window, for the reloaded context
         path = keystore.promote_rotation(self.keys_dir, ep)
-        fresh = NodeContext(path, ep)
+        fresh = NodeContext(path, ep, self._replayed)
         self._by_ep[ep] = fresh
         self._by_kid[fresh.recipient_id] = fresh
         self._stamp[ep] = self._stamp_of(path)

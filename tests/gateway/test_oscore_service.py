@@ -197,7 +197,10 @@ def test_gateway_sigkill_neither_locks_the_node_out_nor_accepts_a_replay(tmp_pat
         # replayed while the gateway runs: its replay window refuses it
         answer = _udp(gw.coap_port, captured[:2] + b"\x99\x99" + captured[4:])  # new MID
         assert answer.code == Code.UNAUTHORIZED
-        assert gw.api("GET", "/api/health")["coap_stats"]["send"] == 1
+        health = gw.api("GET", "/api/health")
+        assert health["coap_stats"]["send"] == 1
+        assert health["oscore"] == {"keys": 1, "rotations_pending": 0, "unknown_kid": 0, "replays": 1}
+        assert "was a replay" in gw.log()
 
         gw.kill9()
         # what aiocoap persisted: the sequence number bound, and the replay window as unknown
