@@ -225,6 +225,7 @@ class RawCrowd:
         self.transports: list[asyncio.DatagramTransport] = []
         self.writes: list[list[tuple[str, Any]]] = [[] for _ in range(n)]
         self.pending: dict[tuple[int, int], asyncio.Future] = {}
+        self.separate: dict[int, asyncio.Future] = {}  # node -> request answered by an empty ACK
         self.mid = 1
 
     async def start(self) -> RawCrowd:
@@ -248,8 +249,19 @@ class RawCrowd:
             else:
                 code = pc.METHOD_NOT_ALLOWED
             self.transports[idx].sendto(pc.encode(pc.response_for(msg, code)), addr)
+        elif msg.mtype == pc.ACK and msg.code == 0:
+            # an empty ACK: the server took longer than its EMPTY_ACK_DELAY (a loaded machine)
+            # and sends the answer as a separate CON response (RFC 7252 §5.2.2)
+            fut = self.pending.pop((idx, msg.mid), None)
+            if fut and not fut.done():
+                self.separate[idx] = fut
         elif msg.mtype == pc.ACK:
             fut = self.pending.pop((idx, msg.mid), None)
+            if fut and not fut.done():
+                fut.set_result(msg)
+        elif msg.mtype == pc.CON:  # the separate response: acknowledge it, hand it over
+            self.transports[idx].sendto(pc.encode(pc.Message(pc.ACK, 0, msg.mid, b"")), addr)
+            fut = self.separate.pop(idx, None)
             if fut and not fut.done():
                 fut.set_result(msg)
 
@@ -266,7 +278,8 @@ class RawCrowd:
         self.pending[(idx, mid)] = fut
         data = pc.encode(msg)
         for _attempt in range(4):
-            self.transports[idx].sendto(data, ("127.0.0.1", self.gw_port))
+            if self.separate.get(idx) is not fut:  # once ACKed, wait without resending
+                self.transports[idx].sendto(data, ("127.0.0.1", self.gw_port))
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), 2.0)
             except TimeoutError:
