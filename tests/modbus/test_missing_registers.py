@@ -145,3 +145,10 @@ def test_plan_without_missing_registers_and_across_breaks(tmp_path):
     reads = plan(prof, missing={"frequency"}, breaks={"import_energy", "power_factor"})
     names = [g.name for r in reads for g in r.registers]
     assert sorted(names) == sorted(g.name for g in prof.registers if g.name != "frequency")
+
+
+def test_emulator_missing_option():
+    assert parse_missing("0x46-0x47, 3:10") == {4: {0x46, 0x47}, 3: {10}}
+    for bad in ("5:0x10", "zz", "0x47-0x46", "4:70000"):
+        with pytest.raises(ValueError, match="is not \\[3:\\|4:\\]ADDRESS"):
+            parse_missing(bad)

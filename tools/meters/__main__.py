@@ -31,6 +31,13 @@ def parse_units(text: str) -> list[int]:
     return out
 
 
+def _missing(text: str) -> dict[int, set[int]]:
+    try:
+        return parse_missing(text)
+    except ValueError as exc:  # argparse prints this message instead of "invalid value"
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The emulator's command line."""
     p = argparse.ArgumentParser(prog="python -m tools.meters", description=__doc__,
@@ -49,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-w", type=float, default=1000.0, help="constant load in W (default 1000)")
     p.add_argument("--energy-kwh", type=float, default=0.0, help="initial import energy (default 0)")
     p.add_argument("--speed", type=float, default=1.0, help="meter clock speed (accelerated demos)")
-    p.add_argument("--missing", type=parse_missing, default={}, metavar="[FC:]ADDR[-ADDR],...",
+    p.add_argument("--missing", type=_missing, default={}, metavar="[FC:]ADDR[-ADDR],...",
                    help="addresses the meter lacks (function 4 unless FC is given, e.g. "
                         "0x46-0x47,3:10): any read touching one gets exception 02")
     p.add_argument("--control", help="JSON control file: load_w and fault, per unit (re-read on change)")

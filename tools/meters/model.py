@@ -179,9 +179,11 @@ def parse_missing(text: str) -> dict[int, set[int]]:
     out: dict[int, set[int]] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         fc_text, _, rng = part.rpartition(":")
-        fc = int(fc_text) if fc_text else 4
         lo, _, hi = rng.partition("-")
-        first, last = int(lo, 0), int(hi or lo, 0)
+        try:
+            fc, first, last = int(fc_text or "4"), int(lo, 0), int(hi or lo, 0)
+        except ValueError:
+            fc = first = last = -1
         if fc not in (3, 4) or not 0 <= first <= last <= 0xFFFF:
             raise ValueError(f"missing addresses: {part!r} is not [3:|4:]ADDRESS[-ADDRESS]")
         out.setdefault(fc, set()).update(range(first, last + 1))
