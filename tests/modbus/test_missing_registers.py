@@ -16,7 +16,7 @@ from modbus_helpers import gw_config, wait_until
 
 from gateway.modbus.planner import plan
 from gateway.modbus.service import start_modbus
-from tools.meters.harness import start_tcp_meter
+from tools.meters.harness import start_rtu_line, start_tcp_meter
 from tools.meters.model import parse_missing
 
 # voltage_l3, one address in the gap between power_factor_l3 and voltage_ln_avg, frequency and
@@ -152,3 +152,34 @@ def test_emulator_missing_option():
     for bad in ("5:0x10", "zz", "0x47-0x46", "4:70000"):
         with pytest.raises(ValueError, match="is not \\[3:\\|4:\\]ADDRESS"):
             parse_missing(bad)
+
+
+async def test_rtu_meter_lacking_a_register_is_split_on_the_serial_line(procs, tmp_path):
+    """The same over RS-485 (socat pty pair + the emulator paced at 9600 baud): the exception
+    answer comes in RTU framing, the split reads share the line's lock and silence."""
+    state = tmp_path / "state.json"
+    line = start_rtu_line(procs, tmp_path, baud=9600, model="sdm120", load_w=460, state=state,
+                          extra=["--missing", "0x46-0x47"])
+    m = {"name": "odd-rtu", "profile": "eastron-sdm120", "transport": "rtu", "device": line.bus,
+         "baudrate": 9600, "unit": 1, "period": "0.2s", "timeout": "1s", "backoff_max": "1s"}
+    readings: list[dict] = []
+
+    async def sink(meter, r):
+        readings.append(r)
+
+    h = await start_modbus(gw_config(tmp_path, [m]), None, None, sink=sink)
+    try:
+        p = h.pollers[0]
+        await wait_until(lambda: p.counters["ok"] >= 6, 20, "six polls over RTU")
+        refused, ok = p.counters["refused_reads"], p.counters["ok"]
+        await wait_until(lambda: p.counters["ok"] >= ok + 4, 20, "four more polls")
+        assert p.counters["refused_reads"] == refused >= 1
+        st = h.status()[0]
+    finally:
+        await h.stop()
+    await wait_until(lambda: emulator_refused(state) == refused, 5, "the emulator's count of refusals")
+    assert st["status"] == "ok" and st["errors"]["polls"] == st["errors"]["ok"]
+    assert sum(st["errors"][k] for k in ("timeout", "crc", "garbage", "exception")) == 0, st["errors"]
+    assert st["missing_registers"] == [{"name": "frequency", "function": 4, "address": 0x46, "count": 2}]
+    assert [(r.address, r.count) for r in p.requests] == [(0x00, 32), (0x48, 8), (0x156, 2)]
+    assert readings[-1]["w"] == pytest.approx(460) and "frequency" not in readings[-1]["values"]
