@@ -314,6 +314,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"slgw: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(cfg.log.level)
+    for key in ("api.token", "api.read_token"):
+        if overrides_from_args(args).get(key):  # accepted (tests, demos), but say what it costs
+            logging.getLogger("slgw").warning(
+                "%s was given on the command line (--%s): every local user can read it (ps, "
+                "/proc); put it in the config file instead (root-only, handed over by systemd's "
+                "LoadCredential=, docs/configuration.md)", key, key.replace(".", "-").replace("_", "-"))
     from gateway.service import serve
     return asyncio.run(serve(cfg))
 

@@ -107,6 +107,10 @@ def test_read_only_and_operator_tokens(tmp_path):
         assert r.returncode == 5 and "empty" in r.stderr
         r = _cli(g.url, "--token-file", str(tmp_path / "missing.token"), "nodes")
         assert r.returncode == 5 and "missing.token" in r.stderr
+    log = g.log()  # serve's own --api-token flags work, with a warning naming the better place
+    assert "api.token was given on the command line (--api-token)" in log
+    assert "api.read_token was given on the command line (--api-read-token)" in log
+    assert OPERATOR not in log and READER not in log  # never the token itself
 
 
 def test_non_loopback_needs_a_long_operator_token(tmp_path):
