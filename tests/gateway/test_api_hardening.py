@@ -146,3 +146,12 @@ def test_a_body_sent_byte_by_byte_is_cut_off(tmp_path):
             s.close()
         assert answer.startswith(b"HTTP/1.1 408") and b'"timeout"' in answer, answer
         assert g.api("GET", "/api/health")["status"] == "ok"
+
+
+def test_the_descriptor_limit_is_raised_to_the_hard_limit():
+    import sys
+    code = ("import resource; from gateway.api.guard import raise_nofile_limit; "
+            "print(raise_nofile_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))")
+    r = subprocess.run(["prlimit", "--nofile=256:4096", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["(4096,", "4096)", "(4096,", "4096)"], r
