@@ -239,7 +239,7 @@ def build_command(spec: dict, heap: str | None = None, mpy_dir: str | None = Non
     """The micropython command line and environment that run ``spec`` (for tests too).
 
     ``mpy_dir``: a directory holding firmware/ and protocol/ compiled by mpy-cross (as on the
-    device); the emulator then runs from it (``-m firmware.emulator``) instead of the sources.
+    device); the emulator then runs from it instead of the sources, whatever the cwd.
     """
     cmd = [micropython_path()]
     if heap:
@@ -252,7 +252,10 @@ def build_command(spec: dict, heap: str | None = None, mpy_dir: str | None = Non
         json.dump(spec, f)
     env = dict(os.environ)
     if mpy_dir:
-        cmd += ["-m", "firmware.emulator", spec_path]
+        # The Unix port puts '' (the cwd) first on sys.path: from a cwd holding the sources
+        # (the repository root), firmware/*.py would shadow the .mpy build and be compiled
+        # on import (more heap, not what runs on the device). Drop it, whatever the cwd.
+        cmd += ["-c", "import sys;sys.path.remove('');from firmware.emulator import main;main()", spec_path]
         env["MICROPYPATH"] = mpy_dir + ":.frozen"
     else:
         cmd += [os.path.join(ROOT, "firmware", "emulator.py"), spec_path]
