@@ -19,6 +19,7 @@ reach and asyncio logged "Too many open files" in a loop. The defences, in layer
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 import time
@@ -63,6 +64,7 @@ class ConnectionGuard:
         self.closed_idle = 0       # total, for tests and health
         self._pending_log = 0      # closed since the last log line
         self._last_log = -float("inf")
+        self._timer: asyncio.TimerHandle | None = None
         orig = server.connection_made
 
         def connection_made(handler: Any, transport: Any) -> None:
@@ -89,8 +91,15 @@ class ConnectionGuard:
                 transport.abort()  # now, not after a flush: the descriptor is what we need
         self.closed_idle += len(victims)
         self._pending_log += len(victims)
+        self.log_closed()
+
+    def log_closed(self) -> None:
+        """Log the connections closed since the last line, at most once per `log_interval`;
+        what is left waits for a timer, so the count of a flood that stopped is logged too."""
         now = self.clock()
-        if self._pending_log and now - self._last_log >= self.log_interval:
+        if not self._pending_log:
+            return
+        if now - self._last_log >= self.log_interval:
             log.warning("HTTP API: closed %d connection(s) that sent no complete request, to stay "
                         "within [api] max_connections = %d (%d closed since start-up). A client "
                         "is opening connections without using them (a scan or an attack?); "
@@ -98,3 +107,10 @@ class ConnectionGuard:
                         self.max_connections, self.closed_idle)
             self._pending_log = 0
             self._last_log = now
+        elif self._timer is None:
+            delay = self._last_log + self.log_interval - now
+            self._timer = asyncio.get_running_loop().call_later(delay + 0.05, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.log_closed()

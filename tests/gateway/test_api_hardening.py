@@ -155,3 +155,54 @@ def test_the_descriptor_limit_is_raised_to_the_hard_limit():
     r = subprocess.run(["prlimit", "--nofile=256:4096", sys.executable, "-c", code],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.split() == ["(4096,", "4096)", "(4096,", "4096)"], r
+
+
+class _FakeHandler:
+    def __init__(self, idle: bool) -> None:
+        import asyncio
+        self._waiter = asyncio.get_running_loop().create_future()
+        if not idle:
+            self._waiter.set_result(None)  # a request is being handled
+        self.closed = False
+
+    def force_close(self) -> None:
+        self.closed = True
+
+
+class _FakeTransport:
+    def abort(self) -> None:
+        pass
+
+
+class _FakeServer:
+    def __init__(self) -> None:
+        self._connections: dict = {}
+
+    def connection_made(self, handler, transport) -> None:
+        self._connections[handler] = transport
+
+
+async def test_guard_sheds_the_oldest_idle_and_logs_one_line_per_interval(caplog):
+    import asyncio
+    import logging
+
+    from gateway.api.guard import ConnectionGuard
+    caplog.set_level(logging.WARNING, logger="slgw.api")
+    server = _FakeServer()
+    guard = ConnectionGuard(server, max_connections=3, log_interval=0.3)
+    busy = _FakeHandler(idle=False)
+    server.connection_made(busy, _FakeTransport())
+    handlers = [_FakeHandler(idle=True) for _ in range(50)]
+    for h in handlers:
+        server.connection_made(h, _FakeTransport())
+        for gone in [c for c in server._connections if c.closed]:
+            del server._connections[gone]  # what aiohttp's connection_lost does
+    assert not busy.closed  # a connection whose request is being handled is never shed
+    assert [h.closed for h in handlers] == [True] * 48 + [False] * 2  # oldest idle first
+    assert guard.closed_idle == 48
+    assert len(caplog.records) == 1 and "closed 1 connection(s)" in caplog.records[0].getMessage()
+    for _ in range(100):  # the flood stopped: the rest is logged by a timer, in one line
+        if len(caplog.records) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert "closed 47 connection(s)" in caplog.records[-1].getMessage()
