@@ -219,6 +219,12 @@ def main():
         spec["control"] = d + "/emulator-control.json"
     import gc
 
+    from firmware.node import has_keys
+
+    for n in spec["nodes"]:
+        if has_keys(lambda name, d=n["flash"]: d + "/" + name):
+            import firmware.secure  # noqa: F401 - OSCORE's code in place before the heap fills
+            break
     gc.collect()
     gc.threshold(gc.mem_free() // 8)  # keeps the heap unfragmented: see firmware/main.py
     em = Emulator(spec)

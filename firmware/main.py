@@ -63,6 +63,11 @@ def main():
     hal = build_hal(cfg)
     import gc
 
+    from firmware.node import has_keys
+
+    if has_keys(hal.path):
+        import firmware.secure  # noqa: F401 - OSCORE's code in place before the heap fills (node.has_keys)
+
     # Collect after every 1/8 of the free heap allocated, not only when an allocation fails:
     # new objects then fill the holes at the bottom of the heap and the top stays in one
     # piece for the 1280-byte receive buffer. Without it, garbage spread over the whole heap

@@ -39,7 +39,6 @@ import os
 
 from firmware import config as config_mod
 from firmware import faults as faults_mod
-from firmware import secure
 from firmware.endpoint import Endpoint
 from firmware.resources import Resources
 from protocol import coap, report
@@ -55,6 +54,20 @@ from protocol.lwm2m import (
 )
 
 FW_VERSION = "0.1.0"
+KEY_FILES = ("oscore.json", "oscore.key", "oscore.key.tmp", "oscore.key.bak")
+
+
+def has_keys(path):
+    """True if the flash (``path(name)`` -> file path) holds OSCORE keys (firmware/secure.py).
+    The entry points import firmware.secure before the heap fills when it does: imported late,
+    at boot, its code found no room in a fragmented 64 KB budget."""
+    for name in KEY_FILES:
+        try:
+            os.stat(path(name))
+            return True
+        except OSError:
+            pass
+    return False
 # `</>;rt="oma.lwm2m";ct=112` tells a standard server to use SenML-CBOR (Core 1.1 §6.2.1,
 # Register "Objects and Object Instances"); without it Wakaama asks for TLV, which we lack.
 OBJECT_LINKS = '</>;rt="oma.lwm2m";ct=112,</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</3416/0>,</10250/0>'
@@ -110,11 +123,25 @@ class Node:
         if not cfg["id"]:
             cfg["id"] = "node-" + "".join("%02x" % b for b in self.hal.unique_id())
         self.p = self.make_parts(self.hal, self.cfg, self.log)
-        self.sec = secure.load(self.hal, self.log, os.urandom)
+        self.sec = self._load_keys()
         self.faults |= self.p.faults  # e.g. a schedule or outbox record found corrupt
         self.faults |= FAULT_SUPPLY_LOSS  # reported once (first report after boot)
         self.first_seq = self.p.seq.peek()
         self.apply_level(instant=True)  # power-on: straight to the level wanted now, no fade
+
+    def _load_keys(self):
+        """firmware/secure.Secure when the flash holds OSCORE keys, else None (and a loud line).
+
+        secure.py and protocol/oscore.py are imported only then: a key-less (demo) node keeps
+        the heap footprint it had before OSCORE (fragmentation in a 64 KB budget, see
+        docs/performance.md)."""
+        if has_keys(self.hal.path):
+            from firmware import secure
+
+            return secure.load(self.hal, self.log, os.urandom)
+        self.log("SECURITY WARNING: no oscore.json on flash: this node talks to its gateway UNPROTECTED and "
+                 "obeys anyone on the network. Provision keys with `slnode provision` (demo/tests only).")
+        return None
 
     # -- levels ---------------------------------------------------------------------------
     def wanted_level(self):

@@ -92,16 +92,16 @@ def unpack_keys(data):
 
 
 def load(hal, log, rand):
-    """The node's OSCORE layer, or None when it has no keys (runs unprotected, logged loudly)."""
+    """The node's OSCORE layer from the rotated keys or oscore.json (node._load_keys calls it
+    only when one of them exists, and says so loudly when none does)."""
     keys = unpack_keys(Record(hal.path(ROTATED)).load())
     if keys is None:
         try:
             with open(hal.path(KEY_FILE)) as f:
                 text = f.read()
-        except OSError:
-            log("SECURITY WARNING: no %s on flash: this node talks to its gateway UNPROTECTED and obeys "
-                "anyone on the network. Provision keys with `slnode provision` (demo/tests only)." % KEY_FILE)
-            return None
+        except OSError:  # node._load_keys checked that a key file exists: it went away, or is unreadable
+            log("SECURITY: %s cannot be read: refusing every request and sending nothing" % KEY_FILE)
+            return Secure(None, None, log, rand)
         try:
             keys = parse_keys(text)
         except ValueError as e:
