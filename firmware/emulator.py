@@ -31,12 +31,21 @@ removes the file before starting the process)::
 the HAL's fault switches (firmware/hal/emulated.py). ``"id": "*"`` means every node here.
 """
 
-import asyncio
-import json
-import sys
+import gc
 
-from firmware.node import Node
-from firmware.parts import make_emulated
+# While the modules below load, collect every 4 KB allocated: the loader's garbage is freed
+# early, so module objects pack at the bottom of the heap and the top stays in one piece
+# (a node with OSCORE's code, in a heap of its code + 64 KB, found no free 1,280-byte block at
+# boot without it: docs/performance.md). main() sets the run-time threshold.
+if hasattr(gc, "threshold"):  # MicroPython (the launcher's tests may import this on CPython)
+    gc.threshold(4096)
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from firmware.node import Node  # noqa: E402
+from firmware.parts import make_emulated  # noqa: E402
 
 
 class Emulator:

@@ -2,19 +2,28 @@
 diagnostic console on the USB/UART REPL).
 
 On the device ``boot.py`` (or the frozen ``main``) does ``import firmware.main`` and calls
-``firmware.main.main()``. Nothing runs at import time. The node never returns: a requested
+``firmware.main.main()``. Nothing runs at import time but the collector threshold below. The node never returns: a requested
 reboot goes through ``hal.reset()`` (``machine.reset()`` inside firmware/hal/esp32.py, the only
 module allowed to touch ``machine``); an unexpected exception is printed and the node is
 rebuilt after 5 s, with the lamp left at the level it had (the watchdog, started by the node,
 resets the board if even that loop hangs).
 """
 
-import asyncio
-import sys
+import gc
 
-from firmware import config as config_mod
-from firmware.node import Node
-from firmware.parts import Parts
+# While the modules below load, collect every 4 KB allocated: the loader's garbage is freed
+# early, so module objects pack at the bottom of the heap and the top stays in one piece (a
+# node with OSCORE's code, in a heap of its code + 64 KB, found no free 1,280-byte block at
+# boot without it: docs/performance.md). main() sets the run-time threshold.
+if hasattr(gc, "threshold"):  # MicroPython (CPython imports this module in tests)
+    gc.threshold(4096)
+
+import asyncio  # noqa: E402
+import sys  # noqa: E402
+
+from firmware import config as config_mod  # noqa: E402
+from firmware.node import Node  # noqa: E402
+from firmware.parts import Parts  # noqa: E402
 
 CONFIG_PATH = "/config.json"
 WATCHDOG_MS = 60000
@@ -61,7 +70,6 @@ async def _run(hal):
 def main():
     cfg, _errors = config_mod.load_file(CONFIG_PATH)  # the node reports errors itself at boot
     hal = build_hal(cfg)
-    import gc
 
     from firmware.node import has_keys
 
