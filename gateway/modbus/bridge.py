@@ -44,6 +44,7 @@ logged at most once a minute per reason.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import errno
 import ipaddress
@@ -87,7 +88,22 @@ _PEER: contextvars.ContextVar[str | None] = contextvars.ContextVar("modbus_peer"
 
 
 class _Handler(ServerRequestHandler):
-    """pymodbus's per-connection handler, telling Bridge._write which client asked."""
+    """pymodbus's per-connection handler, telling Bridge._write which client asked, and
+    keeping the connection limits (`_Server`)."""
+
+    last_active = 0.0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.last_active = time.monotonic()
+        owner = self.server
+        if len(owner.active_connections) > owner.slgw_max_connections:
+            owner.slgw_on_refused()
+            self.close()  # the newest goes: a SCADA that is already connected keeps its slot
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        self.last_active = time.monotonic()
+        return super().callback_data(data, addr)
 
     async def handle_request(self) -> None:
         peer = self.transport.get_extra_info("peername") if self.transport else None
@@ -96,8 +112,27 @@ class _Handler(ServerRequestHandler):
 
 
 class _Server(ModbusTcpServer):
+    """pymodbus's TCP server with a connection cap (`max_connections`: past it a new connection
+    is closed at once) and an idle timeout (`close_idle`, run by Bridge): pymodbus itself keeps
+    every connection forever, so a flood of silent connections used up the process's file
+    descriptors, which the HTTP API needs too."""
+
+    slgw_max_connections = 16
+
+    def slgw_on_refused(self) -> None:
+        pass
+
     def callback_new_connection(self) -> _Handler:
         return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+    def close_idle(self, idle_s: float) -> int:
+        """Close the connections without a request for `idle_s`; return how many."""
+        now = time.monotonic()
+        idle = [c for c in list(self.active_connections.values())
+                if now - getattr(c, "last_active", now) > idle_s]
+        for c in idle:
+            c.close()
+        return len(idle)
 
 
 class WriteLimiter:
@@ -177,7 +212,9 @@ class Bridge:
         self.server: ModbusTcpServer | None = None
         self.port = 0
         self.counters = {"reads": 0, "writes": 0, "refused_writes": 0, "refreshes": 0, "refresh_errors": 0}
+        self.counters.update(refused_connections=0, idle_closed=0)
         self.limiter = WriteLimiter(cfg.max_writes_per_s)
+        self._idle_task: asyncio.Task | None = None
         self._refusal_logged: dict[str, float] = {}
 
     def _online(self, row: tuple, now: float) -> bool:
@@ -294,7 +331,10 @@ class Bridge:
         device = SimDevice(id=self.cfg.unit, simdata=(bits, list(bits), regs, list(regs)), action=self._action)
         self._check_bind()
         self.server = _Server(device, address=(self.cfg.bind, self.cfg.port))
+        self.server.slgw_max_connections = self.cfg.max_connections
+        self.server.slgw_on_refused = self._on_refused_connection
         await self.server.serve_forever(background=True)
+        self._idle_task = asyncio.create_task(self._close_idle_loop())
         self.port = self.server.transport.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         log.info("modbus bridge: serving SCADA on %s:%d (unit %d, %s)", self.cfg.bind, self.port,
                  self.cfg.unit, "writable" if self.cfg.writable else "read-only")
@@ -317,8 +357,36 @@ class Bridge:
                                         f"{exc.strerror}; bind must be an address of this host (see "
                                         "`ip addr`), 127.0.0.1 or 0.0.0.0") from None
 
+    def _on_refused_connection(self) -> None:
+        self.counters["refused_connections"] += 1
+        self._log_limited("connections", "modbus bridge: a new connection was closed at once: "
+                          f"{self.cfg.max_connections} are open ([modbus_server] max_connections); "
+                          f"{self.counters['refused_connections']} refused since start-up")
+
+    def _log_limited(self, key: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._refusal_logged.get(key, -math.inf) >= 60.0:
+            self._refusal_logged[key] = now
+            log.warning("%s (logged at most once a minute)", message)
+
+    async def _close_idle_loop(self) -> None:
+        idle_s = self.cfg.idle_timeout
+        while True:
+            await asyncio.sleep(min(15.0, idle_s / 4))
+            if self.server is None:
+                return
+            n = self.server.close_idle(idle_s)
+            if n:
+                self.counters["idle_closed"] += n
+                self._log_limited("idle", f"modbus bridge: closed {n} connection(s) without a "
+                                  f"request for {idle_s:g} s ([modbus_server] idle_timeout)")
+
     async def stop(self) -> None:
         """Stop listening and close client connections."""
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            await asyncio.gather(self._idle_task, return_exceptions=True)
+            self._idle_task = None
         if self.server is not None:
             await self.server.shutdown()
             self.server = None

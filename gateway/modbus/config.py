@@ -42,6 +42,8 @@ SERVER_DEFAULTS: dict[str, object] = {
     "refresh": "1s",      # the register image is rebuilt from the store at most this often
     "write_allow": [],    # client addresses/networks that may write; needed off loopback
     "max_writes_per_s": 10.0,  # level writes accepted per second (bursts of 2 s), all clients
+    "max_connections": 16,  # open client connections at most; past it a new one is closed
+    "idle_timeout": "120s",  # a connection without a request for this long is closed
 }
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*$")
@@ -127,6 +129,8 @@ class ServerConfig:
     refresh: float = 1.0
     write_allow: tuple = ()  # ipaddress networks that may write (empty: any client, loopback only)
     max_writes_per_s: float = 10.0
+    max_connections: int = 16
+    idle_timeout: float = 120.0
 
 
 def _meters_list(raw: object) -> list:
@@ -292,7 +296,10 @@ def parse_server(raw: object) -> ServerConfig:
                         port=_int_in("[modbus_server]", "port", v["port"], 0, 65535),
                         writable=v["writable"], unit=_int_in("[modbus_server]", "unit", v["unit"], 0, 255),
                         refresh=_dur("[modbus_server]", "refresh", v["refresh"], positive=False),
-                        write_allow=allow, max_writes_per_s=float(rate))
+                        write_allow=allow, max_writes_per_s=float(rate),
+                        max_connections=_int_in("[modbus_server]", "max_connections",
+                                                v["max_connections"], 1, 1000),
+                        idle_timeout=_dur("[modbus_server]", "idle_timeout", v["idle_timeout"]))
 
 
 def _networks(raw: object) -> tuple:

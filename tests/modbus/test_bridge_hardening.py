@@ -86,6 +86,8 @@ def test_write_limiter_refills():
     ({"write_allow": "10.0.0.1"}, "must be a list"),
     ({"write_allow": ["10.0.0.300"]}, "not an IP address"),
     ({"max_writes_per_s": 0}, "max_writes_per_s"),
+    ({"max_connections": 0}, "max_connections"),
+    ({"idle_timeout": "0s"}, "idle_timeout"),
 ])
 def test_bad_server_settings_are_refused(raw, words):
     with pytest.raises(ModbusConfigError, match=words):
@@ -106,3 +108,54 @@ def test_service_exits_5_with_the_reason(tmp_path):
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 5 and "cannot listen on 192.0.2.55:5020" in out, out
+
+
+async def _closed_by_peer(sock: socket.socket, within: float = 10.0) -> bool:
+    """True once the bridge has closed `sock` (recv gives b""), polling up to `within` s."""
+    import asyncio
+    import time
+    sock.setblocking(False)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(64) == b"":
+                return True
+        except BlockingIOError:
+            pass
+        except ConnectionResetError:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_silent_connections_are_capped_and_time_out(bridge_env):  # noqa: F811
+    h = await bridge_env.start(max_connections=2, idle_timeout="1s")
+    port = h.bridge.port
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    extra = socket.create_connection(("127.0.0.1", port))
+    try:
+        assert await _closed_by_peer(extra)  # over the cap: closed at once, the first two stay
+        assert h.bridge_status()["refused_connections"] == 1
+        for s in silent:  # no request for idle_timeout: closed, the slots free again
+            assert await _closed_by_peer(s)
+        assert h.bridge_status()["idle_closed"] == 2
+        rc, tot = await mbpoll(port, *fl(port, 4, 1))
+        assert rc == 0 and tot[4] == 3
+    finally:
+        for s in (*silent, extra):
+            s.close()
+
+
+async def test_a_polling_client_is_not_idle(bridge_env):  # noqa: F811
+    import asyncio
+    h = await bridge_env.start(max_connections=2, idle_timeout="1s")
+    client = AsyncModbusTcpClient("127.0.0.1", port=h.bridge.port)
+    await client.connect()
+    try:
+        for _ in range(12):  # 3 s of polling every 0.25 s, three idle timeouts long
+            rr = await client.read_input_registers(4, count=2, device_id=1)
+            assert not rr.isError()
+            await asyncio.sleep(0.25)
+    finally:
+        client.close()
+    assert h.bridge_status()["idle_closed"] == 0
