@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # System packages the tests use as real peers (pty pairs, an independent Modbus master, Node.js
 # for the independent LwM2M peer, systemd-analyze to verify the unit; prlimit comes with
 # util-linux, always installed).
-SYSPKGS := socat mbpoll nodejs npm systemd
+SYSPKGS := socat mbpoll nodejs npm systemd mosquitto
 # npm packages the interop tests use as real peers (an independent LwM2M server and client),
 # pinned by tests/interop_js/package-lock.json and installed into that folder only.
 INTEROP_JS := tests/interop_js

@@ -135,6 +135,40 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
     "log": {
         "level": (str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     },
+    # northbound MQTT (gateway/northbound/, docs/northbound.md)
+    "mqtt": {
+        "enabled": (bool, False, "publish node state, reports, 15-minute energy, faults and "
+                    "health to an MQTT broker through the durable outbox"),
+        "host": (str, "127.0.0.1", "broker host name or address"),
+        "port": (int, 1883, "broker port (8883 is the usual one with TLS)"),
+        "tls": (bool, False, "connect with TLS, checking the broker against the system CAs or "
+                "`ca_file` (set implicitly by ca_file or cert_file)"),
+        "ca_file": (str, "", "PEM file of the CA that signed the broker's certificate"),
+        "cert_file": (str, "", "PEM client certificate, for brokers that authenticate by "
+                      "certificate (with key_file)"),
+        "key_file": (str, "", "PEM private key of cert_file"),
+        "username": (str, "", "broker user name; \"\" = none"),
+        "password_file": (str, "", "file whose first line is the broker password (mode 0600); "
+                          "never on the command line"),
+        "gateway_id": (str, "", "this gateway's id in topics and message ids; \"\" = the host "
+                       "name. Keep it stable: consumers key on it"),
+        "topic_prefix": (str, "streetlight", "topics are PREFIX/GATEWAY_ID/..."),
+        "qos": (int, 1, "QoS of published messages: 1 or 2 (a message leaves the outbox only "
+                "when the broker acknowledged it)"),
+        "max_outbox": (int, 1000000, "messages the outbox holds at most; past it the oldest are "
+                       "dropped, counted and logged (docs/northbound.md)"),
+        "inflight": (int, 256, "messages awaiting the broker's acknowledgement at once"),
+        "keepalive_s": (int, 30, "MQTT keep-alive: a dead broker is noticed within 1.5 x this"),
+        "reconnect_max_s": (float, 30.0, "longest wait between reconnection attempts, s"),
+        "health_interval_s": (float, 60.0, "how often gateway health is published, s"),
+        "commands": (bool, False, "accept level and override commands on the command topic "
+                     "(authorise publishers with the broker's ACL, docs/northbound.md)"),
+        "command_topic": (str, "", "topic of commands; \"\" = PREFIX/GATEWAY_ID/command"),
+        "ha_discovery": (bool, False, "publish Home Assistant MQTT discovery (a device per node)"),
+        "ha_prefix": (str, "homeassistant", "Home Assistant discovery prefix"),
+        "thingsboard": (bool, False, "also publish node telemetry on ThingsBoard's gateway "
+                        "topic v1/gateway/telemetry"),
+    },
 }
 RAW_SECTIONS = ("modbus", "modbus_server")
 
@@ -154,7 +188,8 @@ NodesConfig = _section_class("nodes")
 CommandsConfig = _section_class("commands")
 SavingsConfig = _section_class("savings")
 LogConfig = _section_class("log")
-_CLASSES = {"coap": CoapConfig, "store": StoreConfig, "api": ApiConfig, "site": SiteConfig,
+MqttConfig = _section_class("mqtt")
+_CLASSES = {"mqtt": MqttConfig, "coap": CoapConfig, "store": StoreConfig, "api": ApiConfig, "site": SiteConfig,
             "clock": ClockConfig, "nodes": NodesConfig, "commands": CommandsConfig,
             "savings": SavingsConfig, "log": LogConfig}
 
@@ -172,6 +207,7 @@ class Config:
     commands: Any = field(default_factory=CommandsConfig)
     savings: Any = field(default_factory=SavingsConfig)
     log: Any = field(default_factory=LogConfig)
+    mqtt: Any = field(default_factory=MqttConfig)
     modbus_raw: dict = field(default_factory=dict)
     modbus_server_raw: dict = field(default_factory=dict)
     source: str | None = None
@@ -299,6 +335,28 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
         return "must be >= 1"
     if key in ("timeout_s", "aggregate_interval_s", "header_timeout_s") and v <= 0:
         return "must be > 0"
+    if sec == "mqtt":
+        return _check_mqtt(key, v)
+    return None
+
+
+def _check_mqtt(key: str, v: Any) -> str | None:
+    if key == "qos" and v not in (1, 2):
+        return "must be 1 or 2 (QoS 0 has no acknowledgement, so the outbox could not know " \
+               "what arrived)"
+    if key in ("max_outbox", "inflight", "keepalive_s") and v < 1:
+        return "must be >= 1"
+    if key in ("reconnect_max_s", "health_interval_s") and v <= 0:
+        return "must be > 0"
+    if key in ("gateway_id", "topic_prefix") and (any(c in v for c in "+#\0") or v.startswith("/")
+                                                  or v.endswith("/")):
+        return "must not contain + # or NUL, nor start or end with /"
+    if key == "gateway_id" and "/" in v:
+        return "must not contain / (it is one topic level)"
+    if key == "topic_prefix" and not v:
+        return "must not be empty"
+    if key == "command_topic" and any(c in v for c in "+#\0"):
+        return "must be a topic without wildcards"
     return None
 
 

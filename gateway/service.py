@@ -98,6 +98,7 @@ class Gateway:
         self.coap: LwM2MServer | None = None
         self.ingestor: Ingestor | None = None
         self.modbus: Any = None
+        self.northbound: Any = None  # gateway.northbound.publisher.Publisher when [mqtt] enabled
         self.credentials: Any = None  # gateway.coap.security.NodeCredentials in "oscore" mode
         self._ctx: aiocoap.Context | None = None
         self._client_ctx: aiocoap.Context | None = None
@@ -171,6 +172,8 @@ class Gateway:
                 host, "RST", "datagram is not CoAP"))
             self.coap_address = f"{cfg.coap.bind}:{cfg.coap.port}"
             await self._start_modbus()
+            from gateway.northbound import start_northbound  # issue 13: MQTT, off by default
+            self.northbound = await start_northbound(self)
             self._runner = web.AppRunner(make_app(self), access_log=None,
                                          keepalive_timeout=cfg.api.header_timeout_s)
             await self._runner.setup()
@@ -238,6 +241,7 @@ class Gateway:
             ("time sync", self.timesync.stop if self.timesync else None),
             ("command queue", self.commands.stop if self.commands else None),
             ("Modbus", self.modbus.stop if self.modbus else None),
+            ("northbound", self.northbound.stop if self.northbound else None),
             ("HTTP API", self._runner.cleanup if self._runner else None),
             ("store", self.store.close if self.store else None),
         ]
@@ -251,6 +255,7 @@ class Gateway:
         if self.credentials is not None:
             self.credentials.close()  # after the CoAP context: no message uses them any more
         self.timesync = self.commands = self.modbus = self._runner = self.store = None
+        self.northbound = None
         log.info("slgw stopped; every accepted report and command state is on disk")
 
     async def _stop_coap(self) -> None:
@@ -417,7 +422,7 @@ async def serve(config: Config, clock: Clock | None = None) -> int:
         if type(exc).__name__ == "ModbusConfigError":  # [modbus] is part of the config: exit 5
             log.error("cannot start: configuration error: %s", exc)
             return EXIT_CONFIG
-        if isinstance(exc, StorePathError):
+        if isinstance(exc, StorePathError) or type(exc).__name__ == "NorthboundConfigError":
             log.error("cannot start: %s", exc)
             return EXIT_CONFIG
         if type(exc).__name__ == "PermissionProblem":  # node keys open to others

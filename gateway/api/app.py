@@ -320,6 +320,11 @@ async def meters(request: web.Request) -> web.Response:
     return web.json_response({"meters": iso_times(gw.meters_status())})
 
 
+async def northbound(request: web.Request) -> web.Response:
+    from gateway.northbound import status
+    return web.json_response(await status(request.app[GW]))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document())
 
@@ -339,6 +344,7 @@ ROUTES = [
     ("GET", "/api/faults", faults),
     ("POST", "/api/backup", backup),
     ("GET", "/api/meters", meters),
+    ("GET", "/api/northbound", northbound),
     ("POST", "/api/keys/rotate", rotate_key),
     ("GET", "/openapi.json", openapi),
 ]

@@ -269,6 +269,18 @@ PATHS: dict[str, Any] = {
         "Energy meters polled over Modbus and their status",
         _json({"type": "object", "properties": {"meters": {"type": "array", "items": _ref("Meter")}}}),
         op_id="meters")},
+    "/api/northbound": {"get": _op(
+        "The MQTT publisher (docs/northbound.md): connected, outbox depth, oldest entry, "
+        "messages dropped when the outbox was full, last error",
+        _json({"type": "object", "required": ["enabled", "connected", "outbox"], "properties": {
+            "enabled": {"type": "boolean"}, "connected": {"type": "boolean"},
+            "broker": {"type": "string"}, "gateway_id": {"type": "string"},
+            "last_error": {"type": "string", "nullable": True},
+            "outbox": {"type": "object", "properties": {
+                "depth": {"type": "integer"}, "dropped": {"type": "integer"},
+                "recording": {"type": "boolean"},
+                "oldest": {"type": "object", "nullable": True}}}}}),
+        op_id="northbound")},
     "/api/keys/rotate": {"post": _op(
         "A new OSCORE key for one node, sent to it under its current key (PUT /10250/0/30); "
         "state written = the node answered 2.04, unconfirmed = no answer (both keys stay "

@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--node")
     cm.add_argument("--state", choices=["pending", "delivering", "delivered", "failed", "cancelled"])
     sub.add_parser("meters", help="Modbus energy meters")
+    nb = sub.add_parser("northbound", help="the MQTT publisher").add_subparsers(
+        dest="nb_cmd", required=True, parser_class=_Parser)
+    nb.add_parser("status", help="connected, outbox depth, oldest entry, last error",
+                  parents=[common])
     keys_cli.add_parser(sub, common, _Parser)
     return p
 
@@ -280,6 +284,8 @@ def run_client(args: argparse.Namespace) -> tuple[str, Any]:
                                         body={"node": args.node, "wait": args.wait})
     if cmd == "meters":
         return "meters", api.call("GET", "/api/meters")
+    if cmd == "northbound":
+        return "northbound", api.call("GET", "/api/northbound")
     raise UsageError(f"unknown command {cmd}")
 
 

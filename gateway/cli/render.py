@@ -181,6 +181,16 @@ def human(kind: str, doc: Any, out: TextIO) -> None:
                               f"{m.get('profile')}, polled without them: "
                               + ", ".join(f"{r['name']} (fc {r['function']} {r['address']:#06x})"
                                           for r in m["missing_registers"]) + "\n")
+    elif kind == "northbound":
+        ob = doc.get("outbox", {})
+        state = ("connected" if doc.get("connected") else "NOT connected") if doc.get("enabled") \
+            else "disabled ([mqtt] enabled = false)"
+        out.write(f"mqtt {doc.get('broker', '-')}: {state}\n")
+        oldest = ob.get("oldest") or {}
+        out.write(f"outbox: {ob.get('depth')} waiting, oldest {oldest.get('key', '-')} queued "
+                  f"{oldest.get('queued_at', '-')}, {ob.get('dropped')} dropped when full\n")
+        if doc.get("last_error"):
+            out.write(f"last error: {doc['last_error']} at {doc.get('last_error_at')}\n")
     else:
         import json
         out.write(json.dumps(doc, indent=2) + "\n")

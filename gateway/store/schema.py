@@ -108,7 +108,34 @@ ALTER TABLE nodes ADD COLUMN implausible_reason TEXT;
 ALTER TABLE nodes ADD COLUMN implausible_at REAL;
 """
 
-MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4]
+# The northbound outbox (issue 13, gateway/northbound/outbox.py): what is still to be published
+# to MQTT, written by triggers in the same transaction as the data it announces, deleted only
+# after the broker's PUBACK. key is the message's deterministic id without the gateway
+# ("r/NODE/SEQ", "b/NODE/START", "s/NODE", "f/NODE/SEQ"); a newer message with the same key
+# replaces a pending one (INSERT OR REPLACE: new id, so it goes at the end). nb_energy holds
+# each node's exported energy total (never decreasing); nb_removed the old value of a bucket
+# that a rebuild deletes before re-inserting it (emptied after each transaction's use).
+MIGRATION_5 = """
+CREATE TABLE nb_outbox(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    t REAL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE nb_energy(
+    source TEXT PRIMARY KEY, total_wh REAL NOT NULL DEFAULT 0, exported_wh REAL NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE nb_removed(
+    source TEXT NOT NULL, start INTEGER NOT NULL, wh REAL NOT NULL, quality TEXT NOT NULL,
+    PRIMARY KEY(source, start)
+) WITHOUT ROWID;
+CREATE TABLE nb_stats(key TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
+INSERT INTO nb_stats(key, value) VALUES ('dropped', 0);
+"""
+
+MIGRATIONS: list[str] = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5]
 
 
 def current_version(conn: sqlite3.Connection) -> int:

@@ -1,0 +1,300 @@
+"""The MQTT publisher: empties the durable outbox (outbox.py) into a broker, at least once.
+
+One connection (aiomqtt, MQTT 3.1.1, clean session: the outbox is the session state that
+matters, and it survives a gateway restart, which a broker session would not). Per connection:
+
+- a retained ``PREFIX/GW/status`` "online", with "offline" as the will (retained too), so a
+  consumer sees a gateway that vanished;
+- the sender reads outbox rows in id order and publishes them at ``[mqtt] qos`` with up to
+  ``inflight`` awaiting their PUBACK; acknowledged ids are deleted in batches. Nothing is
+  deleted without its acknowledgement, so after a broker outage or a gateway crash the
+  unacknowledged rows go again, in order, with their original payloads (and times);
+- gateway health on ``PREFIX/GW/health`` (retained) every ``health_interval_s``: a live
+  signal, not queued in the outbox;
+- commands (commands.py) when ``[mqtt] commands`` is on.
+
+A lost connection is logged once per outage, retried with backoff up to ``reconnect_max_s``,
+and shown by ``status()`` (``slgw northbound status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+
+from . import outbox
+
+log = logging.getLogger("slgw.northbound")
+
+READ_BATCH = 500
+ACK_FLUSH_S = 0.05  # acknowledged rows are deleted in one write per this interval
+IDLE_POLL_S = 0.1  # how often an empty outbox is looked at again
+HOUSEKEEPING_S = 60.0
+
+
+class NorthboundConfigError(ValueError):
+    """An ``[mqtt]`` setting that cannot work (unreadable password file, bad TLS files)."""
+
+
+def gateway_id(cfg: Any) -> str:
+    """``[mqtt] gateway_id``, or the host name when it is empty."""
+    return cfg.gateway_id or socket.gethostname().split(".")[0]
+
+
+def read_password(path: str) -> str | None:
+    """The broker password from ``path`` (first line), None if no file is configured.
+
+    Raises NorthboundConfigError naming the file when it cannot be read."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise NorthboundConfigError(f"[mqtt] password_file {path!r} cannot be read: {e.strerror}; "
+                                    "create it (mode 0600, owned by the slgw user) or clear "
+                                    "the key") from e
+
+
+def tls_context(cfg: Any) -> ssl.SSLContext | None:
+    """The TLS context for ``[mqtt] tls`` (CA file, optional client certificate), or None."""
+    if not (cfg.tls or cfg.ca_file or cfg.cert_file):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    except (OSError, ssl.SSLError) as e:
+        raise NorthboundConfigError(f"[mqtt] TLS files cannot be used: {e}; check ca_file, "
+                                    "cert_file and key_file") from e
+    return ctx
+
+
+class Publisher:
+    """Publishes the outbox of one gateway. ``await start()`` / ``await stop()``."""
+
+    def __init__(self, store: Any, cfg: Any, *, health: Callable[[], Awaitable[dict]] | None = None,
+                 on_connected: Callable[[aiomqtt.Client], Awaitable[None]] | None = None,
+                 extra_tasks: list[Callable[[aiomqtt.Client], Awaitable[None]]] | None = None):
+        self.store = store
+        self.cfg = cfg
+        self.gateway_id = gateway_id(cfg)
+        self.base = f"{cfg.topic_prefix}/{self.gateway_id}"
+        self.password = read_password(cfg.password_file)
+        self.tls = tls_context(cfg)
+        self._health = health
+        self._on_connected = on_connected
+        self._extra = extra_tasks or []
+        self._task: asyncio.Task | None = None
+        self._housekeeping: asyncio.Task | None = None
+        self.connected = False
+        self.connected_since: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.published = 0  # messages acknowledged by the broker since start
+        self.connects = 0
+        self._dropped_seen: int | None = None
+        self._acks: list[int] = []
+        self.client: aiomqtt.Client | None = None
+
+    def add_task(self, fn: Callable[[aiomqtt.Client], Awaitable[None]]) -> None:
+        """Run ``fn(client)`` beside the sender on every connection (commands, discovery)."""
+        self._extra.append(fn)
+
+    # --- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Install the outbox triggers and start publishing in the background."""
+        await self.store.write(lambda conn: outbox.install(conn, self.cfg.max_outbox))
+        st = await self.store.read(outbox.status)
+        self._dropped_seen = st["dropped"]
+        log.info("northbound: publishing to mqtt%s://%s:%d as %s (topics %s/...), %d messages "
+                 "waiting in the outbox", "s" if self.tls else "", self.cfg.host, self.cfg.port,
+                 self.gateway_id, self.base, st["depth"])
+        self._task = asyncio.create_task(self._run(), name="northbound")
+        self._housekeeping = asyncio.create_task(self._housekeeping_loop())
+
+    async def stop(self) -> None:
+        """Stop publishing; unacknowledged messages stay in the outbox for the next start."""
+        for t in (self._task, self._housekeeping):
+            if t is not None:
+                t.cancel()
+        for t in (self._task, self._housekeeping):
+            if t is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        await self._flush_acks()
+
+    async def status(self) -> dict[str, Any]:
+        """What ``slgw northbound status`` shows (docs/northbound.md)."""
+        st = await self.store.read(outbox.status)
+        return {"enabled": True, "connected": self.connected,
+                "broker": f"{self.cfg.host}:{self.cfg.port}", "tls": self.tls is not None,
+                "gateway_id": self.gateway_id, "topic_base": self.base,
+                "connected_since": self.connected_since, "connects": self.connects,
+                "published": self.published, "outbox": st,
+                "last_error": self.last_error, "last_error_at": self.last_error_at}
+
+    # --- the connection loop ----------------------------------------------------------------
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(f"{self.base}/status", b"offline", qos=1, retain=True)
+        return aiomqtt.Client(self.cfg.host, self.cfg.port, username=self.cfg.username or None,
+                              password=self.password, identifier=f"slgw-{self.gateway_id}",
+                              will=will, clean_session=True, tls_context=self.tls,
+                              keepalive=int(self.cfg.keepalive_s),
+                              max_inflight_messages=self.cfg.inflight, timeout=30.0)
+
+    async def _run(self) -> None:
+        delay = 0.5
+        outage_logged = False
+        while True:
+            try:
+                async with self._client() as client:
+                    self.client = client
+                    self.connected, self.connected_since = True, time.time()
+                    self.connects += 1
+                    delay = 0.5
+                    log.info("northbound: connected to %s:%d%s", self.cfg.host, self.cfg.port,
+                             " (outage over)" if outage_logged else "")
+                    outage_logged = False
+                    await client.publish(f"{self.base}/status", b"online", qos=1, retain=True)
+                    if self._on_connected is not None:
+                        await self._on_connected(client)
+                    tasks = [asyncio.create_task(self._send(client)),
+                             asyncio.create_task(self._health_loop(client)),
+                             *(asyncio.create_task(fn(client)) for fn in self._extra)]
+                    try:
+                        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                        for t in done:
+                            t.result()  # raises the MqttError that ended the connection
+                    finally:
+                        for t in tasks:
+                            t.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
+            except aiomqtt.MqttError as e:
+                self._error(e)
+                if not outage_logged:
+                    log.warning("northbound: broker %s:%d unreachable or lost (%s); data stays in "
+                                "the outbox and goes once it is back (retrying every %.0f s at "
+                                "most); check the broker and [mqtt] host/port/credentials",
+                                self.cfg.host, self.cfg.port, e, self.cfg.reconnect_max_s)
+                    outage_logged = True
+            except Exception as e:  # a bug or the store: never let the publisher die silently
+                self._error(e)
+                log.exception("northbound: publisher failed; reconnecting")
+            finally:
+                self.connected, self.client = False, None
+                await self._flush_acks()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    def _error(self, e: BaseException) -> None:
+        self.last_error, self.last_error_at = f"{type(e).__name__}: {e}", time.time()
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        """Publish every outbox row from the oldest, PUBACK by PUBACK; never returns normally."""
+        window = asyncio.Semaphore(self.cfg.inflight)
+        failed: asyncio.Future = asyncio.get_running_loop().create_future()
+        gw = json.dumps(self.gateway_id)
+        qos = self.cfg.qos
+        cursor = 0
+        last_flush = time.monotonic()
+
+        async def one(row_id: int, topic: str, body: bytes, retain: bool) -> None:
+            try:
+                await client.publish(topic, body, qos=qos, retain=retain)
+            except Exception as e:  # the connection is gone: the row stays, for the next one
+                if not failed.done():
+                    failed.set_exception(e)
+                return
+            finally:
+                window.release()
+            self._acks.append(row_id)
+
+        pending: set[asyncio.Task] = set()
+        try:
+            while True:
+                if failed.done():
+                    failed.result()
+                rows = await self.store.read(lambda c, after=cursor: outbox.pending(c, after, READ_BATCH))
+                if not rows:
+                    await self._flush_acks()
+                    last_flush = time.monotonic()
+                    await asyncio.wait([failed], timeout=IDLE_POLL_S)
+                    continue
+                for row_id, key, topic, payload in rows:
+                    await window.acquire()
+                    if failed.done():
+                        failed.result()
+                    cursor = row_id
+                    # the envelope: the deterministic id, the gateway, and rev (the outbox id:
+                    # a newer value of the same id always has a larger rev)
+                    body = (f'{{"id":{json.dumps(f"{self.gateway_id}/{key}")},"gateway":{gw},'
+                            f'"rev":{row_id},' + payload[1:]).encode()
+                    t = asyncio.create_task(one(row_id, f"{self.base}/{topic}", body,
+                                                topic.endswith("/state")))
+                    pending.add(t)
+                    t.add_done_callback(pending.discard)
+                    if time.monotonic() - last_flush > ACK_FLUSH_S:
+                        await self._flush_acks()
+                        last_flush = time.monotonic()
+        finally:
+            for t in pending:
+                t.cancel()
+
+    async def _flush_acks(self) -> None:
+        if not self._acks:
+            return
+        ids, self._acks = self._acks, []
+        try:
+            await self.store.write(outbox.acknowledge(ids))
+            self.published += len(ids)
+        except Exception as e:  # the store will not write now: keep them for the next flush
+            log.error("northbound: cannot delete %d acknowledged messages from the outbox (%s); "
+                      "they may be sent again (consumers discard duplicates by id)", len(ids), e)
+            self._acks = ids + self._acks
+
+    async def _health_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            body = await self.health_message()
+            await client.publish(f"{self.base}/health", json.dumps(body).encode(), qos=1,
+                                 retain=True)
+            await asyncio.sleep(self.cfg.health_interval_s)
+
+    async def health_message(self) -> dict[str, Any]:
+        """The gateway health message (docs/northbound.md)."""
+        st = await self.store.read(outbox.status)
+        self._check_dropped(st["dropped"])
+        body: dict[str, Any] = {"id": f"{self.gateway_id}/health", "gateway": self.gateway_id,
+                                "type": "health", "t": time.time(),
+                                "outbox": {"depth": st["depth"], "dropped": st["dropped"],
+                                           "oldest_age_s": (st["oldest"] or {}).get("age_s")}}
+        if self._health is not None:
+            body.update(await self._health())
+        return body
+
+    def _check_dropped(self, dropped: int) -> None:
+        if self._dropped_seen is not None and dropped > self._dropped_seen:
+            log.warning("northbound: the outbox was full: %d oldest messages dropped (%d in all); "
+                        "the broker was unreachable too long for [mqtt] max_outbox = %d; raise it "
+                        "or restore the broker link. Energy totals are not lost: every report and "
+                        "state carries the meter's cumulative Wh", dropped - self._dropped_seen,
+                        dropped, self.cfg.max_outbox)
+        self._dropped_seen = dropped
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await self.store.write(outbox.housekeeping)
+                self._check_dropped((await self.store.read(outbox.status))["dropped"])
+            except Exception as e:
+                log.error("northbound: outbox housekeeping failed (%s); will retry", e)

@@ -1,0 +1,118 @@
+"""The durable outbox (gateway/northbound/outbox.py) on a real store: written in the same
+transaction as its data, deterministic keys, bounded with the oldest dropped and counted,
+exported energy totals that never decrease, and nothing queued while MQTT is off."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.northbound import outbox
+from gateway.store import Store
+
+T0 = 1_767_225_600  # 2026-01-01T00:00Z, a bucket boundary
+
+
+def rep(seq: int, wh: float, faults: int = 0) -> dict:
+    return {"seq": seq, "t": T0 + 300 * seq, "wh": wh, "w": 40.0, "level": 50, "on_time": seq,
+            "faults": faults, "rel_time": False}
+
+
+async def rows(store: Store) -> list[tuple]:
+    return await store.read(lambda c: c.execute(
+        "SELECT id, key, topic, payload FROM nb_outbox ORDER BY id").fetchall())
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = await Store.open(str(tmp_path / "gw.db"), timezone="UTC")
+    await s.write(lambda c: outbox.install(c, 1000))
+    yield s
+    await s.close()
+
+
+async def test_every_announcement_has_a_deterministic_key_and_original_time(store):
+    await store.ingest_reports("n1", [rep(1, 100), rep(2, 110), rep(3, 120, faults=1)],
+                               received_at=T0 + 7200)
+    await store.ingest_reports("n1", [rep(3, 120, faults=1)], received_at=T0 + 7200)  # a duplicate
+    await store.refresh()
+    got = {k: (topic, json.loads(p)) for _i, k, topic, p in await rows(store)}
+    assert {"r/n1/1", "r/n1/2", "r/n1/3", "f/n1/3", "s/n1", f"b/n1/{T0}"} <= set(got)
+    assert [k for k in got if k.startswith("r/")] == ["r/n1/1", "r/n1/2", "r/n1/3"]  # no dup
+    assert got["r/n1/2"][0] == "node/n1/report" and got["r/n1/2"][1]["t"] == T0 + 600
+    assert got["f/n1/3"][1]["raised"] == ["lampFailure"]
+    assert got["s/n1"][1]["energy_wh"] == pytest.approx(20.0)
+    assert got[f"b/n1/{T0}"][1] == {"type": "energy", "node": "n1", "start": T0, "end": T0 + 900,
+                                    "wh": pytest.approx(20.0), "quality": "measured"}
+
+
+async def test_announcement_commits_with_its_data_or_not_at_all(store):
+    def fails(conn):
+        conn.execute("INSERT INTO readings(source, seq, t, wh) VALUES ('n2', 1, ?, 5)", (T0,))
+        raise RuntimeError("the write fails after its insert")
+
+    with pytest.raises(RuntimeError):
+        await store.write(fails)
+    assert await rows(store) == []
+    assert await store.read(lambda c: c.execute("SELECT COUNT(*) FROM readings").fetchone()[0]) == 0
+
+
+async def test_full_outbox_drops_the_oldest_and_counts_them(store):
+    await store.write(lambda c: outbox.install(c, 10))
+    await store.ingest_reports("n1", [rep(s, 100 + s) for s in range(1, 26)], received_at=T0 + 9000)
+    left = await rows(store)
+    st = await store.read(outbox.status)
+    assert len(left) <= 10 and st["depth"] == len(left)
+    assert st["dropped"] > 0 and st["dropped"] + len(left) >= 25
+    assert "r/n1/25" in {k for _i, k, _t, _p in left}  # the newest are kept
+    assert "r/n1/1" not in {k for _i, k, _t, _p in left}
+
+
+async def test_exported_energy_never_decreases(store):
+    await store.ingest_reports("n1", [rep(1, 100), rep(2, 130)], received_at=T0 + 7200)
+    await store.refresh()
+    assert (await store.read(outbox.energy_totals))["n1"] == pytest.approx(30.0)
+
+    def rebuild_lower(conn):  # a rebuild that finds less energy in a bucket (a re-read reset)
+        conn.execute("DELETE FROM buckets WHERE source = 'n1'")
+        conn.execute("INSERT INTO buckets(source, start, wh, quality) VALUES ('n1', ?, 12, "
+                     "'measured')", (T0,))
+
+    await store.write(rebuild_lower)
+    assert (await store.read(outbox.energy_totals))["n1"] == pytest.approx(30.0)
+    state = [json.loads(p) for _i, k, _t, p in await rows(store) if k == "s/n1"][-1]
+    assert state["energy_wh"] == pytest.approx(30.0)
+    bucket = [json.loads(p) for _i, k, _t, p in await rows(store) if k == f"b/n1/{T0}"]
+    assert [b["wh"] for b in bucket] == [12]  # the bucket itself tells the truth, replaced
+    await store.write(lambda c: c.execute(
+        "INSERT INTO buckets(source, start, wh, quality) VALUES ('n1', ?, 25, 'measured')",
+        (T0 + 900,)))
+    assert (await store.read(outbox.energy_totals))["n1"] == pytest.approx(37.0)  # 12 + 25
+
+
+async def test_acknowledged_rows_go_and_replaced_rows_stay(store):
+    await store.ingest_reports("n1", [rep(1, 100)], received_at=T0 + 7200)
+    first = await rows(store)
+    state_id = [i for i, k, _t, _p in first if k == "s/n1"][0]
+    await store.ingest_reports("n1", [rep(2, 101)], received_at=T0 + 7200)  # a newer state
+    n = await store.write(outbox.acknowledge([i for i, *_ in first]))
+    assert n == len(first) - 1  # the old state row was replaced: its ack deletes nothing
+    keys = [k for _i, k, _t, _p in await rows(store)]
+    assert sorted(keys) == ["r/n1/2", "s/n1"]
+    assert [i for i, k, _t, _p in await rows(store) if k == "s/n1"][0] > state_id
+
+
+async def test_nothing_is_queued_with_mqtt_off(tmp_path):
+    s = await Store.open(str(tmp_path / "gw.db"), timezone="UTC")
+    try:
+        await s.write(lambda c: outbox.install(c, 1000))
+        await s.ingest_reports("n1", [rep(1, 100)], received_at=T0 + 7200)
+        waiting = await s.write(outbox.uninstall)
+        assert waiting == len(await rows(s)) > 0
+        await s.ingest_reports("n1", [rep(2, 110)], received_at=T0 + 7200)
+        await s.refresh()
+        assert len(await rows(s)) == waiting  # kept, and nothing new
+        assert (await s.read(outbox.status))["recording"] is False
+    finally:
+        await s.close()
