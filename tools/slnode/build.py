@@ -174,7 +174,7 @@ def sha256_hex(data: bytes) -> str:
 
 def _clean(out: Path) -> None:
     """Remove what a previous build wrote, and only that (never a user's other files)."""
-    for name in (*PACKAGES, "main.py", "boot.py", MANIFEST):
+    for name in (*PACKAGES, "main.py", "boot.py", MANIFEST, "romfs.img"):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -265,23 +265,52 @@ def load_build(out: Path) -> dict:
             raise BuildError(f"build {out} is incomplete: {rel} is missing; rebuild it")
         if sha256_hex(p.read_bytes()) != meta["sha256"]:
             raise BuildError(f"build {out}: {rel} does not match its manifest hash; rebuild it")
+    rom = manifest.get("romfs")  # a ROMFS build (tools/slnode/romfs.py): the code is in one image
+    if rom is not None:
+        p = out / rom["image"]
+        if not p.is_file() or sha256_hex(p.read_bytes()) != rom["sha256"]:
+            raise BuildError(f"build {out}: {rom['image']} is missing or does not match its manifest hash; rebuild it")
     return manifest
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="build/slnode", help="output directory (default: build/slnode)")
+    parser.add_argument("--out", default=None, help="output directory (default: build/slnode, or build/slnode-romfs)")
     parser.add_argument("--src", type=Path, default=REPO, help=f"checkout holding firmware/ and protocol/ (default: {REPO})")
     parser.add_argument(
         "--march",
         default=DEFAULT_MARCH,
         help="mpy-cross target architecture: xtensawin for ESP32 and ESP32-S3 (default), rv32imc for ESP32-C3",
     )
+    parser.add_argument(
+        "--romfs",
+        action="store_true",
+        help="pack the code into one ROMFS image for the romfs partition: the build for an ESP32 without "
+        "PSRAM (docs/technician.md); default --out build/slnode-romfs",
+    )
 
 
 def run(args) -> dict:
-    res = build(Path(args.out), root=args.src, march=args.march, quiet=args.quiet)
+    if getattr(args, "romfs", False):
+        from tools.slnode import romfs
+
+        res = romfs.build(Path(args.out or "build/slnode-romfs"), root=args.src, march=args.march, quiet=args.quiet)
+        rom = res.manifest["romfs"]
+        return {
+            "out": str(res.out),
+            "layout": "romfs",
+            "version": res.version,
+            "git": res.manifest["git"],
+            "files": len(res.files),
+            "bytes": sum(m["size"] for m in res.files.values()),
+            "romfs_image": str(res.out / rom["image"]),
+            "romfs_bytes": rom["size"],
+            "romfs_files": len(rom["files"]),
+            "warnings": res.warnings,
+        }
+    res = build(Path(args.out or "build/slnode"), root=args.src, march=args.march, quiet=args.quiet)
     return {
         "out": str(res.out),
+        "layout": "mpy",
         "version": res.version,
         "git": res.manifest["git"],
         "files": len(res.files),

@@ -4,7 +4,7 @@
                    [--clock-start ISO8601] [--clock-speed N] [--clock-anchor UNIX]
                    [--truth FILE] [--count K] [--time-valid] [--port P] [--heap SIZE]
                    [--mpy] [--ack-timeout MS] [--report-period S] [--truth-period S]
-                   [--oscore-keys DIR]
+                   [--oscore-keys DIR] [--romfs IMG]
 
 One `micropython` process (the one next to ``sys.executable``, i.e. the venv's) runs
 ``firmware/emulator.py`` with ``MICROPYPATH`` set to the repository root; ``--count K`` runs K
@@ -83,6 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heap", help="MicroPython heap size, e.g. 256k (the code alone takes ~150 KB as .mpy)")
     p.add_argument("--mpy", action="store_true",
                    help="run the mpy-cross build of firmware/ and protocol/ (as on the device) instead of the sources")
+    p.add_argument("--romfs", metavar="IMG",
+                   help="run the code of this ROMFS image (slnode build --romfs), mounted at /rom outside the heap as on an ESP32")
     p.add_argument("--ack-timeout", type=int, default=2000, help="CoAP ACK_TIMEOUT in ms (RFC 7252 default 2000)")
     p.add_argument("--report-period", type=int, help="override the config's report_period (s)")
     p.add_argument("--uart", action="append", default=[],
@@ -235,11 +237,14 @@ def _last_truth(path: str) -> dict:
     return out
 
 
-def build_command(spec: dict, heap: str | None = None, mpy_dir: str | None = None) -> tuple[list[str], dict]:
+def build_command(spec: dict, heap: str | None = None, mpy_dir: str | None = None,
+                  romfs: str | None = None) -> tuple[list[str], dict]:
     """The micropython command line and environment that run ``spec`` (for tests too).
 
     ``mpy_dir``: a directory holding firmware/ and protocol/ compiled by mpy-cross (as on the
     device); the emulator then runs from it instead of the sources, whatever the cwd.
+    ``romfs``: a ROMFS image (tools/slnode/romfs.py) the emulator runs from instead; the process
+    prints where each firmware/protocol module came from at exit (romfs.loaded_from).
     """
     cmd = [micropython_path()]
     if heap:
@@ -250,6 +255,11 @@ def build_command(spec: dict, heap: str | None = None, mpy_dir: str | None = Non
                              os.path.dirname(spec["nodes"][0]["flash"]), "emulator-spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
+    if romfs:
+        from tools.slnode import romfs as romfsmod
+
+        return romfsmod.command(os.path.abspath(romfs), romfsmod.EMULATOR, os.path.dirname(spec_path),
+                                heap or "1m", spec_path)
     env = dict(os.environ)
     if mpy_dir:
         # The Unix port puts '' (the cwd) first on sys.path: from a cwd holding the sources
@@ -285,7 +295,7 @@ def run(args) -> int:
     if heap is None and args.count > 20:
         # ~12 KB per node plus ~150 KB of code (docs/performance.md), with room for garbage
         heap = f"{512 + 32 * args.count}k"
-    cmd, env = build_command(spec, heap, mpy_dir)
+    cmd, env = build_command(spec, heap, mpy_dir, getattr(args, "romfs", None))
     # Own session: a terminal's Ctrl-C or a process-group SIGTERM (timeout, systemd) reaches
     # only this launcher, which stops the child cleanly through its stdin.
     child = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, cwd=ROOT, start_new_session=True)

@@ -8,7 +8,9 @@ Two modes:
   detect the chip (refuse a wrong one), [erase], write MicroPython at the chip's offset
   (ESP32 0x1000; S3 and C3 0x0) and the image at the partition offset, verify both against
   the flash (esptool checks an MD5 of each region after writing; ``verify_flash`` re-reads
-  them), and hard-reset the board.
+  them), and hard-reset the board. ``--romfs IMG`` (a ROMFS image from ``slnode build --romfs``)
+  goes to the partition labelled ``romfs`` of that firmware's table, after checking it is a ROMFS
+  image no larger than the partition (a ROMFS image need not fill it: its header gives its length).
 - ``--mpremote``: for a board already running MicroPython (``tools/slnode/mpcopy.py``).
 
 Every serial failure is turned into a message that says what to do (:func:`explain`).
@@ -71,13 +73,16 @@ def check_fs_image(data: bytes, geometry: partitions.FsGeometry, what: str = "im
         raise ImageError(f"{what} is not a littlefs image (no superblock); make it with slnode provision")
 
 
-def plan(firmware: Path | None, image: Path | None, chip: str = "auto", board: str = "esp32") -> FlashPlan:
+def plan(firmware: Path | None, image: Path | None, chip: str = "auto", board: str = "esp32",
+         romfs: Path | None = None) -> FlashPlan:
     """Check the files and compute what goes where. Touches no hardware.
 
     Returns a FlashPlan. Raises ImageError for a file that is not an ESP image, a chip that
-    contradicts --chip, an image that does not fit, or a firmware overlapping the filesystem.
+    contradicts --chip, an image that does not fit, or a firmware overlapping the filesystem;
+    for ``romfs`` (a ROMFS image), a firmware without a ``romfs`` partition or an image larger
+    than that partition.
     """
-    if firmware is None and image is None:
+    if firmware is None and image is None and romfs is None:
         raise ImageError("nothing to flash: give --firmware micropython.bin and/or --image fs.bin")
     p = FlashPlan(chip=None if chip == "auto" else chip)
     if firmware is not None:
@@ -112,7 +117,48 @@ def plan(firmware: Path | None, image: Path | None, chip: str = "auto", board: s
             raise ImageError(f"cannot read image {image}: {e.strerror or e}") from e
         check_fs_image(data, p.fs, str(image))
         p.regions.append((p.fs.offset, data, "filesystem"))
+    if romfs is not None:
+        p.regions.append(_romfs_region(firmware, romfs))
     return p
+
+
+def _romfs_region(firmware: Path | None, romfs: Path) -> tuple[int, bytes, str]:
+    """(offset, data, label) of a ROMFS image in the ``romfs`` partition of ``firmware``'s own
+    table, after checking it is a ROMFS image that fits. Raises ImageError."""
+    from tools.slnode.romfs import RomfsError, check_image
+
+    if firmware is None:
+        raise ImageError(
+            "--romfs needs --firmware: the romfs partition is read from the partition table of the MicroPython "
+            "you flash (stock ESP32 downloads have none; docs/technician.md, 'Which build for which board')"
+        )
+    info = partitions.inspect_firmware(firmware)
+    parts = [p for p in info.partitions if p.type == 1 and p.label == "romfs"]
+    if not parts:
+        raise ImageError(
+            f"{firmware} has no 'romfs' partition: it is not a MicroPython built for ROMFS (stock ESP32 "
+            "downloads are not). Build MicroPython with MICROPY_VFS_ROM and partitions-4MiB-romfs.csv, or use "
+            "the .mpy build on a board with PSRAM (docs/technician.md)"
+        )
+    part = parts[0]
+    try:
+        data = Path(romfs).read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read ROMFS image {romfs}: {e.strerror or e}") from e
+    try:
+        check_image(data, str(romfs))
+    except RomfsError as e:
+        raise ImageError(str(e)) from e
+    if len(data) > part.size:
+        raise ImageError(
+            f"ROMFS image {romfs} does not fit: {len(data)} bytes > {part.size} bytes (0x{part.size:x}), the "
+            f"romfs partition of {Path(firmware).name} at 0x{part.offset:x} ({len(data) - part.size} bytes too "
+            "many). Nothing was written. Use a MicroPython whose romfs partition is larger, or a smaller build."
+        )
+    if info.offset + info.size > part.offset and part.offset >= info.offset:
+        raise ImageError(f"{firmware} ({info.size} bytes at 0x{info.offset:x}) overlaps its own romfs partition "
+                         f"at 0x{part.offset:x}: corrupt or wrong file")
+    return part.offset, data, f"ROMFS image (partition 'romfs', {part.size} bytes)"
 
 
 # --- error mapping ---------------------------------------------------------------------------
@@ -314,6 +360,11 @@ def add_arguments(parser) -> None:
         "--firmware", type=Path, help="MicroPython .bin for the board (micropython.org/download)"
     )
     parser.add_argument("--image", type=Path, help="filesystem image from slnode provision")
+    parser.add_argument(
+        "--romfs",
+        type=Path,
+        help="ROMFS image from slnode build --romfs, written to the firmware's 'romfs' partition (needs --firmware)",
+    )
     parser.add_argument("--chip", default="auto", choices=CHIP_CHOICES, help="expected chip (default: auto)")
     parser.add_argument(
         "--board",
@@ -342,6 +393,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> dict:
     if args.mpremote:
+        if getattr(args, "romfs", None) is not None:
+            raise ImageError("--romfs is written with esptool (drop --mpremote); on a board already running a "
+                             "MicroPython with ROMFS: mpremote connect PORT romfs deploy IMAGE")
         if args.image is None:
             raise ImageError("--mpremote copies the files of a provisioned image: give --image fs.bin")
         from tools.slnode.mpcopy import flash_mpremote
@@ -352,7 +406,7 @@ def run(args) -> dict:
             + (", reset requested" if res["reset"] else " (not reset: press RESET to start the node)")
         )
         return res
-    p = plan(args.firmware, args.image, args.chip, args.board)
+    p = plan(args.firmware, args.image, args.chip, args.board, getattr(args, "romfs", None))
     res = flash_esptool(p, args.port, args.baud, args.erase, args.connect_attempts, args.quiet)
     res["summary"] = f"{res['chip']} on {args.port}: " + "; ".join(res["written"]) + "; board reset"
     return res
