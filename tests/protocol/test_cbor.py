@@ -6,6 +6,7 @@ import tracemalloc
 
 import cbor2
 import pytest
+from fuzz_budget import examples  # make test's budget, scaled in the soak run
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -190,7 +191,7 @@ def test_huge_declared_length_fails_without_allocating(data):
     assert peak < 64 * 1024
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.binary(max_size=64))
 def test_random_bytes_raise_only_cbor_error(data):
     try:
@@ -199,7 +200,7 @@ def test_random_bytes_raise_only_cbor_error(data):
         pass
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(values, st.data())
 def test_mutated_valid_cbor_raises_only_cbor_error(v, data):
     enc = bytearray(cbor.dumps(v))

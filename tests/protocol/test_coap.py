@@ -5,6 +5,7 @@ import warnings
 import aiocoap.message as am
 import aiocoap.numbers as an
 import pytest
+from fuzz_budget import examples  # make test's budget, scaled in the soak run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from make_vectors import aio as aio_encode  # the vectors' own aiocoap reference encoder
@@ -265,7 +266,7 @@ def _use(msg):
     msg.content_format()
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.binary(max_size=40))
 def test_random_bytes_raise_only_coap_error(data):
     try:
@@ -274,7 +275,7 @@ def test_random_bytes_raise_only_coap_error(data):
         pass
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(messages(), st.data())
 def test_mutated_messages_raise_only_coap_error(fields, data):
     enc = bytearray(aio_encode(*fields))

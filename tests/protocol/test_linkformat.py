@@ -4,6 +4,7 @@ import time
 
 import pytest
 from aiocoap.util import linkformat as aio_lf
+from fuzz_budget import examples  # make test's budget, scaled in the soak run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,7 +103,7 @@ def test_hostile_text_fails_in_linear_time(text):
     assert time.perf_counter() - t0 < 5  # generous: quadratic behaviour would take minutes
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.text(alphabet='<>;,="\\ abc/01\t\n', max_size=40))
 def test_random_text_raises_only_linkformat_error(text):
     try:

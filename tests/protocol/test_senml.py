@@ -2,6 +2,7 @@
 
 import cbor2
 import pytest
+from fuzz_budget import examples  # make test's budget, scaled in the soak run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -173,7 +174,7 @@ json_like = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(json_like)
 def test_arbitrary_cbor_raises_only_senml_error(obj):
     try:
