@@ -71,6 +71,7 @@ class _Exchange:
         self.response = None
         self.acked = False
         self.reset = False
+        self.accept = None  # callback(response) -> bool: False = not ours (forged), keep waiting
 
 
 class Endpoint:
@@ -150,17 +151,21 @@ class Endpoint:
             ex.event.set()
 
     # -- client side ----------------------------------------------------------------------
-    async def request(self, msg, peer, confirmable=True, response_timeout_ms=None):
+    async def request(self, msg, peer, confirmable=True, response_timeout_ms=None, accept=None):
         """Send a request and wait for its response (RFC 7252 §4.2, §5.2).
 
         ``msg`` is a Message with code, options and payload set; its type, Message ID and
-        token are assigned here. Returns the response Message, or None when the peer did not
-        answer (MAX_RETRANSMIT exhausted, or no separate response in time) or reset it.
+        token are assigned here. ``accept(response)`` (optional) vets each response that matches
+        by Message ID/token: one it refuses (an OSCORE answer that does not verify: anyone who
+        sees the request can forge its token and Message ID) is ignored and the wait goes on.
+        Returns the response Message, or None when the peer did not answer (MAX_RETRANSMIT
+        exhausted, or no separate response in time) or reset it.
         """
         msg.mtype = coap.CON if confirmable else coap.NON
         msg.mid = self.next_mid()
         msg.token = self.next_token()
         ex = _Exchange(msg.mid, msg.token)
+        ex.accept = accept
         self._pending[msg.mid] = ex
         self._by_token[msg.token] = ex
         try:
@@ -304,6 +309,8 @@ class Endpoint:
             ex = self._pending.get(msg.mid)
             if ex is None or ex.token != msg.token:
                 return  # unknown ACK: ignore (SPEC §1)
+            if ex.accept is not None and not ex.accept(msg):
+                return  # not a valid answer (forged): the real one may still come
             ex.acked = True
             ex.response = msg
             ex.event.set()
@@ -314,7 +321,7 @@ class Endpoint:
                 self._send(coap.encode(coap.rst_for(msg.mid)), peer)
                 return
             self._send(coap.encode(coap.Message(coap.ACK, 0, msg.mid)), peer)
-        if ex is not None and ex.response is None:
+        if ex is not None and ex.response is None and (ex.accept is None or ex.accept(msg)):
             ex.response = msg
             ex.event.set()
 

@@ -6,8 +6,11 @@ flash, and the wrapping of the CoAP endpoint (firmware/endpoint.py) on both side
 
 * requests the node SENDS (Register, Update, Send, De-register) are protected, their responses
   verified; a verified 4.01 carrying Echo (the gateway lost its replay window, RFC 8613 B.1.2)
-  makes the node resend once with that Echo inside. A response that does not verify counts as
-  no answer (the caller backs off and registers again).
+  makes the node resend once with that Echo inside. A response that does not verify is ignored
+  inside the exchange (anyone who sees a request can forge its token and Message ID): the
+  node keeps waiting for the real answer; if none comes it is "no answer" (back off, register
+  again), and the log says what was ignored (e.g. the gateway's unprotected 4.01 for a key it
+  does not have).
 * requests the node RECEIVES must verify under the gateway's kid and pass the replay window,
   else they get an unprotected 4.01/4.00/4.02 and reach no handler: nothing changes. Every
   response and Observe notification is protected.
@@ -230,8 +233,10 @@ class Secure:
 
     # -- client side ----------------------------------------------------------------------
     async def request(self, ep, msg, peer):
-        """Send ``msg`` protected and return the verified inner response, or None (no answer,
-        or an answer that does not verify). A 4.01 with Echo is answered once (B.1.2)."""
+        """Send ``msg`` protected and return the verified inner response, or None (no answer
+        that verifies). A response that does not verify (forged by someone who saw the request,
+        or the gateway's unprotected refusal) is ignored while the exchange waits for a valid
+        one; ``self.error`` then says why nothing came. A 4.01 with Echo is answered once (B.1.2)."""
         ctx = self.ctx
         self.error = None
         if ctx is None:
@@ -239,21 +244,21 @@ class Secure:
             return None
         for attempt in range(2):
             outer, rid = ctx.protect_request(msg)
-            r = await ep.request(outer, peer)
-            if r is None:
+            got = []
+
+            def accept(r, rid=rid, got=got):
+                try:
+                    got.append(ctx.unprotect_response(r, rid))
+                    return True
+                except oscore.OscoreError as e:
+                    self.stats["bad_responses"] += 1
+                    self._refused(r, e)
+                    return False
+
+            r = await ep.request(outer, peer, accept=accept)
+            if r is None or not got:
                 return None
-            try:
-                inner = ctx.unprotect_response(r, rid)
-            except oscore.OscoreError as e:
-                self.stats["bad_responses"] += 1
-                if r.code == coap.UNAUTHORIZED and r.get_option(coap.OSCORE) is None:
-                    # said by the caller (node.register logs it: the console's "last error")
-                    self.error = ("the gateway refused our key (unprotected 4.01): is this node's "
-                                  "<id>.oscore.json imported there (slgw keys import)?")
-                else:
-                    self.log("oscore: gateway answered %s that does not verify (%s): treated as no answer"
-                             % (r.code_str(), e))
-                return None
+            inner = got[-1]
             if inner.code == coap.UNAUTHORIZED and attempt == 0:
                 echo = inner.get_option(oscore.ECHO)
                 if echo is not None:
@@ -262,3 +267,11 @@ class Secure:
                     continue
             return inner
         return None
+
+    def _refused(self, r, e):
+        if r.code == coap.UNAUTHORIZED and r.get_option(coap.OSCORE) is None:
+            # said by the caller (node.register logs it: the console's "last error")
+            self.error = ("the gateway refused our key (unprotected 4.01): is this node's "
+                          "<id>.oscore.json imported there (slgw keys import)?")
+        else:
+            self.error = "an answer %s that does not verify (%s) was ignored" % (r.code_str(), e)
