@@ -116,6 +116,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
                         "is refused 4.00"),
         "time_future_s": (float, 600.0, "a report time this far ahead of the gateway's clock is "
                           "refused 4.00 (only while the clock is NTP-synchronised or simulated)"),
+        "rebaseline_after": (int, 3, "a node whose reports break only the energy rule but "
+                             "agree among themselves is taken to have a new meter after this "
+                             "many refused reports (energy across estimated); 0 = never"),
         "max_report_age_s": (float, 2678400.0, "a report older than this (default 31 days) is "
                              "refused 4.00 (only while the clock is trusted)"),
     },
@@ -324,6 +327,8 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
     if sec == "nodes" and key in ("max_rated_w", "time_back_s", "time_future_s",
                                   "max_report_age_s", "new_per_s", "pending_expire_s") and v <= 0:
         return "must be > 0"
+    if sec == "nodes" and key == "rebaseline_after" and v < 0:
+        return "must be >= 0 (0 = never)"
     if sec == "nodes" and key in ("max_nodes", "max_pending") and v < 1:
         return "must be >= 1"
     if sec == "nodes" and key == "energy_margin" and v < 1:

@@ -140,6 +140,8 @@ class Ingestor:
         self.failures = 0  # Sends answered 5.03 since start (exposed for status/metrics)
         self.implausible = dict.fromkeys(REASONS, 0)  # Sends refused, by reason (API health)
         self._states: dict[str, NodeState] = {}
+        # endpoint -> [state after its refused reports, how many]: a counter that jumped
+        self._jumps: dict[str, list] = {}
         self._implausible_log: dict[str, list] = {}  # endpoint -> [last logged (mono), suppressed]
 
     async def handle_payload(self, endpoint: str, payload: bytes, *, now: float) -> Answer:
@@ -166,9 +168,18 @@ class Ingestor:
             state = self._states.get(endpoint)
             if state is None:
                 state = await self._load_state(endpoint)
-            rows, old, new_state = check_rows(state, rows, self.rules)
+            jumped = None
+            try:
+                rows, old, new_state = check_rows(state, rows, self.rules)
+            except Implausible as e:
+                if e.reason != "energy" or not self.rules.rebaseline_after:
+                    raise
+                rows, old, new_state, jumped = self._counter_jump(endpoint, state, rows, e)
+            self._jumps.pop(endpoint, None)
             if old:
                 await self._check_duplicates(endpoint, old, state.seq)
+            if jumped is not None:
+                await self._rebase(endpoint, state, rows, jumped)
         except Implausible as e:
             return await self._refuse(endpoint, e, received_at)
         except StoreUnavailable as e:
@@ -192,6 +203,50 @@ class Ingestor:
             return Answer(INTERNAL_SERVER_ERROR, diagnostic="internal error")
         self._ok()
         return Answer(CHANGED, stored=res.stored, duplicates=res.duplicates)
+
+    def _counter_jump(self, endpoint: str, state: NodeState, rows: list[tuple],
+                      e: Implausible) -> tuple[list[tuple], list[int], NodeState, int]:
+        """Rows refused by the energy rule alone: accept them if they continue a chain of at
+        least ``rebaseline_after`` refused reports that agree among themselves (a replaced
+        meter), else remember them as (the start or the continuation of) such a chain and
+        raise ``e``. Returns check_rows' result and the chain's length."""
+        chain = self._jumps.get(endpoint)
+        if chain is not None:
+            try:
+                out, old, st = check_rows(chain[0], rows, self.rules)
+            except Implausible:
+                old = [None]
+            if not old:
+                if chain[1] >= self.rules.rebaseline_after:
+                    return out, [], st, chain[1]
+                self._jumps[endpoint] = [st, chain[1] + len(out)]
+                raise e
+        # a new chain: in order after the stored state (all but energy), and plausible
+        # among themselves (energy too, from the first of them)
+        try:
+            out, old, _st = check_rows(state, rows, self.rules, energy=False)
+            _out, _old, st = check_rows(NodeState(rated_w=state.rated_w), out, self.rules)
+        except Implausible:
+            self._jumps.pop(endpoint, None)
+            raise e from None
+        if old:
+            self._jumps.pop(endpoint, None)
+            raise e
+        if len(self._jumps) > 10000:
+            self._jumps.clear()
+        self._jumps[endpoint] = [st, len(out)]
+        raise e
+
+    async def _rebase(self, endpoint: str, state: NodeState, rows: list[tuple], n: int) -> None:
+        """Record the meter replacement that a counter jump stands for, before its rows."""
+        t1 = rows[0][1]
+        note = (f"automatic: the counter jumped from {state.wh} Wh to {rows[0][2]:.0f} Wh and "
+                f"{n} refused reports agreed with the new counter")
+        await self.store.add_meter_event(endpoint, t1, "replacement", note)
+        log.warning("node %s: energy counter jumped from %s Wh to %.0f Wh and stayed consistent "
+                    "for %d refused reports: accepted as a meter replacement (event recorded); "
+                    "the energy across the jump is estimated from power, not from the counters",
+                    endpoint, state.wh, rows[0][2], n)
 
     async def _load_state(self, endpoint: str) -> NodeState:
         """The node's last accepted report and rated power, from the nodes table."""
@@ -246,9 +301,9 @@ class Ingestor:
                 self._implausible_log.clear()
             self._implausible_log[endpoint] = [mono, 0]
             log.warning("node %s: Send refused (4.00), nothing stored: %s%s. A broken meter or "
-                        "clock, or a forged report; `slgw node show %s` counts them. If the "
-                        "meter was replaced, its counter must restart below 2**32 and grow "
-                        "from there", endpoint, msg, extra, endpoint)
+                        "clock, or a forged report; `slgw node show %s` counts them. A "
+                        "replaced meter is accepted by itself after [nodes] rebaseline_after "
+                        "consistent reports", endpoint, msg, extra, endpoint)
         return Answer(BAD_REQUEST, diagnostic=_short(f"implausible {e.reason}: {msg}"))
 
     async def handle_descriptor(self, endpoint: str, attrs: dict[str, Any]) -> Answer:

@@ -30,6 +30,15 @@ The rules, each reasoned against an honest node (protocol/SPEC.md §3, firmware/
   whose clock was not set yet, SPEC §6) are the gateway's own estimate: no time rule
   refuses them, and their energy is marked estimated (buckets.py).
 
+* **Power.** A report's power is at most the rated power x ``energy_margin`` (it is what the
+  energy across a meter replacement is estimated from).
+* **Counter jump.** A meter replaced by one whose counter does not start near 0 would have every
+  later report refused by the energy rule. So a node whose reports keep breaking only that rule
+  while agreeing among themselves (seq, time and energy steps plausible from one to the next)
+  is re-based after ``rebaseline_after`` such reports: the next one is accepted, with a
+  ``replacement`` meter event before it, so the energy across the jump is estimated from power
+  (bounded by the power rule), never taken from the counters (gateway/ingest.py).
+
 A node that is refused drops a single refused report (firmware/node.py): since ``wh`` is
 cumulative, its next accepted report still brings the energy. Pure; no I/O.
 """
@@ -44,7 +53,8 @@ from gateway.energy.buckets import WRAP, delta_of
 GRACE_S = 300.0  # elapsed time every energy step is allowed on top of the real one
 COUNTER_LIMIT = float(WRAP)  # a node's cumulative counter is a uint32 (SPEC §3.1)
 
-REASONS = ("energy", "counter", "seq", "out_of_order", "time_order", "time_future", "time_old")
+REASONS = ("energy", "counter", "power", "seq", "out_of_order", "time_order", "time_future",
+           "time_old")
 
 
 class Implausible(ValueError):
@@ -66,13 +76,15 @@ class Rules:
     time_back_s: float = 900.0
     time_future_s: float = 600.0
     max_report_age_s: float = 31 * 86400.0
+    rebaseline_after: int = 3
 
     @classmethod
     def from_config(cls, nodes: Any) -> Rules:
         """From a gateway.config ``[nodes]`` section."""
         return cls(max_rated_w=nodes.max_rated_w, energy_margin=nodes.energy_margin,
                    seq_jump_max=nodes.seq_jump_max, time_back_s=nodes.time_back_s,
-                   time_future_s=nodes.time_future_s, max_report_age_s=nodes.max_report_age_s)
+                   time_future_s=nodes.time_future_s, max_report_age_s=nodes.max_report_age_s,
+                   rebaseline_after=nodes.rebaseline_after)
 
 
 class NodeState:
@@ -113,14 +125,15 @@ def check_times(reports: list[dict], rules: Rules, now: float) -> None:
                               f"{rules.max_report_age_s / 86400:.1f} days)")
 
 
-def check_rows(state: NodeState, rows: list[tuple], rules: Rules) -> tuple[list[tuple], list[int],
-                                                                           NodeState]:
+def check_rows(state: NodeState, rows: list[tuple], rules: Rules, *, energy: bool = True
+               ) -> tuple[list[tuple], list[int], NodeState]:
     """Check validated readings rows (``(seq, t, wh, w, level, on_time, faults, rel, recv)``,
     see gateway/store/readings.py) of one node against ``state`` and each other.
 
     Returns ``(rows_in_seq_order, old_seqs, new_state)``: ``old_seqs`` are the seqs at or
     below the state's, which are acceptable only as duplicates of stored reports (the caller
     checks); ``new_state`` is the state after the rows. ``state`` is not changed.
+    ``energy=False`` skips the energy rule (a counter that jumped, see ``Ingestor``).
     Raises Implausible for the first row that breaks a rule.
     """
     rated = state.rated_w if state.rated_w and state.rated_w > 0 else rules.max_rated_w
@@ -137,6 +150,10 @@ def check_rows(state: NodeState, rows: list[tuple], rules: Rules) -> tuple[list[
         if wh >= COUNTER_LIMIT:
             raise Implausible("counter", f"report seq {seq}: energy counter {wh:.0f} Wh is "
                               "beyond a 32-bit counter")
+        w = row[3]
+        if w is not None and w > rated * rules.energy_margin:
+            raise Implausible("power", f"report seq {seq}: power {w:g} W is more than {rated:.0f} W "
+                              f"x {rules.energy_margin:g}")
         if st.seq is not None and seq <= st.seq:
             old.append(seq)
             continue
@@ -151,7 +168,7 @@ def check_rows(state: NodeState, rows: list[tuple], rules: Rules) -> tuple[list[
                 raise Implausible("seq", f"report seq {seq} is {jump} ahead of the last one "
                                   f"({st.seq}) after {max(0.0, elapsed):.0f} s (limit "
                                   f"{rules.seq_jump_max} + 1 per s)")
-        if st.wh is not None:
+        if st.wh is not None and energy:
             kind, d = delta_of(st.wh, wh)
             if kind == "noise":
                 st.seq, st.t, st.rel = seq, t, bool(rel)

@@ -236,3 +236,39 @@ async def test_node_without_time_then_restart_then_gateway_restart(tmp_path, sto
     again = Ingestor(store, clock=TrustedClock())
     assert (await send(again, [rep(27, NOW + 2600, wh + 30)], now=NOW + 2700)).code_str == "2.04"
     assert (await send(again, [rep(28, NOW + 3500, 2**31)], now=NOW + 3600)).code_str == "4.00"
+
+
+async def test_a_replaced_meter_is_rebased_after_three_consistent_reports(ing, store):
+    """A meter swapped for one that reads 50,000 Wh: refused 3 times (the node drops each),
+    then accepted with a replacement event; the jump never counts as energy."""
+    t, wh = await started(ing)
+    new = [rep(9 + k, t + 600 * (k + 1), 50_000 + 10 * k) for k in range(5)]
+    for r in new[:3]:
+        a = await send(ing, [r])
+        assert a.code_str == "4.00" and "energy" in a.diagnostic
+    a = await send(ing, [new[3]])
+    assert a.code_str == "2.04", a.diagnostic
+    a = await send(ing, [new[4]])
+    assert a.code_str == "2.04", a.diagnostic
+    ev = await q(store, "SELECT t, kind FROM meter_events")
+    assert ev == [(new[3][1], "replacement")]
+    await store.refresh()
+    total = (await q(store, SITE_SQL))[0][0]
+    # 70 Wh before, 10 Wh after, and the 40 minutes across estimated from 40 W: not 49,000 Wh
+    assert total == pytest.approx(70 + 40 * 2400 / 3600 + 10)
+
+
+async def test_an_inconsistent_forger_is_never_rebased(ing, store):
+    t, wh = await started(ing)
+    for k in range(8):  # big jumps that do not agree with each other
+        a = await send(ing, [rep(9 + k, t + 60 * (k + 1), 10**6 * (k % 2 + 1) + 10**5 * k)])
+        assert a.code_str == "4.00"
+    assert await q(store, "SELECT COUNT(*) FROM meter_events") == [(0,)]
+    # nor is one whose power is beyond the rated power (the estimate across a jump uses it)
+    big = Ingestor(store, clock=TrustedClock())
+    assert (await send(big, [rep(9, t + 60, wh + 1, w=4001.0)])).code_str == "4.00"
+    assert big.implausible["power"] == 1
+    # and rebaseline_after = 0 turns re-basing off
+    never = Ingestor(store, clock=TrustedClock(), rules=Rules(rebaseline_after=0))
+    for k in range(6):
+        assert (await send(never, [rep(9 + k, t + 900 * (k + 1), 50_000 + k)])).code_str == "4.00"
