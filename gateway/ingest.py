@@ -216,8 +216,13 @@ class Ingestor:
                 out, old, st = check_rows(chain[0], rows, self.rules)
             except Implausible:
                 old = [None]
+            rated = state.rated_w if state.rated_w and state.rated_w > 0 else self.rules.max_rated_w
+            w = out[0][3] if not old else None
             if not old:
-                if chain[1] >= self.rules.rebaseline_after:
+                # the energy across the jump is estimated from this report's power: it must be
+                # within the node's own rating before it stands for a new meter
+                if chain[1] >= self.rules.rebaseline_after and (
+                        w is None or w <= rated * self.rules.energy_margin):
                     return out, [], st, chain[1]
                 self._jumps[endpoint] = [st, chain[1] + len(out)]
                 raise e

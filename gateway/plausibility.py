@@ -30,8 +30,11 @@ The rules, each reasoned against an honest node (protocol/SPEC.md §3, firmware/
   whose clock was not set yet, SPEC §6) are the gateway's own estimate: no time rule
   refuses them, and their energy is marked estimated (buckets.py).
 
-* **Power.** A report's power is at most the rated power x ``energy_margin`` (it is what the
-  energy across a meter replacement is estimated from).
+* **Power.** A report's power is at most ``max_rated_w`` x ``energy_margin``: not the node's
+  own rating, since a failing lamp (the faults a town wants to see) may draw more than twice
+  it (the hardware-in-the-loop energy-fault scenario does). The energy across a meter
+  replacement is estimated from power, so a re-basing report must also stay within its own
+  rating x ``energy_margin``.
 * **Counter jump.** A meter replaced by one whose counter does not start near 0 would have every
   later report refused by the energy rule. So a node whose reports keep breaking only that rule
   while agreeing among themselves (seq, time and energy steps plausible from one to the next)
@@ -138,6 +141,7 @@ def check_rows(state: NodeState, rows: list[tuple], rules: Rules, *, energy: boo
     """
     rated = state.rated_w if state.rated_w and state.rated_w > 0 else rules.max_rated_w
     per_s = rated * rules.energy_margin / 3600.0
+    w_max = rules.max_rated_w * rules.energy_margin  # a failing lamp may draw twice its rating
     st = state.copy()
     old: list[int] = []
     out = sorted(rows, key=lambda r: r[0]) if len(rows) > 1 else rows
@@ -151,9 +155,9 @@ def check_rows(state: NodeState, rows: list[tuple], rules: Rules, *, energy: boo
             raise Implausible("counter", f"report seq {seq}: energy counter {wh:.0f} Wh is "
                               "beyond a 32-bit counter")
         w = row[3]
-        if w is not None and w > rated * rules.energy_margin:
-            raise Implausible("power", f"report seq {seq}: power {w:g} W is more than {rated:.0f} W "
-                              f"x {rules.energy_margin:g}")
+        if w is not None and w > w_max:
+            raise Implausible("power", f"report seq {seq}: power {w:g} W is more than "
+                              f"{rules.max_rated_w:.0f} W x {rules.energy_margin:g}")
         if st.seq is not None and seq <= st.seq:
             old.append(seq)
             continue

@@ -272,3 +272,17 @@ async def test_an_inconsistent_forger_is_never_rebased(ing, store):
     never = Ingestor(store, clock=TrustedClock(), rules=Rules(rebaseline_after=0))
     for k in range(6):
         assert (await send(never, [rep(9 + k, t + 900 * (k + 1), 50_000 + k)])).code_str == "4.00"
+
+
+async def test_a_rebase_waits_for_a_power_within_the_nodes_rating(ing, store):
+    t, wh = await started(ing)
+    d = encode_descriptor("1", None, None, None, None, 40.0, None, None)
+    assert (await ing.handle_payload("n1", d, now=NOW)).code_str == "2.04"
+    new = [rep(9 + k, t + 600 * (k + 1), 50_000 + 10 * k) for k in range(5)]
+    for r in new[:3]:
+        assert (await send(ing, [r])).code_str == "4.00"
+    # a failing lamp may draw 200 W (stored as usual), but not across a meter swap
+    hot = rep(*new[3][:3], w=200.0)
+    assert (await send(ing, [hot])).code_str == "4.00"
+    assert (await send(ing, [new[4]])).code_str == "2.04"
+    assert await q(store, "SELECT COUNT(*) FROM meter_events") == [(1,)]
