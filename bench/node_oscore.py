@@ -14,7 +14,9 @@ backlog Send:
 * heap allocated per operation (``gc.mem_alloc`` with the collector off), the heap the modules
   take once imported (protocol.oscore + protocol.aes_ccm, firmware.secure) and one context;
 * key derivation at boot (three HKDF-SHA256 runs);
-* datagram sizes with a 4-byte node Sender ID and a Partial IV of 1, 2 and 3 bytes.
+* datagram sizes with a 4-byte node Sender ID and a Partial IV of 1, 2 and 3 bytes;
+* the heap the OSCORE modules add to a whole node's code, as .mpy and from ROMFS (the probe of
+  bench/node_heap.py).
 """
 
 from __future__ import annotations
@@ -200,6 +202,27 @@ print(json.dumps(out))
 """
 
 
+OSCORE_MODULES = ["protocol.aes_ccm", "protocol.oscore", "firmware.secure"]
+
+
+def code_heap() -> dict:
+    """Heap the OSCORE modules add on top of a whole emulated node's modules, as .mpy and from a
+    ROMFS image (bytecode in flash): bench/node_heap's probe with three more modules."""
+    from bench import node_heap as nh
+    from tools.slnode import emulate
+
+    probe = nh._PROBE % ("", nh.MODULES + OSCORE_MODULES)
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        mpy = nh._run_mp(emulate.compile_mpy(os.path.join(d, "mpy")), probe)
+        rom = nh._run_rom(nh.build_romfs(d), d, probe)
+    for label, fig in (("mpy", mpy), ("romfs", rom)):
+        mods = {m: fig["modules"][m] for m in OSCORE_MODULES}
+        out[label] = {"node_without_oscore": fig["total"] - sum(mods.values()), "oscore_modules": mods,
+                      "oscore_total": sum(mods.values())}
+    return out
+
+
 def run() -> dict:
     mp = os.path.join(os.path.dirname(sys.executable), "micropython")
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,6 +246,7 @@ def run() -> dict:
             v["plain_us"] = round(v["plain_us"], 1)
             v["oscore_us"] = round(v["oscore_us"], 1)
             fig[k] = v
+    fig["code_heap"] = code_heap()
     return fig
 
 
