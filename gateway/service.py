@@ -69,20 +69,78 @@ async def _exclusive(proto: str, host: str, port: int, section: str, bind: Any) 
 
 
 class Notifier:
-    """systemd notifications via sdnotify; a no-op without NOTIFY_SOCKET."""
+    """systemd notifications (sd_notify) over NOTIFY_SOCKET; a no-op without it.
+
+    Never blocks the event loop: the socket is non-blocking. A datagram socket whose reader
+    does not keep up (systemd busy, or stalled) fills after a few messages (the kernel's
+    net.unix.max_dgram_qlen, 10 by default), and a blocking send then froze the whole gateway:
+    no CoAP, no API, and a SIGTERM stop stuck in sending STOPPING=1 until systemd's
+    TimeoutStopSec killed it. Messages that do not fit wait here, in order, and go out when
+    the socket is writable again; a waiting WATCHDOG=1 or STATUS= is replaced by the newer one
+    rather than queued twice. What still waits when the service stops is dropped.
+    """
 
     def __init__(self) -> None:
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
-        self._n = None
+        self._sock: Any = None
+        self._pending: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         if self.enabled:
             import sdnotify
-            self._n = sdnotify.SystemdNotifier()
+            self._sock = sdnotify.SystemdNotifier().socket  # connected; None if it could not be
+            if self._sock is not None:
+                self._sock.setblocking(False)
         usec = os.environ.get("WATCHDOG_USEC", "")
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
 
     def notify(self, state: str) -> None:
-        if self._n is not None:
-            self._n.notify(state)
+        """Send `state` now, or as soon as systemd reads its socket (never blocks)."""
+        if self._sock is None:
+            return
+        data = state.encode()
+        if self._pending:
+            self._queue(data)
+            return
+        try:
+            self._sock.send(data)
+        except BlockingIOError:
+            self._queue(data)
+            self._watch()
+        except OSError:
+            pass  # systemd is gone: there is nobody to tell
+
+    def _queue(self, data: bytes) -> None:
+        key = data.split(b"=", 1)[0]
+        if key in (b"WATCHDOG", b"STATUS"):
+            self._pending = [d for d in self._pending if d.split(b"=", 1)[0] != key]
+        self._pending.append(data)
+
+    def _watch(self) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to wait in: drop rather than block
+            self._pending.clear()
+            return
+        self._loop.add_writer(self._sock, self._flush)
+
+    def _flush(self) -> None:
+        while self._pending:
+            try:
+                self._sock.send(self._pending[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._pending.clear()
+                break
+            self._pending.pop(0)
+        self.close()
+
+    def close(self) -> None:
+        """Stop waiting to send (at the end of a stop); what still waits is dropped."""
+        if self._loop is not None and self._sock is not None:
+            self._loop.remove_writer(self._sock)
+        self._loop = None
+        self._pending.clear()
 
 
 class Gateway:
@@ -256,6 +314,7 @@ class Gateway:
             self.credentials.close()  # after the CoAP context: no message uses them any more
         self.timesync = self.commands = self.modbus = self._runner = self.store = None
         self.northbound = None
+        self.notifier.close()
         log.info("slgw stopped; every accepted report and command state is on disk")
 
     async def _stop_coap(self) -> None:

@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -21,33 +22,103 @@ def register(gw: SlgwProcess, ep: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=30)
 
 
+class NotifySocket:
+    """The receiving end of NOTIFY_SOCKET, read by a thread the way systemd reads it."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.seen: list[str] = []
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:  # closed by close()
+                return
+            with self.changed:
+                self.seen.append(data.decode())
+                self.changed.notify_all()
+
+    def wait_for(self, pred, timeout: float = 30) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: pred(self.seen), timeout)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
 def test_sigterm_is_graceful_and_systemd_is_told(tmp_path):
     sock_path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(sock_path)
-    sock.settimeout(30)
+    systemd = NotifySocket(sock_path)
     gw = SlgwProcess(tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "300000"})
     try:
         gw.start()
-        seen: list[str] = []
-        deadline = time.monotonic() + 30
-        while seen.count("WATCHDOG=1") < 2 and time.monotonic() < deadline:
-            seen.append(sock.recv(4096).decode())
-        assert "READY=1" in seen and seen.count("WATCHDOG=1") >= 2, (seen, gw.log())
-        assert seen.index("READY=1") < seen.index("WATCHDOG=1")
+        assert systemd.wait_for(lambda seen: seen.count("WATCHDOG=1") >= 2), (systemd.seen, gw.log())
+        seen = list(systemd.seen)
+        assert "READY=1" in seen and seen.index("READY=1") < seen.index("WATCHDOG=1")
         r = register(gw, "s1")
         assert r.returncode == 0, (r.stderr, gw.log())
         assert gw.terminate() == 0, gw.log()
-        while "STOPPING=1" not in seen:
-            seen.append(sock.recv(4096).decode())
+        assert systemd.wait_for(lambda seen: "STOPPING=1" in seen), (systemd.seen, gw.log())
     finally:
         gw.stop()
-        sock.close()
+        systemd.close()
     log = gw.log()
     assert "slgw ready" in log and "slgw stopped" in log and "Traceback" not in log, log
     con = sqlite3.connect(gw.store)  # registration flushed, WAL checkpointed by close()
     assert con.execute("SELECT id FROM nodes").fetchall() == [("s1",)]
     con.close()
+
+
+def _fill(path: str) -> int:
+    """Queue datagrams on the notify socket until it takes no more (a systemd that does not
+    read); returns how many."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.connect(path)
+    s.setblocking(False)
+    n = 0
+    try:
+        while True:
+            s.send(b"FILLER=1")
+            n += 1
+    except BlockingIOError:
+        return n
+    finally:
+        s.close()
+
+
+def test_a_stalled_notify_socket_never_stalls_the_gateway(tmp_path):
+    # systemd busy or stalled: its notify socket is full. The gateway used to block in
+    # send(): READY=1 froze start-up (no API, no CoAP), STOPPING=1 froze a SIGTERM stop until
+    # systemd's TimeoutStopSec SIGKILLed it. Now it serves, and sends once systemd reads.
+    sock_path = str(tmp_path / "notify.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(sock_path)
+    rx.settimeout(30)
+    gw = SlgwProcess(tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "300000"})
+    try:
+        assert _fill(sock_path) > 0
+        gw.start()  # ready: /api/health answers while READY=1 waits
+        assert register(gw, "s1").returncode == 0, gw.log()
+        assert gw.api("GET", "/api/nodes")["nodes"][0]["id"] == "s1"
+        seen = []  # systemd catches up: what waited arrives, READY=1 first
+        while "WATCHDOG=1" not in seen:
+            seen.append(rx.recv(4096).decode())
+        seen = [m for m in seen if m != "FILLER=1"]
+        assert seen[0] == "READY=1", seen
+        _fill(sock_path)  # stalled again, then SIGTERM
+        assert gw.terminate() == 0, gw.log()
+    finally:
+        gw.stop()
+        rx.close()
+    log = gw.log()
+    assert "slgw stopped" in log and "Traceback" not in log, log
 
 
 NO_IPV6 = r"""
