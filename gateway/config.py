@@ -172,6 +172,13 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "thingsboard": (bool, False, "also publish node telemetry on ThingsBoard's gateway "
                         "topic v1/gateway/telemetry"),
     },
+    "web": {  # the web view served beside the API (gateway/web, docs/web.md)
+        "enabled": (bool, True, "serve the web view at / and /web/ on the API's address and port"),
+        "public": (bool, True, "the pages are readable without a token (read-only); false = "
+                   "signing in with the read or operator token is needed to see them too"),
+        "tariff_eur_per_kwh": (float, 0.20, "electricity price used to show savings in euros"),
+        "session_hours": (float, 12.0, "how long a browser stays signed in after entering a token"),
+    },
 }
 RAW_SECTIONS = ("modbus", "modbus_server")
 
@@ -192,7 +199,8 @@ CommandsConfig = _section_class("commands")
 SavingsConfig = _section_class("savings")
 LogConfig = _section_class("log")
 MqttConfig = _section_class("mqtt")
-_CLASSES = {"mqtt": MqttConfig, "coap": CoapConfig, "store": StoreConfig, "api": ApiConfig, "site": SiteConfig,
+WebConfig = _section_class("web")
+_CLASSES = {"mqtt": MqttConfig, "web": WebConfig, "coap": CoapConfig, "store": StoreConfig, "api": ApiConfig, "site": SiteConfig,
             "clock": ClockConfig, "nodes": NodesConfig, "commands": CommandsConfig,
             "savings": SavingsConfig, "log": LogConfig}
 
@@ -211,6 +219,7 @@ class Config:
     savings: Any = field(default_factory=SavingsConfig)
     log: Any = field(default_factory=LogConfig)
     mqtt: Any = field(default_factory=MqttConfig)
+    web: Any = field(default_factory=WebConfig)
     modbus_raw: dict = field(default_factory=dict)
     modbus_server_raw: dict = field(default_factory=dict)
     source: str | None = None
@@ -319,6 +328,8 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
             return 'must be an ISO 8601 date such as "2025-01-01"'
         if t % 900:  # energy is known per quarter hour (docs/energy.md §4)
             return "must fall on a 15-minute boundary (a date, or a time such as 17:00 or 17:15)"
+    if sec == "web" and key in ("tariff_eur_per_kwh", "session_hours") and not 0 <= v <= 1e6:
+        return "must be between 0 and 1e6"
     if sec == "log" and key == "level" and v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         return "must be DEBUG, INFO, WARNING or ERROR"
     if key in ("commit_interval_ms", "retention_raw_days", "retention_bucket_days",

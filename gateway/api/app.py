@@ -31,6 +31,7 @@ from gateway.commands import CommandError, NotFoundError
 from gateway.config import token_problem
 from gateway.store import StoreError
 from gateway.timefmt import iso_times
+from gateway.web import is_web
 
 log = logging.getLogger("slgw.api")
 GW = web.AppKey("gw", object)
@@ -62,7 +63,7 @@ async def errors_and_auth(request: web.Request,
                           ) -> web.StreamResponse:
     gw = request.app[GW]
     token, read_token = gw.config.api.token, gw.config.api.read_token
-    if token and request.path != "/openapi.json":
+    if token and request.path != "/openapi.json" and not is_web(request.path):
         given = request.headers.get("Authorization", "").encode()
         if hmac.compare_digest(given, f"Bearer {token}".encode()):
             pass  # the operator token: every route
@@ -90,6 +91,8 @@ async def errors_and_auth(request: web.Request,
         log.error("API request %s failed: store unavailable (%s); check disk space", request.path, exc)
         return _err(503, "unavailable", f"store unavailable: {exc}")
     except web.HTTPException as exc:
+        if is_web(request.path):
+            raise  # the web view's redirects and HTML pages
         return _err(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
     except Exception as exc:
         log.exception("API request %s %s failed unexpectedly; please report this", request.method,
@@ -356,4 +359,7 @@ def make_app(gw: Any) -> web.Application:
     app[GW] = gw
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    if gw.config.web.enabled:  # the web view (gateway/web, docs/web.md) on the same port
+        from gateway.web.views import routes
+        routes(app)
     return app
