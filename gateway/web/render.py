@@ -109,7 +109,9 @@ def table(head: Sequence[str], rows: Iterable[Sequence[str]], caption: str = "",
     cap = f"<caption>{h(caption)}</caption>" if caption else ""
     th = "".join(f'<th scope="col">{c}</th>' for c in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return (f'<div class="scroll"><table{attrs(**kw)}>{cap}<thead><tr>{th}</tr></thead>'
+    # focusable and named: a table wider than a phone scrolls, also from the keyboard
+    return (f'<div class="scroll" tabindex="0" role="region" aria-label="{h(caption or "table")}">'
+            f'<table{attrs(**kw)}>{cap}<thead><tr>{th}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
 
 
