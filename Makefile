@@ -6,8 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System packages the tests use as real peers (pty pairs, an independent Modbus master, Node.js
 # for the independent LwM2M peer, systemd-analyze to verify the unit; prlimit comes with
-# util-linux, always installed).
-SYSPKGS := socat mbpoll nodejs npm systemd mosquitto
+# util-linux, always installed), chromium for the web view's browser tests (tests/web: Playwright
+# drives Debian's chromium through executable_path, it never downloads a browser).
+SYSPKGS := socat mbpoll nodejs npm systemd mosquitto chromium
 # npm packages the interop tests use as real peers (an independent LwM2M server and client),
 # pinned by tests/interop_js/package-lock.json and installed into that folder only.
 INTEROP_JS := tests/interop_js
@@ -18,7 +19,7 @@ INTEROP_STAMP := $(INTEROP_JS)/node_modules/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

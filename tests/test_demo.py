@@ -20,6 +20,8 @@ def test_demo_brings_up_a_town_and_stops_everything(tmp_path):
             proc.wait()
     assert proc.returncode == 0, out
     assert "all nodes registered; programme pushed" in out
+    first = out.splitlines()[0]  # issue 14: the page's address before anything else
+    assert first.startswith("web view: http://127.0.0.1:") and "/web/" in first, out[:300]
     assert "Cabinet A: 2/2 online" in out and "Cabinet B: 2/2 online" in out
     assert "cabinet-A: ok" in out and "cabinet-B: ok" in out
     assert out.rstrip().endswith("stopped the gateway, the nodes and the meters")

@@ -177,7 +177,7 @@ class Town:
         nodes = (self.api_get("/api/nodes") or {}).get("nodes", [])
         meters = (self.api_get("/api/meters") or {}).get("meters", [])
         out = [f"Demo town — simulated {now:%a %d %b %Y %H:%M} ({TZ}), x{self.args.speed:g}   "
-               f"gateway API {self.api}   Ctrl-C stops", ""]
+               f"web {self.api}/web/   Ctrl-C stops", ""]
         for cab in self.cabinets:
             mine = sorted((n for n in nodes if n.get("cabinet") == cab), key=lambda n: n["id"])
             total_w = sum(n.get("power_w") or 0 for n in mine)
@@ -216,6 +216,9 @@ class Town:
         self.dir.mkdir(parents=True)
         feeder = threading.Thread(target=self.feed_meters, daemon=True)
         try:
+            # first, so it is on screen before anything else (docs/web.md)
+            print(f"web view: {self.api}/web/  (open it in a browser; the demo sets no API token, so "
+                  "its controls are open to anyone on this machine)", flush=True)
             print(f"starting the town in {self.dir} ...", flush=True)
             self.start_gateway(self.start_meters())
             self.start_nodes()

@@ -532,6 +532,8 @@ async def energy_page(request: web.Request) -> web.Response:
     etab = table(["Period", "Measured", "Baseline", "Quality", "Coverage"], rows,
                  caption=f"Energy by period ({tz})", id="energy-table", data_from=f_iso,
                  data_to=t_iso, data_by=by, data_total_wh=res["total_wh"])
+    if len(rows) > 31:  # a phone would scroll past 96 quarter hours to reach the savings
+        etab = f"<details><summary>The {len(rows)} periods as a table</summary>{etab}</details>"
     s = sav["site"]
     eur = None if s["saved_wh"] is None else s["saved_wh"] / 1000 * tariff
     savings = (f'<dl class="facts" id="savings"{attrs(data_baseline_wh=s["baseline_wh"], data_actual_wh=s["actual_wh"], data_saved_wh=s["saved_wh"], data_saved_pct=s["saved_pct"])}>'
@@ -549,7 +551,8 @@ async def energy_page(request: web.Request) -> web.Response:
                     caption="Savings by cabinet", id="savings-cabinets") if cab_rows else ""
     circuit = await _circuits(gw, [chosen["cabinet"]] if chosen["cabinet"] else
                               (cabinets if sel == "town" else []), f_iso, t_iso)
-    body = (form + f'<p class="lead">{h(res["selection"])}: {kwh(res["total_wh"])} from '
+    who = "The whole town" if res["selection"] == "site" else res["selection"]
+    body = (form + f'<p class="lead">{h(who)}: {kwh(res["total_wh"])} from '
             f'{h(local(start, tz))} to {h(local(end, tz))} ({h(res["quality"])}).</p>'
             + chart + etab + f"<h2>Savings</h2>{savings}{cab_tab}{circuit}")
     return _render(request, "Energy and savings", body, "/web/energy")
@@ -608,17 +611,24 @@ async def map_page(request: web.Request) -> web.Response:
     ys = [-n["lat"] for n in placed]
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     span = max(x1 - x0, y1 - y0, 1e-5)
-    size, pad = 1000, 40
-    w = pad * 2 + (x1 - x0) / span * (size - 2 * pad)
+    size, pad = 1000, 80
+    w = pad * 2 + (x1 - x0) / span * (size - 2 * pad) + 120
     hgt = pad * 2 + (y1 - y0) / span * (size - 2 * pad)
-    dots = []
+    dots, seen = [], Counter()
+    r = 18
     for n, x, y in zip(placed, xs, ys, strict=True):
         cx = pad + (x - x0) / span * (size - 2 * pad)
         cy = pad + (y - y0) / span * (size - 2 * pad)
+        k = seen[(round(cx), round(cy))]
+        seen[(round(cx), round(cy))] += 1
+        if k:  # poles at the same coordinates (a node that reports its cabinet's): side by side
+            cx += 2.4 * r * k
         label = f"{n['id']}: {STATE_LABEL[n['state']]}, level {n['level']} %"
         dots.append(f'<a href="/web/lamps/{quote(n["id"], safe="")}" aria-label="{h(label)}">'
-                    f'<circle class="s-{n["state"]}" cx="{cx:.1f}" cy="{cy:.1f}" r="12">'
-                    f'<title>{h(label)}</title></circle></a>')
+                    f'<circle class="s-{n["state"]}" cx="{cx:.1f}" cy="{cy:.1f}" r="{r}">'
+                    f'<title>{h(label)}</title></circle>'
+                    + (f'<text x="{cx:.1f}" y="{cy + r + 22:.1f}" text-anchor="middle">'
+                       f'{h(n["id"])}</text>' if len(placed) <= 60 else "") + "</a>")
     metres = span * 111_320  # a degree of latitude is about 111 km
     legend = "".join(f'<li><span class="dot s-{k}"></span>{h(v)}</li>' for k, v in STATE_LABEL.items())
     body = (f'<figure class="map"><svg viewBox="0 0 {w:.0f} {hgt:.0f}" role="group" '
