@@ -390,7 +390,7 @@ def _until_seconds(text: str, now: float, tz: str) -> int:
     end = cur.replace(hour=hh, minute=mm, second=0, microsecond=0)
     if end.timestamp() <= now:
         end = (cur + timedelta(days=1)).replace(hour=hh, minute=mm, second=0, microsecond=0)
-    return int(end.timestamp() - now)
+    return math.ceil(end.timestamp() - now)
 
 
 async def action(request: web.Request) -> web.Response:
@@ -417,10 +417,11 @@ async def action(request: web.Request) -> web.Response:
             done = _outcome(res, f"Level {lv} %")
         elif what == "override":
             lv = _level_arg(form)
-            secs = _until_seconds(str(form.get("until", "")), gw.clock.now(), _tz(gw))
+            now = gw.clock.now()
+            secs = _until_seconds(str(form.get("until", "")), now, _tz(gw))
+            end = local(now + secs, _tz(gw), "%H:%M")  # the time asked, not after the wait
             res = await gw.commands.submit(nid, "override", {"level": lv, "seconds": secs},
                                            wait=ACTION_WAIT)
-            end = local(gw.clock.now() + secs, _tz(gw), "%H:%M")
             done = _outcome(res, f"Override {lv} % until {end}")
         else:
             done = await _identify(gw, nid)
