@@ -165,7 +165,10 @@ class Secure:
             if ctx.echo is None:
                 ctx.echo = self.rand(8)
             self.stats["echo"] += 1
-            self._copy(ctx.echo_response(req, e.rid), resp)
+            try:
+                self._copy(ctx.echo_response(req, e.rid), resp)
+            except (oscore.OscoreError, OSError) as e2:
+                self._refuse(resp, coap.SERVICE_UNAVAILABLE, "cannot protect: %s" % e2)
             return
         except oscore.OscoreError as e:
             self.stats["refused"] += 1
@@ -195,7 +198,11 @@ class Secure:
             self.obs[req.token] = rid
         elif obs == 1:
             self.obs.pop(req.token, None)
-        self._copy(ctx.protect_response(ir, rid), resp)
+        try:
+            self._copy(ctx.protect_response(ir, rid), resp)
+        except (oscore.OscoreError, OSError) as e:  # no sequence number to answer with
+            self._refuse(resp, coap.SERVICE_UNAVAILABLE, "cannot protect: %s" % e)
+            return
         if self.pending is not None:  # rotation: this 2.04 went out under the old context
             keys = self.pending
             self.pending = None
@@ -221,7 +228,11 @@ class Secure:
         rid = self.obs.get(msg.token)
         if rid is None or self.ctx is None:
             return None
-        return self.ctx.protect_response(msg, rid, True)
+        try:
+            return self.ctx.protect_response(msg, rid, True)
+        except (oscore.OscoreError, OSError) as e:
+            self.log("oscore: notification not sent: %s" % e)
+            return None
 
     def rotate(self, ms, salt, sid):
         """Store new keys (/10250/0/30) atomically; they take effect after the 2.04."""
@@ -243,7 +254,13 @@ class Secure:
             self.error = "no valid OSCORE keys: nothing is sent"
             return None
         for attempt in range(2):
-            outer, rid = ctx.protect_request(msg)
+            try:
+                outer, rid = ctx.protect_request(msg)
+            except (oscore.OscoreError, OSError) as e:
+                # sequence numbers exhausted, or the bound could not be written to flash: a
+                # number that is not persisted is never used
+                self.error = "cannot protect: %s" % e
+                return None
             got = []
 
             def accept(r, rid=rid, got=got):

@@ -466,3 +466,26 @@ def test_aes_ccm_under_micropython_agrees_with_the_cryptography_package(tmp_path
     (tmp_path / "ccm.py").write_text(MP_CCM)
     rc, out, err = run_mp([str(tmp_path / "ccm.py")], tmp_path)
     assert rc == 0 and out.strip() == "bad 0", out + err
+
+
+def test_a_sequence_number_whose_bound_cannot_be_written_is_never_used():
+    """B.1.1: if the flash write of the new bound fails, protect fails and the number stays
+    unused; the next attempt that persists uses it. Exhaustion (2^40) is a clear error."""
+    state = {"fail": True, "saved": []}
+
+    def persist(bound):
+        if state["fail"]:
+            raise OSError(28, "no space")
+        state["saved"].append(bound)
+
+    c = node_ctx(seq=512, persist=persist, seq_block=16)
+    with pytest.raises(OSError):
+        c.protect_request(send_request())
+    assert c.seq == 512 and c.seq_bound == 512
+    state["fail"] = False
+    outer, rid = c.protect_request(send_request())
+    assert rid.piv == oscore.piv_bytes(512) and state["saved"] == [528]
+    c.seq = oscore.MAX_SEQ + 1
+    with pytest.raises(oscore.OscoreError) as e:
+        c.protect_request(send_request())
+    assert "exhausted" in str(e.value)
