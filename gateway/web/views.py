@@ -27,7 +27,7 @@ from aiohttp import web
 from gateway.energy.periods import floor_period, next_period
 from gateway.timefmt import iso
 from gateway.web import auth
-from gateway.web.expect import is_night, wanted_level
+from gateway.web.expect import classify, is_night, wanted_level
 from gateway.web.render import (
     ago,
     attrs,
@@ -130,23 +130,8 @@ async def _classified(gw: Any) -> tuple[list[dict[str, Any]], float, bool]:
         t_rep = parse_iso(n["last_report"])
         want_then = want if t_rep is None or n["hold"] else wanted_level(
             steps[n["id"]], lat, lon, tz, t_rep, default)
-        if not n["online"]:
-            state = "offline"
-        elif n["fault_flags"]:
-            state = "fault"
-        elif level is None:
-            state = "offline"
-        elif level == 0 and want > 0 and want_then > 0:
-            state = "dark"
-        elif level > 0 and not n["hold"] and not is_night(lat, lon, now) and want == 0 \
-                and want_then == 0:
-            state = "dayburn"
-        elif level == 0:
-            state = "off"
-        elif level >= 100:
-            state = "on"
-        else:
-            state = "dimmed"
+        state = classify(n["online"], n["fault_flags"], level, bool(n["hold"]), want, want_then,
+                         is_night(lat, lon, now))
         n["state"] = state
     site = gw.config.site
     return nodes, now, is_night(site.latitude, site.longitude, now)
