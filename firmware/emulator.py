@@ -60,12 +60,21 @@ class Emulator:
             hal, self.factory = make_emulated(n["flash"], n["id"], spec, n.get("truth_wh", 0.0), n.get("uart"))
             self.nodes.append(self._make_node(n, hal))
         self.heap_peak = 0
+        # Booted by the boot selector (firmware/boot_select.py, one node per process): a reset
+        # ends the process (the launcher starts it again, as the board would boot), and an
+        # exception out of a node ends it too, for the selector to see (docs/ota.md)
+        self.slots = bool(spec.get("slots"))
+        self.done = asyncio.Event()
+        self.reset = False
+        self.crash = None
 
     def _make_node(self, n, hal):
         spec = self.spec
         ov = {"id": n["id"], "gateway": spec["gateway"]}
         if spec.get("report_period"):
             ov["report_period"] = spec["report_period"]
+        if spec.get("ota_trial_s"):
+            ov["ota_trial_s"] = spec["ota_trial_s"]
         node = Node(hal, self.factory, ack_timeout_ms=spec.get("ack_timeout_ms") or 2000, port=n.get("port") or 0,
                     log=_logger(n["id"]), overrides=ov)
         node.truth = self.write_truth
@@ -82,9 +91,19 @@ class Emulator:
                 await node.run()
                 return
             except ResetRequested:
+                if self.slots:
+                    self.reset = True
+                    self.done.set()
+                    return
                 node.hal.reboot()
                 self.nodes[i] = self._make_node(self.spec["nodes"][i], node.hal)
                 print(self.spec["nodes"][i]["id"] + ": rebooted")
+            except Exception as e:  # noqa: BLE001 - only with slots; else as before
+                if not self.slots:
+                    raise
+                self.crash = e
+                self.done.set()
+                return
 
     async def heap_watch(self):
         """Sample the heap in use every 50 real ms; the peak is printed at exit."""
@@ -176,6 +195,10 @@ class Emulator:
                 self.apply(cmds[applied])
                 applied += 1
 
+    async def _stdin_done(self):
+        await self.watch_stdin()
+        self.done.set()
+
     def apply(self, cmd):
         for n in self.nodes:
             nid = n.cfg["id"] if n.cfg else None
@@ -197,8 +220,11 @@ class Emulator:
         tasks.append(asyncio.create_task(self.heap_watch()))
         tasks.append(asyncio.create_task(self.truth_ticks()))
         tasks.append(asyncio.create_task(self.control()))
-        await self.watch_stdin()
+        tasks.append(asyncio.create_task(self._stdin_done()))
+        await self.done.wait()
         for n in self.nodes:
+            if self.reset or self.crash is not None:
+                continue  # a reset or a crash: nothing more is written (the node persisted before)
             n.stop()
             self.write_truth(n, "stop")
         for t in tasks:
@@ -238,6 +264,11 @@ def main():
     gc.threshold(gc.mem_free() // 8)  # keeps the heap unfragmented: see firmware/main.py
     em = Emulator(spec)
     asyncio.run(em.main())
+    if em.crash is not None:
+        raise em.crash  # firmware/boot_select.py records it and resets
+    if em.reset:
+        print("emulator: reset")
+        sys.exit(75)  # boot_select.RESET_EXIT: the launcher boots the process again
     gc.collect()
     # the live MicroPython heap of all nodes here (the HIL memory bench divides it per node)
     print("emulator: stopped cleanly, heap %d bytes in use for %d nodes" % (gc.mem_alloc(), len(em.nodes)))

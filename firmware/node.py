@@ -40,6 +40,7 @@ import os
 from firmware import config as config_mod
 from firmware import faults as faults_mod
 from firmware.endpoint import Endpoint
+from firmware.ota import Ota
 from firmware.resources import Resources
 from protocol import coap, report
 from protocol.lwm2m import (
@@ -70,7 +71,7 @@ def has_keys(path):
     return False
 # `</>;rt="oma.lwm2m";ct=112` tells a standard server to use SenML-CBOR (Core 1.1 §6.2.1,
 # Register "Objects and Object Instances"); without it Wakaama asks for TLV, which we lack.
-OBJECT_LINKS = '</>;rt="oma.lwm2m";ct=112,</1/0>,</3/0>,</6/0>,</3305/0>,</3311/0>,</3416/0>,</10250/0>'
+OBJECT_LINKS = '</>;rt="oma.lwm2m";ct=112,</1/0>,</3/0>,</5/0>,</6/0>,</3305/0>,</3311/0>,</3416/0>,</10250/0>,</10251/0>'
 
 
 class Node:
@@ -95,6 +96,7 @@ class Node:
         self.ep = None
         self.sec = None  # firmware/secure.Secure, or None: no oscore.json, unprotected
         self.res = Resources(self)
+        self.ota = None  # firmware/ota.Ota (object 5), made at boot
         self.peer = None
         self.reg_path = None
         self.registered = False
@@ -124,6 +126,9 @@ class Node:
             cfg["id"] = "node-" + "".join("%02x" % b for b in self.hal.unique_id())
         self.p = self.make_parts(self.hal, self.cfg, self.log)
         self.sec = self._load_keys()
+        self.ota = Ota(self)
+        if self.ota.safe:
+            self.log("safe mode after %d failed boots: lamp at the fail-safe level" % (self.ota.st["boots"] - 1))
         self.faults |= self.p.faults  # e.g. a schedule or outbox record found corrupt
         self.faults |= FAULT_SUPPLY_LOSS  # reported once (first report after boot)
         self.first_seq = self.p.seq.peek()
@@ -147,6 +152,8 @@ class Node:
     def wanted_level(self):
         """The level in force now: override, else schedule, else default (SPEC §5.2, §6)."""
         now = self.hal.rtc_get()
+        if self.ota.safe:  # docs/ota.md: safe mode keeps the fail-safe level, whatever else
+            return self.cfg["default_level"]
         lvl = self.p.override.active_level()
         if lvl is not None:
             return lvl
@@ -254,6 +261,8 @@ class Node:
             return c["lifetime"]
         if name == "command":  # uCIFI 3416 command: the level in force
             return self.wanted_level()
+        if name.startswith("fw_"):
+            return self.ota.get(name)
         return {
             "srv_id": 1, "binding": "U", "mfr": "streetlight-edge", "model": "emulated" if c["meter"]["type"] == "emulated" else "esp32",
             "serial": c["id"], "fw": FW_VERSION, "tz": c["tz"], "lat": c["lat"], "lon": c["lon"],
@@ -306,6 +315,8 @@ class Node:
                 return str(e)
             self.log("oscore: new keys stored; in use after this answer")
             return None
+        elif name == "fw_uri":
+            return self.ota.set_uri(v)
         elif name in ("lat", "lon", "group", "cabinet"):
             c[name] = v
             if name in ("lat", "lon"):
@@ -318,6 +329,9 @@ class Node:
         return None
 
     def res_exec(self, name):
+        """Run an Execute. Returns None, or why it is refused (answered 4.05)."""
+        if name == "fw_update":
+            return self.ota.execute_update()
         if name == "reboot":
             self.reboot_at = self.p.mono()
             self.wake.set()
@@ -334,6 +348,13 @@ class Node:
         if cf is not None:
             m.add_option(coap.CONTENT_FORMAT, cf)
         m.payload = payload
+        return await self.send(m)
+
+    async def send(self, m):
+        """Send request ``m`` to the gateway (protected when we have keys). Returns the
+        (inner) response or None."""
+        if self.peer is None:
+            return None
         if self.sec is not None:
             return await self.sec.request(self.ep, m, self.peer)
         return await self.ep.request(m, self.peer)
@@ -473,6 +494,7 @@ class Node:
         while not self.stopping:
             self.hal.watchdog_feed()
             await self.p.poll(self)
+            self.ota.tick(self.ep.now_ms())
             self.apply_level()
             mono = self.p.mono()
             if mono >= next_report:

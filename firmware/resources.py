@@ -106,6 +106,17 @@ _TABLE = {
     (10250, 0, 9): (_E, _K_NONE, 0, 0, "identify"),
     (10250, 0, 10): (_R, _K_INT, 0, 0, "override_left"),
     (10250, 0, 30): (_W, _K_KEYS, 0, 0, "oscore_keys"),
+    # Firmware Update 5 (application bundles, SPEC §13; firmware/ota.py), and the vendor object
+    # 10251 beside it: the slot running (and its mode), the reason of the last Update Result
+    (5, 0, 1): (_R | _W, _K_STR, 0, 255, "fw_uri"),
+    (5, 0, 2): (_E, _K_NONE, 0, 0, "fw_update"),
+    (5, 0, 3): (_R | _O, _K_INT, 0, 0, "fw_state"),
+    (5, 0, 5): (_R | _O, _K_INT, 0, 0, "fw_result"),
+    (5, 0, 6): (_R, _K_STR, 0, 0, "fw_name"),
+    (5, 0, 7): (_R, _K_STR, 0, 0, "fw_version"),
+    (5, 0, 9): (_R, _K_INT, 0, 0, "fw_delivery"),
+    (10251, 0, 0): (_R, _K_STR, 0, 0, "fw_slot"),
+    (10251, 0, 1): (_R, _K_STR, 0, 0, "fw_why"),
     # uCIFI Outdoor lamp controller 3416 (object version 2.0): the resources that are ours under
     # another number (SPEC §12). Command = a manual level (as /3311/0/5851), read as the level
     # in force; dimming level = the actual level; failures from the fault flags.
@@ -375,7 +386,9 @@ class Resources:
             if len(ids) != 3 or not _TABLE[keys[0]][0] & _E:
                 raise Bad(coap.METHOD_NOT_ALLOWED, "not executable" if len(ids) == 3 else "Create not supported")
             resp.code = coap.CHANGED
-            self.app.res_exec(_TABLE[keys[0]][4])
+            why = self.app.res_exec(_TABLE[keys[0]][4])
+            if why:  # e.g. Update /5/0/2 with nothing downloaded (LwM2M: 4.05)
+                raise Bad(coap.METHOD_NOT_ALLOWED, why)
         else:
             raise Bad(coap.METHOD_NOT_ALLOWED, "method not allowed")
 

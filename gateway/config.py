@@ -179,6 +179,19 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "tariff_eur_per_kwh": (float, 0.20, "electricity price used to show savings in euros"),
         "session_hours": (float, 12.0, "how long a browser stays signed in after entering a token"),
     },
+    "firmware": {  # over-the-air updates (gateway/ota, docs/ota.md)
+        "dir": (str, "", "where bundles and roll-out state are kept; \"\" = `firmware` beside "
+                "the database"),
+        "max_downloads": (int, 8, "nodes downloading a bundle at once (the rest wait), so block "
+                          "transfers never crowd out live reports"),
+        "halt_pct": (float, 20.0, "a roll-out halts when more than this % of the nodes updated so "
+                     "far failed (the default of `--halt`)"),
+        "poll_s": (float, 2.0, "how often a node's update state (/5/0/3, /5/0/5) is read"),
+        "download_timeout_s": (float, 600.0, "a node that has not downloaded the bundle by then "
+                               "counts as failed"),
+        "trial_timeout_s": (float, 900.0, "a node that has neither committed nor rolled back by "
+                            "then after its reboot counts as failed"),
+    },
 }
 RAW_SECTIONS = ("modbus", "modbus_server")
 
@@ -200,9 +213,10 @@ SavingsConfig = _section_class("savings")
 LogConfig = _section_class("log")
 MqttConfig = _section_class("mqtt")
 WebConfig = _section_class("web")
+FirmwareConfig = _section_class("firmware")
 _CLASSES = {"mqtt": MqttConfig, "web": WebConfig, "coap": CoapConfig, "store": StoreConfig, "api": ApiConfig, "site": SiteConfig,
             "clock": ClockConfig, "nodes": NodesConfig, "commands": CommandsConfig,
-            "savings": SavingsConfig, "log": LogConfig}
+            "savings": SavingsConfig, "log": LogConfig, "firmware": FirmwareConfig}
 
 
 @dataclass
@@ -220,6 +234,7 @@ class Config:
     log: Any = field(default_factory=LogConfig)
     mqtt: Any = field(default_factory=MqttConfig)
     web: Any = field(default_factory=WebConfig)
+    firmware: Any = field(default_factory=FirmwareConfig)
     modbus_raw: dict = field(default_factory=dict)
     modbus_server_raw: dict = field(default_factory=dict)
     source: str | None = None
@@ -349,6 +364,10 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
     if key in ("concurrency", "max_attempts", "default_lifetime", "dedup_entries",
                "max_connections") and v < 1:
         return "must be >= 1"
+    if sec == "firmware" and key != "dir" and v <= 0:
+        return "must be > 0"
+    if sec == "firmware" and key == "halt_pct" and v > 100:
+        return "must be a percentage 0-100"
     if key in ("timeout_s", "aggregate_interval_s", "header_timeout_s") and v <= 0:
         return "must be > 0"
     if sec == "mqtt":

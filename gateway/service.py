@@ -164,6 +164,7 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self.notifier = Notifier()
         self.client: NodeClient | None = None
+        self.firmware: Any = None  # gateway.ota.rollout.FirmwareService
         self.coap_address = ""
         self.api_url = ""
         self.api_guard: ConnectionGuard | None = None
@@ -220,6 +221,8 @@ class Gateway:
                                     on_reports=self.timesync.after_reports,
                                     default_lifetime=cfg.nodes.default_lifetime,
                                     security=cfg.coap.security, probe=self._probe)
+            self.firmware = self._firmware(client)
+            self.coap.firmware = self.firmware.bundles
             if oscore:
                 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
                 self._ctx.serversite = OscoreSiteWrapper(self.coap, self.credentials)
@@ -252,6 +255,16 @@ class Gateway:
                  "" if self.clock.trusted() else " (not NTP-synchronised: node time sync paused)")
         self.notifier.notify("READY=1")
         self.notifier.notify("STATUS=serving")
+
+    def _firmware(self, client: NodeClient) -> Any:
+        """The update service (gateway/ota): bundles in [firmware] dir, else beside the store."""
+        from gateway.ota.rollout import FirmwareService
+        fw = self.config.firmware
+        root = fw.dir or os.path.join(os.path.dirname(os.path.abspath(self.config.store.path)), "firmware")
+        host = self.config.coap.bind if self.config.coap.bind not in ("", "0.0.0.0", "::") else "gateway"
+        return FirmwareService(root, self.registry, client, f"{host}:{self.config.coap.port}",
+                               max_downloads=fw.max_downloads, halt_pct=fw.halt_pct, poll_s=fw.poll_s,
+                               download_timeout_s=fw.download_timeout_s, trial_timeout_s=fw.trial_timeout_s)
 
     def _load_keys(self) -> None:
         """Load every node's OSCORE context; raises keystore.PermissionProblem (naming the
@@ -295,6 +308,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         steps = [
+            ("firmware roll-out", self.firmware.stop if self.firmware else None),
             ("CoAP server", self._stop_coap),
             ("time sync", self.timesync.stop if self.timesync else None),
             ("command queue", self.commands.stop if self.commands else None),

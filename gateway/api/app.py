@@ -29,6 +29,7 @@ from gateway.api.openapi import document
 from gateway.backup import BackupRefused
 from gateway.commands import CommandError, NotFoundError
 from gateway.config import token_problem
+from gateway.ota.api import ROUTES as FIRMWARE_ROUTES
 from gateway.store import StoreError
 from gateway.timefmt import iso_times
 from gateway.web import is_web
@@ -350,6 +351,7 @@ ROUTES = [
     ("GET", "/api/northbound", northbound),
     ("POST", "/api/keys/rotate", rotate_key),
     ("GET", "/openapi.json", openapi),
+    *FIRMWARE_ROUTES,  # gateway/ota/api.py
 ]
 
 

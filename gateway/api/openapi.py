@@ -300,6 +300,11 @@ PATHS: dict[str, Any] = {
 }
 
 
+def _firmware_paths() -> dict[str, Any]:
+    from gateway.ota.api import openapi_paths  # gateway/ota owns its routes and their description
+    return openapi_paths(_op, _json)
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.0.3 document (a fresh dict)."""
     return {
@@ -313,5 +318,5 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "components": {"schemas": SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": PATHS,
+        "paths": {**PATHS, **_firmware_paths()},
     }

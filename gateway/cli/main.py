@@ -24,6 +24,7 @@ import re
 import sys
 from typing import Any
 
+from gateway.cli import firmware as firmware_cli
 from gateway.cli import keys as keys_cli
 from gateway.cli import render
 from gateway.cli.client import ApiClient, ApiFailure, Unreachable
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_parser("status", help="connected, outbox depth, oldest entry, last error",
                   parents=[common])
     keys_cli.add_parser(sub, common, _Parser)
+    firmware_cli.add_parser(sub, common, _Parser)
     return p
 
 
@@ -286,6 +288,8 @@ def run_client(args: argparse.Namespace) -> tuple[str, Any]:
         return "meters", api.call("GET", "/api/meters")
     if cmd == "northbound":
         return "northbound", api.call("GET", "/api/northbound")
+    if cmd == "firmware":
+        return firmware_cli.run(args, api, UsageError)
     raise UsageError(f"unknown command {cmd}")
 
 
@@ -391,6 +395,8 @@ def _main(argv: list[str] | None) -> int:
         print(json.dumps(doc, indent=2))
     elif kind == "keys_rotated":
         keys_cli.human(kind, doc, sys.stdout)
+    elif kind.startswith("fw_"):
+        firmware_cli.human(kind, doc, sys.stdout)
     else:
         render.human(kind, doc, sys.stdout)
     return EXIT_OK

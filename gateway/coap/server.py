@@ -29,6 +29,7 @@ from aiocoap.numbers.codes import Code
 from gateway.coap.security import endpoint_of
 from gateway.ingest import parse_payload
 from gateway.nodes.registry import RegistrationRefused
+from gateway.ota.serve import render_fw
 from gateway.store import StoreUnavailable
 from protocol import linkformat, lwm2m
 
@@ -223,6 +224,7 @@ class LwM2MServer(resource.Resource):
         self.on_registered = on_registered
         self.on_reports = on_reports
         self.default_lifetime = default_lifetime
+        self.firmware: Any = None  # gateway.ota.bundles.BundleStore: serves /fw (SPEC §13)
         self.badlog = RateLimitedLog()
         self.stats = {"register": 0, "update": 0, "deregister": 0, "send": 0, "reports": 0,
                       "bad": 0, "unavailable": 0, "error": 0, "unauthorized": 0, "forbidden": 0}
@@ -283,6 +285,9 @@ class LwM2MServer(resource.Resource):
             if request.code != Code.POST:
                 raise BadRequest(Code.METHOD_NOT_ALLOWED, "/dp takes POST (Send)")
             return await self._send(request, host, auth)
+        if path and path[0] == "fw" and self.firmware is not None:  # bundles (gateway/ota/serve.py)
+            return render_fw(request, self.firmware,
+                             self.security != "oscore" or endpoint_of(request.remote) is not None)
         raise BadRequest(Code.NOT_FOUND, "no resource /{}".format("/".join(path)))
 
     # --- /rd -----------------------------------------------------------------------------

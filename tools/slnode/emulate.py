@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+RESET_EXIT = 75  # firmware/boot_select.py: the node asked for a reset (--slots)
 
 
 class EmulateError(Exception):
@@ -90,6 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uart", action="append", default=[],
                    help="serial line (pty) of node i's Modbus meter; repeat for nodes 0, 1, ...")
     p.add_argument("--truth-period", type=float, help="simulated seconds between truth lines (default: the report period)")
+    p.add_argument("--slots", action="store_true",
+                   help="boot through the boot selector (firmware/boot_select.py, installed as the flash's "
+                        "main.py) with two update slots, as a device flashed by slnode does: over-the-air "
+                        "updates work and a reset restarts the process (one node only)")
+    p.add_argument("--ota-trial", type=float, metavar="S",
+                   help="seconds a trial boot has to pass its health check (default 300, docs/ota.md)")
     p.add_argument("--oscore-keys", metavar="DIR",
                    help="give each node OSCORE keys (kept on its flash) and write DIR/<id>.oscore.json for slgw keys import")
 
@@ -136,6 +143,8 @@ def prepare(args) -> dict:
 
     if args.count < 1 or args.count > 1000:
         raise EmulateError("--count must be 1..1000")
+    if getattr(args, "slots", False) and args.count != 1:
+        raise EmulateError("--slots runs one node per process: use --count 1 (and one process per node)")
     if args.clock_speed <= 0:
         raise EmulateError("--clock-speed must be > 0")
     try:
@@ -183,6 +192,8 @@ def prepare(args) -> dict:
         "ack_timeout_ms": args.ack_timeout,
         "report_period": args.report_period,
         "truth_period": args.truth_period,
+        "slots": bool(getattr(args, "slots", False)),
+        "ota_trial_s": getattr(args, "ota_trial", None),
     }
 
 
@@ -261,7 +272,19 @@ def build_command(spec: dict, heap: str | None = None, mpy_dir: str | None = Non
         return romfsmod.command(os.path.abspath(romfs), romfsmod.EMULATOR, os.path.dirname(spec_path),
                                 heap or "1m", spec_path)
     env = dict(os.environ)
-    if mpy_dir:
+    if spec.get("slots"):
+        # the device's layout: /main.py is the boot selector; the factory application is what
+        # MICROPYPATH holds (the sources, or the mpy build); updates land in <flash>/app/{a,b}
+        flash = spec["nodes"][0]["flash"]
+        main_py = os.path.join(flash, "main.py")
+        with open(os.path.join(ROOT, "firmware", "boot_select.py"), "rb") as f:
+            data = f.read()
+        with open(main_py + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(main_py + ".tmp", main_py)
+        cmd += [main_py, spec_path]
+        env["MICROPYPATH"] = (mpy_dir or ROOT) + ":.frozen"
+    elif mpy_dir:
         # The Unix port puts '' (the cwd) first on sys.path: from a cwd holding the sources
         # (the repository root), firmware/*.py would shadow the .mpy build and be compiled
         # on import (more heap, not what runs on the device). Drop it, whatever the cwd.
@@ -299,7 +322,7 @@ def run(args) -> int:
     # Own session: a terminal's Ctrl-C or a process-group SIGTERM (timeout, systemd) reaches
     # only this launcher, which stops the child cleanly through its stdin.
     child = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, cwd=ROOT, start_new_session=True)
-    stopping = []
+    stopping: list[float] = []
 
     def stop(signum, frame):
         stopping.append(time.time())
@@ -313,6 +336,10 @@ def run(args) -> int:
         while True:
             try:
                 rc = child.wait(timeout=0.5)
+                if rc == RESET_EXIT and spec.get("slots") and not stopping:
+                    # the node reset itself (an update, a rollback, a crash): boot it again
+                    child = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, cwd=ROOT, start_new_session=True)
+                    continue
                 break
             except subprocess.TimeoutExpired:
                 if stopping and time.time() - stopping[0] > 15:

@@ -1,0 +1,91 @@
+"""Helpers of the update tests: bundles built from a patched copy of the tree, and nodes run
+the way a flashed device boots (`slnode emulate --slots`: the boot selector as main.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "gateway"))
+sys.path.insert(0, str(ROOT / "tests" / "firmware"))
+
+from slgw_harness import SLGW, SlgwProcess  # noqa: E402,F401
+
+from tools.slnode import build as slbuild  # noqa: E402
+
+NODE_TOML = """id = "x"
+gateway = "coap://127.0.0.1:5683"
+report_period = 30
+lifetime = 120
+jitter = 1
+default_level = 80
+"""
+
+
+def make_tree(dst: Path, version: str, patches: dict[str, list[tuple[str, str]]] | None = None) -> Path:
+    """A copy of firmware/ and protocol/ with FW_VERSION = ``version`` and ``patches``
+    ({relpath: [(old, new), ...]}, each old text must occur once)."""
+    for pkg in ("firmware", "protocol"):
+        shutil.copytree(ROOT / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__", "vectors"))
+    shutil.copy(ROOT / "pyproject.toml", dst / "pyproject.toml")
+    patches = dict(patches or {})
+    patches.setdefault("firmware/node.py", []).append(('FW_VERSION = "0.1.0"', f'FW_VERSION = "{version}"'))
+    for rel, subs in patches.items():
+        p = dst / rel
+        text = p.read_text()
+        for old, new in subs:
+            assert text.count(old) == 1, (rel, old)
+            text = text.replace(old, new)
+        p.write_text(text)
+    return dst
+
+
+def build_bundle(work: Path, version: str, patches=None, name: str | None = None) -> Path:
+    """``slnode build`` of a patched tree; returns the build directory."""
+    name = name or f"bundle-{version}"
+    tree = make_tree(work / f"{name}-src", version, patches)
+    out = work / name
+    slbuild.build(out, root=tree, quiet=True)
+    return out
+
+
+def node_argv(work: Path, nid: str, gateway_port: int, *, keys: Path | None = None, trial_s: float = 20,
+              speed: float = 1.0, extra: list[str] | None = None) -> list[str]:
+    """The `slnode emulate --slots` command of one node (its flash: work/flash-<nid>)."""
+    toml = work / f"{nid}.toml"
+    toml.write_text(NODE_TOML)
+    argv = [sys.executable, "-m", "tools.slnode.main", "emulate", "--id", nid, "--gateway",
+            f"coap://127.0.0.1:{gateway_port}", "--flash", str(work / f"flash-{nid}"), "--config", str(toml),
+            "--slots", "--ota-trial", str(trial_s), "--ack-timeout", "500", "--time-valid",
+            "--clock-speed", str(speed), "--truth", str(work / f"truth-{nid}.jsonl"), "--truth-period", "5"]
+    if keys is not None:
+        argv += ["--oscore-keys", str(keys)]
+    return argv + list(extra or [])
+
+
+def ota_state(work: Path, nid: str) -> dict:
+    try:
+        return json.loads((work / f"flash-{nid}" / "ota.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def truth(work: Path, nid: str) -> list[dict]:
+    p = work / f"truth-{nid}.jsonl"
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # torn by a kill
+    return out
+
+
+def env_pythonpath() -> dict[str, str]:
+    return {"PYTHONPATH": str(ROOT), **os.environ}
