@@ -41,7 +41,8 @@ async def start_northbound(gw: Any) -> Any:
     pub = Publisher(gw.store, cfg, health=health)
     if cfg.commands:
         from .commands import CommandListener
-        pub.add_task(CommandListener(pub, gw).run)
+        listener = CommandListener(pub, gw)
+        pub.add_listener(listener.on_connect, listener.on_message)
     await pub.start()
     return pub
 

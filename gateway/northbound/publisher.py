@@ -83,8 +83,7 @@ class Publisher:
     """Publishes the outbox of one gateway. ``await start()`` / ``await stop()``."""
 
     def __init__(self, store: Any, cfg: Any, *, health: Callable[[], Awaitable[dict]] | None = None,
-                 on_connected: Callable[[aiomqtt.Client], Awaitable[None]] | None = None,
-                 extra_tasks: list[Callable[[aiomqtt.Client], Awaitable[None]]] | None = None):
+                 ):
         self.store = store
         self.cfg = cfg
         self.gateway_id = gateway_id(cfg)
@@ -92,8 +91,7 @@ class Publisher:
         self.password = read_password(cfg.password_file)
         self.tls = tls_context(cfg)
         self._health = health
-        self._on_connected = on_connected
-        self._extra = extra_tasks or []
+        self._extra: list[tuple[Callable, Callable]] = []
         self._task: asyncio.Task | None = None
         self._housekeeping: asyncio.Task | None = None
         self.connected = False
@@ -106,9 +104,11 @@ class Publisher:
         self._acks: list[int] = []
         self.client: aiomqtt.Client | None = None
 
-    def add_task(self, fn: Callable[[aiomqtt.Client], Awaitable[None]]) -> None:
-        """Run ``fn(client)`` beside the sender on every connection (commands, discovery)."""
-        self._extra.append(fn)
+    def add_listener(self, on_connect: Callable[[aiomqtt.Client], Awaitable[None]],
+                     on_message: Callable[[aiomqtt.Client, aiomqtt.Message], Awaitable[None]]) -> None:
+        """Call ``on_connect(client)`` on every connection (to subscribe) and
+        ``on_message(client, msg)`` for every message received (commands)."""
+        self._extra.append((on_connect, on_message))
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,11 +166,11 @@ class Publisher:
                              " (outage over)" if outage_logged else "")
                     outage_logged = False
                     await client.publish(f"{self.base}/status", b"online", qos=1, retain=True)
-                    if self._on_connected is not None:
-                        await self._on_connected(client)
+                    for on_connect, _on_message in self._extra:
+                        await on_connect(client)
                     tasks = [asyncio.create_task(self._send(client)),
                              asyncio.create_task(self._health_loop(client)),
-                             *(asyncio.create_task(fn(client)) for fn in self._extra)]
+                             asyncio.create_task(self._receive(client))]
                     try:
                         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                         for t in done:
@@ -196,6 +196,15 @@ class Publisher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.cfg.reconnect_max_s)
 
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Hand received messages to the listeners. Also how a lost connection is noticed while
+        nothing is being published: the iterator raises MqttError when the client disconnects
+        (keep-alive, broker gone)."""
+        async for msg in client.messages:
+            for _on_connect, on_message in self._extra:
+                await on_message(client, msg)
+        raise aiomqtt.MqttError("the message stream ended")
+
     def _error(self, e: BaseException) -> None:
         self.last_error, self.last_error_at = f"{type(e).__name__}: {e}", time.time()
 
@@ -208,9 +217,10 @@ class Publisher:
         cursor = 0
         last_flush = time.monotonic()
 
-        async def one(row_id: int, topic: str, body: bytes, retain: bool) -> None:
+        async def one(row_id: int, msgs: list[tuple[str, bytes, bool]]) -> None:
             try:
-                await client.publish(topic, body, qos=qos, retain=retain)
+                for topic, body, retain in msgs:  # the row goes when all its messages are acked
+                    await client.publish(topic, body, qos=qos, retain=retain)
             except Exception as e:  # the connection is gone: the row stays, for the next one
                 if not failed.done():
                     failed.set_exception(e)
@@ -218,6 +228,8 @@ class Publisher:
             finally:
                 window.release()
             self._acks.append(row_id)
+
+        discovered: set[str] = set()  # nodes whose HA discovery went on this connection
 
         pending: set[asyncio.Task] = set()
         try:
@@ -239,8 +251,9 @@ class Publisher:
                     # a newer value of the same id always has a larger rev)
                     body = (f'{{"id":{json.dumps(f"{self.gateway_id}/{key}")},"gateway":{gw},'
                             f'"rev":{row_id},' + payload[1:]).encode()
-                    t = asyncio.create_task(one(row_id, f"{self.base}/{topic}", body,
-                                                topic.endswith("/state")))
+                    msgs = self._extras(key, payload, discovered)
+                    msgs.append((f"{self.base}/{topic}", body, key[0] == "s"))
+                    t = asyncio.create_task(one(row_id, msgs))
                     pending.add(t)
                     t.add_done_callback(pending.discard)
                     if time.monotonic() - last_flush > ACK_FLUSH_S:
@@ -249,6 +262,21 @@ class Publisher:
         finally:
             for t in pending:
                 t.cancel()
+
+    def _extras(self, key: str, payload: str, discovered: set[str]) -> list[tuple[str, bytes, bool]]:
+        """Messages that go with an outbox row before its own: Home Assistant discovery before
+        a node's first state on this connection, ThingsBoard telemetry of a report."""
+        from .discovery import TB_TOPIC, ha_configs, thingsboard_telemetry
+
+        out: list[tuple[str, bytes, bool]] = []
+        kind, _, rest = key.partition("/")
+        if kind == "s" and self.cfg.ha_discovery and rest not in discovered:
+            discovered.add(rest)
+            out += [(t, b, True) for t, b in ha_configs(self.gateway_id, self.base,
+                                                         self.cfg.ha_prefix, rest)]
+        if kind == "r" and self.cfg.thingsboard:
+            out.append((TB_TOPIC, thingsboard_telemetry(json.loads(payload)), False))
+        return out
 
     async def _flush_acks(self) -> None:
         if not self._acks:

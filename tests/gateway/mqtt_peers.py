@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import shutil
 import socket
@@ -39,7 +40,9 @@ class Broker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: Any = None
-        lines = [f"listener {self.port} 127.0.0.1", "persistence true",
+        # `user`: started as root, mosquitto would switch to the `mosquitto` account, which
+        # cannot read this test's private directory; stay who we are
+        lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}", "persistence true",
                  f"persistence_location {self.dir}/", "autosave_interval 1",
                  "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
                  "max_queued_messages 100000", "set_tcp_nodelay true"]
@@ -47,7 +50,9 @@ class Broker:
             pw = self.dir / "passwd"
             pw.write_text("".join(f"{u}:{p}\n" for u, p in passwords.items()))
             pw.chmod(0o600)
-            subprocess_run([mosquitto_bin().replace("mosquitto", "mosquitto_passwd"), "-U", str(pw)])
+            tool = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd",
+                                                                      path="/usr/bin:/usr/sbin")
+            subprocess_run([tool, "-U", str(pw)])  # hashes the file in place
             lines += ["allow_anonymous false", f"password_file {pw}"]
         else:
             lines.append("allow_anonymous true")
