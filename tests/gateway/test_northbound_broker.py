@@ -86,11 +86,16 @@ def outbox_depth(db) -> int:
 
 
 async def test_sigkill_mid_publish_loses_nothing_unacknowledged(procs, tmp_path):
-    broker = Broker(procs, tmp_path / "broker")
+    broker = Broker(procs, tmp_path / "broker").start()
+    # the consumer's session exists before the outage, so the broker queues for it what the
+    # gateway sends as soon as the broker is back (persistence keeps the session over a stop)
+    sub = await Subscriber(broker.port, "town/#").start()
     # one message in flight at a time: the drain takes long enough to be cut in the middle
     gw = Gw(procs, tmp_path / "gw", broker.port, "gwK", "--mqtt-inflight", "1").start()
     crowd = await RawCrowd(3, gw.coap_port, prefix="k").start()
     try:
+        await until(lambda: gw.status()["connected"], 20, "the gateway on the broker")
+        broker.stop()
         await crowd.register_all("g1")
         seqs = range(1, 601)
         await asyncio.gather(*(send(crowd, i, seqs, per_send=10) for i in range(3)))
@@ -98,11 +103,12 @@ async def test_sigkill_mid_publish_loses_nothing_unacknowledged(procs, tmp_path)
         queued = gw.status()["outbox"]["depth"]
         assert queued > 1800
         broker.start()
-        sub = await Subscriber(broker.port, "town/#").start()
         await until(lambda: len(sub.ids("r")) >= 50, 20, "publishing to start")
         gw.proc.kill()  # SIGKILL mid-publish
+        # mid-publish: the consumer has some, the outbox still holds the rest (and maybe some
+        # that were delivered but whose deletion was not committed yet: they go again)
         left = outbox_depth(gw.dir / "gw.db")
-        assert 0 < left < queued, (left, queued)
+        assert left > 0, left
         gw.start()
         want = report_ids("gwK", crowd, 3, seqs)
         await until(lambda: want <= set(sub.by_id), 60, "every report id after the restart")
@@ -113,9 +119,9 @@ async def test_sigkill_mid_publish_loses_nothing_unacknowledged(procs, tmp_path)
         got = {k: d["wh"] for k, d in sub.by_id.items() if k.split("/")[1] == "b"}
         assert got.keys() == buckets.keys()
         assert all(abs(got[k] - buckets[k]) < 1e-9 for k in buckets)
-        await sub.stop()
     finally:
         crowd.close()
+        await sub.stop()
 
 
 def slgw_energy_total(gw: Gw) -> float:
