@@ -8,7 +8,10 @@ Starts, as separate processes:
   power of that cabinet's lamps plus a line loss, polled by the gateway;
 - the real node firmware in the MicroPython Unix port (`slnode emulate --count`), one
   interpreter per cabinet, on a clock that runs `--speed` times faster than real time;
-and pushes a French town's winter programme to every group. Then it draws the town once a
+every node exchange protected by OSCORE, the gateway's secure default (`[coap] security =
+"oscore"`): the nodes' keys are made as `slnode emulate --oscore-keys` makes them (on each node's
+flash, and `<id>.oscore.json` for the gateway in `node-keys/`), then installed with `slgw keys
+import` before the gateway starts; and pushes a French town's winter programme to every group. Then it draws the town once a
 second: levels, power, energy, faults, and the cabinet check. Ctrl-C stops everything.
 
 `--duration S` stops by itself after S real seconds (the test suite runs it that way).
@@ -100,11 +103,11 @@ class Town:
                       'period = "2s"', ""]
         return lines
 
-    def start_gateway(self, meter_lines: list[str]) -> None:
+    def write_config(self, meter_lines: list[str]) -> Path:
         a = self.args
         toml = [
             "[coap]", 'bind = "127.0.0.1"', f"port = {a.coap_port}",
-            'security = "none"  # demo on loopback only: the emulated nodes have no keys', "",
+            'security = "oscore"', f'keys_dir = "{self.dir / "keys"}"', "",
             "[store]", f'path = "{self.dir / "slgw.db"}"', "aggregate_interval_s = 2.0", "",
             "[api]", 'bind = "127.0.0.1"', f"port = {a.api_port}", "",
             "[site]", 'name = "Demo town"', f"latitude = {a.lat}", f"longitude = {a.lon}", f'timezone = "{TZ}"', "",
@@ -112,6 +115,9 @@ class Town:
         ]
         cfg = self.dir / "gateway.toml"
         cfg.write_text("\n".join(toml) + "\n")
+        return cfg
+
+    def start_gateway(self, cfg: Path) -> None:
         gw = self.procs.start("gateway", [str(BIN / "slgw"), "serve", "--config", str(cfg),
                                           *self.clock_flags()])
 
@@ -122,9 +128,11 @@ class Town:
 
         wait_for(up, 30, what="the gateway's API")
 
-    def start_nodes(self) -> None:
+    def node_argvs(self) -> dict[str, list[str]]:
+        """The `slnode emulate` arguments of each cabinet's interpreter (its config written)."""
         a = self.args
         per_cab = max(1, a.nodes // len(self.cabinets))
+        out = {}
         for i, cab in enumerate(self.cabinets):
             node_toml = self.dir / f"node-{cab}.toml"
             node_toml.write_text("\n".join([
@@ -134,12 +142,34 @@ class Town:
                 f"rated_w = {40.0 + 20 * i}", "default_level = 100", f"report_period = {a.report_period}",
                 "jitter = 5", "", "[meter]", 'type = "emulated"', "",
             ]))
-            self.procs.start(f"nodes-{cab}", [
-                str(BIN / "slnode"), "emulate", "--id", f"lamp-{cab}", "--count", str(per_cab),
+            out[cab] = [
+                "--id", f"lamp-{cab}", "--count", str(per_cab),
                 "--gateway", f"coap://127.0.0.1:{a.coap_port}", "--flash", str(self.dir / f"flash-{cab}"),
                 "--config", str(node_toml), "--truth", str(self.dir / f"truth-{cab}.jsonl"),
-                "--truth-period", str(a.report_period), *self.clock_flags(),
-            ])
+                "--truth-period", str(a.report_period), "--oscore-keys", str(self.dir / "node-keys"),
+                *self.clock_flags(),
+            ]
+        return out
+
+    def install_keys(self, cfg: Path, argvs: dict[str, list[str]]) -> None:
+        """Give every node its keys before anything runs (what `slnode emulate --oscore-keys`
+        does at its start, done here first so no node speaks before the gateway knows it: a
+        refused Register would back off for 30 s), then `slgw keys import` them."""
+        from tools.slnode import emulate
+
+        p = argparse.ArgumentParser()
+        emulate.add_arguments(p)
+        for argv in argvs.values():
+            try:
+                emulate.prepare(p.parse_args(argv))
+            except emulate.EmulateError as exc:
+                raise RuntimeError(f"slnode emulate {' '.join(argv)}: {exc}") from exc
+        files = sorted(str(f) for f in (self.dir / "node-keys").glob("*.oscore.json"))
+        self.run_cli("keys", "import", "--config", str(cfg), *files)
+
+    def start_nodes(self, argvs: dict[str, list[str]]) -> None:
+        for cab, argv in argvs.items():
+            self.procs.start(f"nodes-{cab}", [str(BIN / "slnode"), "emulate", *argv])
 
     def push_programme(self) -> None:
         steps = self.dir / "programme.json"
@@ -220,8 +250,11 @@ class Town:
             print(f"web view: {self.api}/web/  (open it in a browser; the demo sets no API token, so "
                   "its controls are open to anyone on this machine)", flush=True)
             print(f"starting the town in {self.dir} ...", flush=True)
-            self.start_gateway(self.start_meters())
-            self.start_nodes()
+            cfg = self.write_config(self.start_meters())
+            argvs = self.node_argvs()
+            self.install_keys(cfg, argvs)
+            self.start_gateway(cfg)
+            self.start_nodes(argvs)
             feeder.start()
             wait_for(lambda: len((self.api_get("/api/nodes") or {}).get("nodes", [])) >= self.args.nodes,
                      120, what=f"{self.args.nodes} nodes to register")
