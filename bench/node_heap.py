@@ -364,7 +364,7 @@ def run() -> dict:
             day_mpy = smallest_day_heap("mpy", _mpy_cmd(mpy_dir), mpy["total"] + mpy["baseline"], d)
             day_mpy.pop("modules_loaded")
         other = interpreter_32(mpy_dir, img, d)
-    loaded = set(day.pop("modules_loaded") or ())
+    loaded = set(day.pop("modules_loaded") or ()) - {"firmware", "firmware.hal", "protocol"}  # packages
     return {
         "command": "python -m bench node_heap",
         "interpreter": "venv micropython (Unix port from PyPI), 64-bit",

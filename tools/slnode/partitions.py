@@ -7,9 +7,11 @@ The filesystem partition is the data partition labelled ``vfs``; MicroPython for
 littlefs v2, 4096-byte blocks, and mounts it at ``/``.
 
 The authoritative geometry is the partition table inside the firmware file you are about to
-flash (:func:`inspect_firmware`): releases have moved the ``vfs`` partition (a romfs partition
-appeared in 1.25; "4MiBplus" tables grow the app). ``BOARDS`` holds the geometry of the stock
-tables for provisioning before the firmware file is at hand:
+flash (:func:`inspect_firmware`): releases have moved the ``vfs`` partition (since 1.26 the tables
+have no ``vfs`` row and the filesystem is the flash after the last partition; "4MiBplus" tables
+grow the app; a ``romfs`` partition exists only in custom builds, see tools/slnode/romfs.py).
+``BOARDS`` holds the geometry of the stock tables for provisioning before the firmware file is
+at hand:
 
     board       MicroPython board      firmware at   vfs offset   vfs size            table
     esp32       ESP32_GENERIC          0x1000        0x200000     0x200000 (2 MiB)    partitions-4MiB.csv
