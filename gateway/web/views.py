@@ -47,6 +47,7 @@ log = logging.getLogger("slgw.web")
 STATIC = Path(__file__).parent / "static"
 ACTION_WAIT = 5.0  # seconds an action waits for the node's answer before showing "pending"
 IDENTIFY_OBJECT = 10250
+MAX_LOOK = 100  # rows of "need a look" on the phone; the rest through the lamps' state filter
 STATE_LABEL = {"on": "On", "dimmed": "Dimmed", "off": "Off", "dark": "Dark, should be lit",
                "dayburn": "Lit by day", "offline": "Offline", "fault": "Fault"}
 BY_WINDOW = {"15min": "last 24 hours by quarter hour", "day": "last 31 days by day",
@@ -109,11 +110,12 @@ async def _schedules(gw: Any, nodes: list[dict[str, Any]]) -> dict[str, list | N
     return out
 
 
-async def _classified(gw: Any) -> tuple[list[dict[str, Any]], float, bool]:
-    """Every node with its state ("state"), wanted level and hold; the time and whether it is
-    night at the site."""
+async def _classified(gw: Any, ids: list[str] | None = None
+                      ) -> tuple[list[dict[str, Any]], float, bool]:
+    """Every node (or those of `ids`) with its state ("state"), wanted level and hold; the time
+    and whether it is night at the site."""
     now = gw.clock.now()
-    nodes = await gw.registry.list_nodes()
+    nodes = await gw.registry.list_nodes(ids=ids)
     holds = await gw.commands.holds(now)
     steps = await _schedules(gw, nodes)
     tz = _tz(gw)
@@ -171,9 +173,11 @@ async def tonight(request: web.Request) -> web.Response:
     look = [n for n in nodes if n["state"] in ("dark", "dayburn", "offline", "fault")]
     rows = [(_lamp_link(n["id"]), _badge(n["state"]), h(n["cabinet"]),
              h(", ".join(n["faults"]) or ""), h(ago(parse_iso(n["last_seen"]), now)))
-            for n in look]
+            for n in look[:MAX_LOOK]]
+    more = (f'<p>And {len(look) - MAX_LOOK} more: see the lamps by state above.</p>'
+            if len(look) > MAX_LOOK else "")
     needs = (table(["Lamp", "State", "Cabinet", "Faults", "Last heard"], rows,
-                   caption="Lamps that need a look", id="needs")
+                   caption="Lamps that need a look", id="needs") + more
              if rows else '<p class="ok" id="needs">Every lamp does what it should.</p>')
     prow = [(_lamp_link(c["node"]), h(c["kind"]), h(_payload(c)), h(c["state"]),
              h(c["reason"] or ""), h(local(parse_iso(c["created_at"]), tz, "%H:%M")))
@@ -276,8 +280,8 @@ async def lamp(request: web.Request) -> web.Response:
     _readable(request)
     gw = _gw(request)
     nid = request.match_info["id"]
-    nodes, now, _night = await _classified(gw)
-    node = next((n for n in nodes if n["id"] == nid), None)
+    nodes, now, _night = await _classified(gw, ids=[nid])
+    node = nodes[0] if nodes else None
     if node is None:
         return _render(request, "No such lamp", f'<p>No lamp <b>{h(nid)}</b>. '
                        '<a href="/web/lamps">All lamps</a></p>', "/web/lamps", status=404)
@@ -598,23 +602,27 @@ async def map_page(request: web.Request) -> web.Response:
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     span = max(x1 - x0, y1 - y0, 1e-5)
     size, pad = 1000, 80
-    w = pad * 2 + (x1 - x0) / span * (size - 2 * pad) + 120
-    hgt = pad * 2 + (y1 - y0) / span * (size - 2 * pad)
+    r = 26
+    # room on the right for the labels, below for poles stacked at one position
+    content_w = pad * 2 + (x1 - x0) / span * (size - 2 * pad) + 260
+    w = max(content_w, size)  # a line of poles along one meridian is not drawn giant
+    shift = (w - content_w) / 2
+    hgt = pad * 2 + (y1 - y0) / span * (size - 2 * pad) + 2.6 * r * (len(placed) - len(
+        {(round(x, 7), round(y, 7)) for x, y in zip(xs, ys, strict=True)}))
     dots, seen = [], Counter()
-    r = 18
     for n, x, y in zip(placed, xs, ys, strict=True):
-        cx = pad + (x - x0) / span * (size - 2 * pad)
+        cx = shift + pad + (x - x0) / span * (size - 2 * pad)
         cy = pad + (y - y0) / span * (size - 2 * pad)
         k = seen[(round(cx), round(cy))]
         seen[(round(cx), round(cy))] += 1
-        if k:  # poles at the same coordinates (a node that reports its cabinet's): side by side
-            cx += 2.4 * r * k
+        if k:  # poles at the same coordinates (a node that reports its cabinet's): stacked
+            cy += 2.6 * r * k
         label = f"{n['id']}: {STATE_LABEL[n['state']]}, level {n['level']} %"
         dots.append(f'<a href="/web/lamps/{quote(n["id"], safe="")}" aria-label="{h(label)}">'
                     f'<circle class="s-{n["state"]}" cx="{cx:.1f}" cy="{cy:.1f}" r="{r}">'
                     f'<title>{h(label)}</title></circle>'
-                    + (f'<text x="{cx:.1f}" y="{cy + r + 22:.1f}" text-anchor="middle">'
-                       f'{h(n["id"])}</text>' if len(placed) <= 60 else "") + "</a>")
+                    + (f'<text x="{cx + r + 8:.1f}" y="{cy + 12:.1f}">{h(n["id"])}</text>'
+                       if len(placed) <= 60 else "") + "</a>")
     metres = span * 111_320  # a degree of latitude is about 111 km
     legend = "".join(f'<li><span class="dot s-{k}"></span>{h(v)}</li>' for k, v in STATE_LABEL.items())
     body = (f'<figure class="map"><svg viewBox="0 0 {w:.0f} {hgt:.0f}" role="group" '
