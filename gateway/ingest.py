@@ -77,6 +77,7 @@ class Answer:
     stored: int = 0
     duplicates: int = 0
     descriptor: dict[str, Any] = field(default_factory=dict)
+    refused: str | None = None  # the plausibility rule that refused the Send (plausibility.REASONS)
 
     @property
     def coap_code(self) -> int:
@@ -309,7 +310,8 @@ class Ingestor:
                         "clock, or a forged report; `slgw node show %s` counts them. A "
                         "replaced meter is accepted by itself after [nodes] rebaseline_after "
                         "consistent reports", endpoint, msg, extra, endpoint)
-        return Answer(BAD_REQUEST, diagnostic=_short(f"implausible {e.reason}: {msg}"))
+        return Answer(BAD_REQUEST, diagnostic=_short(f"implausible {e.reason}: {msg}"),
+                      refused=e.reason)
 
     async def handle_descriptor(self, endpoint: str, attrs: dict[str, Any]) -> Answer:
         """Upsert a node's metadata from a descriptor Send (SPEC §4). A changed rated power

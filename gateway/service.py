@@ -348,7 +348,12 @@ class Gateway:
                 if answer.descriptor:
                     log.info("node %s described itself: %s", ep, answer.descriptor)
                 return answer
-        return await self.ingestor.handle_reports(ep, reports, received_at=now)
+        answer = await self.ingestor.handle_reports(ep, reports, received_at=now)
+        if answer.refused in ("time_future", "time_old", "time_order") and self.timesync:
+            # refused for its clock: set it now (a stored Send would have triggered this too),
+            # or a node whose clock went wrong would be refused until its next Register
+            self.timesync.after_reports(ep, reports)
+        return answer
 
     def _on_registered(self, ep: str, registered: bool) -> None:
         assert self.commands is not None and self.timesync is not None

@@ -69,3 +69,30 @@ def test_forged_reports_from_a_registered_node_are_refused(tmp_path):
         assert sum(health["implausible"].values()) == 5
         # one warning per minute for the node, however many refusals
         assert gw.log().count("node lamp-1: Send refused") == 1
+
+
+async def test_a_node_refused_for_its_clock_gets_the_time_written(tmp_path):
+    """A node whose clock ran an hour ahead: its report is refused (time_future), and the
+    gateway (trusted simulated clock) writes the time, as a stored report with drift would."""
+    import asyncio
+
+    from coap_peers import AiocoapNode, gateway
+
+    from gateway.clock import Clock
+
+    clock = Clock(start=1_790_000_000.0, speed=100.0)  # the 60 s sync interval = 0.6 s real
+    async with gateway(tmp_path, clock=clock) as gw:
+        node = await AiocoapNode("lamp-t", gw.config.coap.port).start()
+        try:
+            await node.register()
+            await node.wait_writes(1)  # the time written after the Register
+            assert [w[0] for w in node.writes] == ["/3/0/13"]
+            await asyncio.sleep(0.8)
+            now = int(clock.now())
+            r = await node.send([(1, now + 3600, 10, 40.0, 100, 60, 0)])
+            assert r.code.dotted == "4.00" and b"time_future" in r.payload
+            await node.wait_writes(2)
+            assert [w[0] for w in node.writes] == ["/3/0/13", "/3/0/13"]
+            assert abs(node.writes[1][2] - clock.now()) < 120
+        finally:
+            await node.stop()
