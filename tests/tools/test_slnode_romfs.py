@@ -186,3 +186,26 @@ def test_cli_flash_romfs_through_esptool_lands_in_the_partition(tmp_path, rom_bu
     cmd, env = romfs.command(str(part), "import firmware.node\nprint(firmware.node.__file__)\n", str(tmp_path))
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.strip() == "/rom/firmware/node.mpy", r.stderr
+
+
+def test_cli_provision_romfs_for_a_romfs_firmware_and_refusal_for_a_stock_one(tmp_path):
+    toml = tmp_path / "n.toml"
+    toml.write_text('id = "lamp-r"\ngateway = "coap://10.0.0.2"\n')
+    fw = make_firmware(tmp_path, "esp32", ROMFS_4MIB)
+    img = tmp_path / "lamp-r.bin"
+    code, res = slnode_json("provision", "--romfs", "--config", str(toml), "--firmware", str(fw), "--image", str(img),
+                            "--no-oscore", timeout=120)
+    assert code == 0 and res["layout"] == "romfs" and res["fs_offset"] == "0x200000", res
+    files = provision.read_image(img.read_bytes())
+    assert sorted(files) == ["config.json", "main.py", "manifest.json"]  # no code on the filesystem
+    # a stock download has no romfs partition: the node would boot without code
+    stock = make_firmware(tmp_path, "esp32", STOCK_4MIB, name="stock.bin")
+    code, res = slnode_json("provision", "--romfs", "--config", str(toml), "--firmware", str(stock), "--image",
+                            str(tmp_path / "x.bin"), "--no-oscore", timeout=120)
+    assert code == 2 and "a ROMFS build needs a MicroPython with a 'romfs' partition" in res["error"], res
+    assert not (tmp_path / "x.bin").exists()
+    # the .mpy build for a firmware that has a romfs partition: a warning that names --romfs
+    code, res = slnode_json("provision", "--config", str(toml), "--firmware", str(fw), "--image", str(img),
+                            "--no-oscore", timeout=120)
+    assert code == 0 and res["layout"] == "mpy"
+    assert any("has a 'romfs' partition" in w and "--romfs" in w for w in res["warnings"]), res

@@ -318,6 +318,28 @@ def _geometry(args) -> partitions.FsGeometry:
     return partitions.board_geometry(args.board)
 
 
+def _layout_check(layout: str, args) -> list[str]:
+    """A ROMFS build needs a firmware with a ``romfs`` partition (else the node has no code);
+    returns warnings, raises ProvisionError for that mismatch."""
+    if not getattr(args, "firmware", None):
+        if layout == "romfs":
+            return ["a ROMFS build: this image holds no code; flash the ROMFS image too (slnode flash --romfs) on a "
+                    "MicroPython built with ROMFS (docs/technician.md)"]
+        return []
+    info = partitions.inspect_firmware(Path(args.firmware))
+    has_romfs = any(p.type == 1 and p.label == "romfs" for p in info.partitions)
+    if layout == "romfs" and not has_romfs:
+        raise ProvisionError(
+            f"a ROMFS build needs a MicroPython with a 'romfs' partition, and {args.firmware} has none (stock "
+            "ESP32 downloads do not): the node would boot without code. Use a MicroPython built with ROMFS, or "
+            "the .mpy build (without --romfs) on a board with PSRAM (docs/technician.md)"
+        )
+    if layout == "mpy" and has_romfs:
+        return [f"{Path(args.firmware).name} has a 'romfs' partition (a board without PSRAM?): the .mpy build "
+                "loads its code into the heap; provision with --romfs and flash with --romfs for such a board"]
+    return []
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--config", type=Path, help="node config (TOML); the base for --csv rows")
     parser.add_argument("--image", type=Path, help="filesystem image to write (single node)")
@@ -325,6 +347,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-dir", type=Path, help="batch: directory for the images, one <id>.bin per node")
     parser.add_argument("--build", type=Path, help="use this `slnode build` output instead of building now")
     parser.add_argument("--src", type=Path, default=buildmod.REPO, help="checkout to build from (default: this one)")
+    parser.add_argument(
+        "--romfs",
+        action="store_true",
+        help="build the ROMFS build (slnode build --romfs) for a board without PSRAM: no code on the filesystem",
+    )
     parser.add_argument(
         "--board",
         default="esp32",
@@ -361,9 +388,16 @@ def run(args) -> dict:
         warnings = []
         if build_dir is None:
             build_dir = Path(tmp)
-            warnings = buildmod.build(build_dir, root=args.src, quiet=args.quiet).warnings
+            if getattr(args, "romfs", False):
+                from tools.slnode import romfs
+
+                warnings = romfs.build(build_dir, root=args.src, quiet=args.quiet).warnings
+            else:
+                warnings = buildmod.build(build_dir, root=args.src, quiet=args.quiet).warnings
         elif "main.py" not in buildmod.load_build(build_dir)["files"]:
             warnings = [f"build {build_dir} has no main.py: the node will not start by itself"]
+        layout = buildmod.load_build(build_dir).get("layout", "mpy")
+        warnings = [*warnings, *_layout_check(layout, args)]
         written = []
         key_files = []
         used_sids: set[bytes] = set()
@@ -397,6 +431,7 @@ def run(args) -> dict:
         "images": written,
         "key_files": key_files,
         "nodes": [c["id"] for c in configs],
+        "layout": layout,
         "fs_offset": f"0x{geometry.offset:x}",
         "fs_size": f"0x{geometry.size:x}",
         "block_size": geometry.block_size,
