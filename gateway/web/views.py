@@ -47,6 +47,7 @@ log = logging.getLogger("slgw.web")
 STATIC = Path(__file__).parent / "static"
 ACTION_WAIT = 5.0  # seconds an action waits for the node's answer before showing "pending"
 IDENTIFY_OBJECT = 10250
+REFRESH_S = 60  # tonight and the map reload themselves (a screen left open in the depot)
 MAX_LOOK = 100  # rows of "need a look" on the phone; the rest through the lamps' state filter
 STATE_LABEL = {"on": "On", "dimmed": "Dimmed", "off": "Off", "dark": "Dark, should be lit",
                "dayburn": "Lit by day", "offline": "Offline", "fault": "Fault"}
@@ -65,11 +66,12 @@ def _role(request: web.Request) -> str | None:
     return auth.role_of(request, cfg.api, cfg.web.session_hours)
 
 
-def _render(request: web.Request, title: str, body: str, active: str, status: int = 200) -> web.Response:
+def _render(request: web.Request, title: str, body: str, active: str, status: int = 200,
+            refresh: int = 0) -> web.Response:
     gw = _gw(request)
     role = _role(request)
     text = page(title, body, active=active, role=role, site=gw.config.site.name or "Street lighting",
-                path=request.path_qs, flash=request.query.get("done", ""))
+                path=request.path_qs, flash=request.query.get("done", ""), refresh=refresh)
     return web.Response(text=text, content_type="text/html", status=status,
                         headers={"Cache-Control": "no-store",
                                  "Content-Security-Policy": "default-src 'self'; "
@@ -187,7 +189,7 @@ async def tonight(request: web.Request) -> web.Response:
     body = (f'<p class="lead">{h(local(now, tz, "%A %d %B %Y, %H:%M"))} ({h(tz)}): '
             f'{"night" if night else "day"} at the site; {len(nodes)} lamps.</p>'
             f'<ul class="tiles" id="tiles">{tile_html}</ul>{needs}{ptab}')
-    return _render(request, "Tonight", body, "/web/")
+    return _render(request, "Tonight", body, "/web/", refresh=REFRESH_S)
 
 
 def _payload(c: dict[str, Any]) -> str:
@@ -233,6 +235,10 @@ async def lamps(request: web.Request) -> web.Response:
             + select("state", "State", list(STATE_LABEL), state, STATE_LABEL)
             + select("fw", "Firmware", fws, fw)
             + '<button type="submit">Filter</button> <a href="/web/lamps">Clear</a></form>')
+    active = any((text, cab, grp, state, fw))
+    # folded on a phone unless a filter is in force: the lamps come first
+    form = (f'<details class="filterbox"{" open" if active else ""}><summary>Filter by id, '
+            f'cabinet, group, state, firmware</summary>{form}</details>')
     sections = []
     for c in cabinets:
         in_cab = [n for n in shown if (n["cabinet"] or "") == c]
@@ -245,7 +251,7 @@ async def lamps(request: web.Request) -> web.Response:
                  h(", ".join(n["faults"]) or ""))
                 for n in sorted(in_cab, key=lambda n: (n["group"] or "", n["id"]))]
         sections.append(f'<section{attrs(data_cabinet=c)}><h2>Cabinet {h(c or "(none)")} '
-                        f'<small>{len(in_cab)} lamps</small></h2>'
+                        f'<small>{len(in_cab)} lamp{"s" if len(in_cab) != 1 else ""}</small></h2>'
                         + table(["Lamp", "Group", "State", "Level", "Power", "Last report",
                                  "Firmware", "Faults"], rows) + "</section>")
     body = form + (f'<p class="lead" id="count">{len(shown)} of {len(nodes)} lamps</p>'
@@ -630,7 +636,7 @@ async def map_page(request: web.Request) -> web.Response:
             f'<figcaption>North is up; the drawing is {metres:,.0f} m across at its widest. '
             f'{len(nodes) - len(placed)} lamps without a position are not drawn.</figcaption>'
             f'</figure><ul class="legend">{legend}</ul>')
-    return _render(request, "Map", body, "/web/map")
+    return _render(request, "Map", body, "/web/map", refresh=REFRESH_S)
 
 
 # --- sign-in ------------------------------------------------------------------------------

@@ -151,6 +151,7 @@ def test_web_view_in_chromium(procs, tmp_path):
             lit = sum(1 for n in api_nodes if n["online"] and (n["level"] or 0) > 0)
             assert page.locator(".t-lit").get_attribute("data-count") == str(lit)
             assert "3 lamps" in page.locator(".lead").inner_text()
+            assert page.locator('meta[http-equiv="refresh"]').get_attribute("content") == "60"
             shot("tonight")
             _axe(page, "tonight")
             # keyboard: the first Tab reaches the skip link, the next ones the navigation
@@ -170,6 +171,8 @@ def test_web_view_in_chromium(procs, tmp_path):
                 assert fw in page.locator("main").inner_text()
             shot("lamps")
             _axe(page, "lamps")
+            assert not page.locator("#f-cabinet").is_visible()  # folded: lamps first
+            page.click("details.filterbox summary")
             page.select_option("#f-cabinet", "K1")
             page.click("form.filters button[type=submit]")
             page.wait_for_url("**/web/lamps?*cabinet=K1*")
