@@ -30,7 +30,7 @@ def attrs(**kw: object) -> str:
 
 
 def page(title: str, body: str, *, active: str, role: str | None, site: str, path: str,
-         flash: str = "", refresh: int = 0) -> str:
+         flash: str = "") -> str:
     """The whole document: header with navigation, the body, and the sign-in state."""
     cur = ' aria-current="page"'
     links = "".join(f'<a href="{href}"{cur if href == active else ""}>{label}</a>'
@@ -48,7 +48,6 @@ def page(title: str, body: str, *, active: str, role: str | None, site: str, pat
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-{f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""}
 <title>{h(title)} · {h(site)}</title>
 <link rel="stylesheet" href="/web/static/style.css">
 </head><body>

@@ -47,7 +47,6 @@ log = logging.getLogger("slgw.web")
 STATIC = Path(__file__).parent / "static"
 ACTION_WAIT = 5.0  # seconds an action waits for the node's answer before showing "pending"
 IDENTIFY_OBJECT = 10250
-REFRESH_S = 60  # tonight and the map reload themselves (a screen left open in the depot)
 MAX_LOOK = 100  # rows of "need a look" on the phone; the rest through the lamps' state filter
 STATE_LABEL = {"on": "On", "dimmed": "Dimmed", "off": "Off", "dark": "Dark, should be lit",
                "dayburn": "Lit by day", "offline": "Offline", "fault": "Fault"}
@@ -66,12 +65,12 @@ def _role(request: web.Request) -> str | None:
     return auth.role_of(request, cfg.api, cfg.web.session_hours)
 
 
-def _render(request: web.Request, title: str, body: str, active: str, status: int = 200,
-            refresh: int = 0) -> web.Response:
+def _render(request: web.Request, title: str, body: str, active: str, status: int = 200
+            ) -> web.Response:
     gw = _gw(request)
     role = _role(request)
     text = page(title, body, active=active, role=role, site=gw.config.site.name or "Street lighting",
-                path=request.path_qs, flash=request.query.get("done", ""), refresh=refresh)
+                path=request.path_qs, flash=request.query.get("done", ""))
     return web.Response(text=text, content_type="text/html", status=status,
                         headers={"Cache-Control": "no-store",
                                  "Content-Security-Policy": "default-src 'self'; "
@@ -189,7 +188,7 @@ async def tonight(request: web.Request) -> web.Response:
     body = (f'<p class="lead">{h(local(now, tz, "%A %d %B %Y, %H:%M"))} ({h(tz)}): '
             f'{"night" if night else "day"} at the site; {len(nodes)} lamps.</p>'
             f'<ul class="tiles" id="tiles">{tile_html}</ul>{needs}{ptab}')
-    return _render(request, "Tonight", body, "/web/", refresh=REFRESH_S)
+    return _render(request, "Tonight", body, "/web/")
 
 
 def _payload(c: dict[str, Any]) -> str:
@@ -636,7 +635,7 @@ async def map_page(request: web.Request) -> web.Response:
             f'<figcaption>North is up; the drawing is {metres:,.0f} m across at its widest. '
             f'{len(nodes) - len(placed)} lamps without a position are not drawn.</figcaption>'
             f'</figure><ul class="legend">{legend}</ul>')
-    return _render(request, "Map", body, "/web/map", refresh=REFRESH_S)
+    return _render(request, "Map", body, "/web/map")
 
 
 # --- sign-in ------------------------------------------------------------------------------
