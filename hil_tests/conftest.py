@@ -27,14 +27,16 @@ Fixtures:
 - ``procs``: the ProcessGroup of the test (hil_tests/harness.py).
 - ``hil_clock(start, speed, anchor=None)``: a SimClock (hil_tests/sim.py). Pass the same
   object to every factory below.
-- ``gateway(clock, extra_toml="", args=())`` -> hil_tests.gateway.Gateway, started.
+- ``gateway(clock, extra_toml="", args=(), security="none")`` -> hil_tests.gateway.Gateway,
+  started; ``security="oscore"`` for the secure default (keys in ``gw.keys_dir``).
 - ``relay(target_port, seed=1)`` -> Relay (``listen``, ``control_port``, ``url``
   = ``coap://127.0.0.1:<listen>``, ``set(**faults)``, ``stats()``).
 - ``nodes(clock, gateway_url, configs, per_process=10, prefix="lamp", **town_kw)`` ->
   hil_tests.town.Town, started. ``configs`` is a list of node config dicts (keys of
   firmware/config.py: group, cabinet, lat, lon, tz, rated_w, default_level, report_period,
   jitter, lifetime, ...); ids are assigned ``<prefix>-a-000`` ... (10 per interpreter by
-  default). ``town_kw``: ack_timeout_ms (500), truth_period (60 sim s), heap, time_valid.
+  default). ``town_kw``: ack_timeout_ms (500), truth_period (60 sim s), heap, time_valid,
+  keys_dir (``gw.keys_dir``: every node gets an OSCORE key, imported with ``slgw keys import``).
 - ``meters(clock, cabinets, line_loss=0.03, period="0.5s")`` -> hil_tests.meters.CabinetMeters,
   started (its feeder thread starts with ``cab.feed(town)`` and stops at teardown).
 - ``start_relay(target_port, seed=1)`` -> (listen, control) ports (the original, kept).

@@ -4,6 +4,10 @@
     gw.cli("nodes")                 # -> parsed JSON of `slgw --url ... --json nodes`
     gw.kill(); gw.restart()         # SIGKILL (a crash), then the same store and ports again
 
+Security: ``security="oscore"`` runs the gateway's secure default with its keys in
+``gw.keys_dir`` (the town imports its nodes' keys there: hil_tests/town.py ``keys_dir``);
+``"none"`` (the default of this harness) runs unprotected.
+
 Readiness: ``start()`` returns once ``GET /api/health`` answers. The CoAP port stays the same
 across restarts, so nodes (and the relay) keep their gateway address.
 """
@@ -39,7 +43,8 @@ class Gateway:
     """One gateway service started in a ProcessGroup (stopped by the group's finalizer)."""
 
     def __init__(self, procs: ProcessGroup, workdir: Path, clock: SimClock, *,
-                 extra_toml: str = "", args: tuple[str, ...] = (), aggregate_s: float = 0.5) -> None:
+                 extra_toml: str = "", args: tuple[str, ...] = (), aggregate_s: float = 0.5,
+                 security: str = "none") -> None:
         self.procs = procs
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +57,8 @@ class Gateway:
         self.config.write_text(extra_toml)
         self.args = list(args)
         self.aggregate_s = aggregate_s
+        self.security = security
+        self.keys_dir = self.workdir / "keys"
         self.proc: Proc | None = None
         self.starts = 0
 
@@ -64,7 +71,7 @@ class Gateway:
                 "--coap-bind", "127.0.0.1", "--coap-port", str(self.coap_port),
                 "--api-bind", "127.0.0.1", "--api-port", str(self.api_port),
                 "--store-aggregate-interval-s", str(self.aggregate_s),
-                "--coap-security", "none",  # the firmware's OSCORE is not in these scenarios yet
+                "--coap-security", self.security, "--coap-keys-dir", str(self.keys_dir),
                 *self.clock.flags(), *self.args]
 
     def start(self, timeout: float = 30.0) -> Gateway:
@@ -116,6 +123,11 @@ class Gateway:
         if not check:
             doc = {"rc": r.returncode, **doc} if isinstance(doc, dict) else {"rc": r.returncode, "doc": doc}
         return doc
+
+    def oscore(self) -> dict | None:
+        """The OSCORE counters of ``/api/health`` (keys, unknown_kid, replays...), None in "none"."""
+        with urllib.request.urlopen(self.url + "/api/health", timeout=10) as r:
+            return json.loads(r.read())["oscore"]
 
     def nodes(self) -> dict[str, dict]:
         """``slgw nodes`` as {id: node}."""

@@ -19,6 +19,12 @@ Fault switches: ``control(node, **cmd)`` appends ``{"id": node, **cmd}`` to the 
 ``clock_jump=SECONDS`` (the node's RTC jumps; truth time does not), ``fail_lamp=bool``,
 ``unplug_meter=bool``, ``net_down=bool``. A restart clears the file (a new process).
 
+OSCORE: with ``keys_dir`` (the gateway's keys directory, ``Gateway.keys_dir``) every node gets
+its own key before its first boot, made as ``slnode emulate --oscore-keys`` makes them (on its
+flash; the launcher keeps them at every restart) and installed with ``slgw keys import`` before
+the node speaks (a Register refused for an unknown key would back off 15 x ACK timeout). The
+running gateway picks new keys up at the first request under an unknown kid.
+
 Ground truth: every process appends JSON lines to its own ``truth.jsonl`` (firmware/emulator.py):
 ``{"id", "t", "wh", "level", "lamp", "w", "seq", "time_valid", "faults", "event"}``, at each report
 (``event`` "report", with the report's ``seq``), every ``truth_period`` simulated seconds
@@ -31,8 +37,10 @@ fade runs, and truth_period is short).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -42,6 +50,7 @@ from hil_tests.harness import BIN, ROOT, Proc, ProcessGroup
 from hil_tests.sim import SimClock
 
 SLNODE = str(BIN / "slnode")
+SLGW = str(BIN / "slgw")
 
 
 def node_id(prefix: str, i: int) -> str:
@@ -98,11 +107,28 @@ class Batch:
             argv += ["--heap", t.heap]
         if t.time_valid:
             argv.append("--time-valid")
+        if t.keys_dir is not None:
+            argv += ["--oscore-keys", str(t.workdir / "node-keys")]
         return argv
+
+    def install_keys(self) -> None:
+        """Make this batch's keys (as the launcher would) and import them into the gateway."""
+        from tools.slnode import emulate
+
+        p = argparse.ArgumentParser()
+        emulate.add_arguments(p)
+        emulate.prepare(p.parse_args(self.argv()[2:]))
+        files = [str(self.town.workdir / "node-keys" / f"{i}.oscore.json") for i in self.ids]
+        r = subprocess.run([SLGW, "keys", "import", "--keys-dir", str(self.town.keys_dir), *files],
+                           capture_output=True, text=True, timeout=60, env=self.town.procs.env())
+        if r.returncode != 0:
+            raise RuntimeError(f"slgw keys import exited {r.returncode}: {r.stdout}{r.stderr}")
 
     def start(self) -> None:
         if self.starts == 0:
             self.write_configs()
+            if self.town.keys_dir is not None:
+                self.install_keys()
         try:
             self.control_path.unlink()  # a new process starts with no fault commands
         except FileNotFoundError:
@@ -160,7 +186,7 @@ class Town:
 
     def __init__(self, procs: ProcessGroup, workdir: Path, clock: SimClock, gateway: str, *,
                  per_process: int = 10, ack_timeout_ms: int = 500, truth_period: float | None = 60.0,
-                 heap: str | None = None, time_valid: bool = False) -> None:
+                 heap: str | None = None, time_valid: bool = False, keys_dir: Path | None = None) -> None:
         self.procs = procs
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +197,7 @@ class Town:
         self.truth_period = truth_period
         self.heap = heap
         self.time_valid = time_valid
+        self.keys_dir = Path(keys_dir) if keys_dir is not None else None
         self.batches: list[Batch] = []
         self.by_node: dict[str, Batch] = {}
         self.configs: dict[str, dict] = {}
