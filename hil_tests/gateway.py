@@ -71,7 +71,8 @@ class Gateway:
                 "--coap-bind", "127.0.0.1", "--coap-port", str(self.coap_port),
                 "--api-bind", "127.0.0.1", "--api-port", str(self.api_port),
                 "--store-aggregate-interval-s", str(self.aggregate_s),
-                "--coap-security", self.security, "--coap-keys-dir", str(self.keys_dir),
+                "--coap-security", self.security,
+                *(["--coap-keys-dir", str(self.keys_dir)] if self.security == "oscore" else []),
                 *self.clock.flags(), *self.args]
 
     def start(self, timeout: float = 30.0) -> Gateway:
