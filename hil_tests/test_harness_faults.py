@@ -1,9 +1,10 @@
 """The harness's fault switches do what the scenarios rely on, seen end to end: a node's clock
-jump (corrected by the gateway's time sync), a failed lamp (reported as lampFailure), and an
+jump (its report refused, then corrected by the gateway's time sync), a failed lamp (reported as lampFailure), and an
 unplugged cabinet meter (reported by `slgw meters`, back when plugged in)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from hil_tests.harness import wait_for
@@ -24,21 +25,26 @@ def test_clock_jump_lamp_failure_and_meter_unplug(hil_clock, gateway, nodes, met
     wait_for(lambda: (gw.cli("meters")["meters"] or [{}])[0].get("status") == "ok", timeout=20,
              what="the cabinet meter polled")
 
-    # clock jump: the node's next report is 2 h ahead; the gateway sees the drift and sets it back
+    # clock jump: the node's next report is 2 h ahead, refused 4.00 (issue 11: more than
+    # [nodes] time_future_s ahead of the gateway's clock); the refusal makes the gateway set the
+    # node's clock back, and its following reports are stored on time
     jumped_at = clock.now()
     town.control(jumper, clock_jump=7200)
     town.control(failing, fail_lamp=True)
 
-    def ahead_then_back():
+    def refused_then_back():
+        last = gw.cli("node", "show", jumper)["node"].get("implausible_last") or {}
+        m = re.match(r"report seq (\d+): time \d+ is (\d+) s ahead", last.get("reason") or "")
+        if not m or abs(int(m.group(2)) - 7200) > 60:
+            return None
         truth = {x["seq"]: x for x in town.truth()[jumper] if x["event"] == "report"}
         offs = [(r["seq"], r["t"] - truth[r["seq"]]["t"]) for r in gw.readings(jumper)
                 if r["seq"] in truth and truth[r["seq"]]["t"] > jumped_at]
-        jumped = [s for s, off in offs if abs(off - 7200) < 60]
-        back = [s for s, off in offs if jumped and s > jumped[0] and abs(off) < 30]
-        return (jumped, back) if jumped and back else None
+        back = [s for s, off in offs if s > int(m.group(1)) and abs(off) < 30]
+        return (int(m.group(1)), back, offs) if back else None
 
-    jumped, back = wait_for(ahead_then_back, timeout=30, what="a report 2 h ahead, then corrected ones")
-    assert back[0] > jumped[0]
+    refused, back, offs = wait_for(refused_then_back, timeout=30, what="a report 2 h ahead refused, then corrected ones")
+    assert all(abs(off) < 30 for _, off in offs), offs  # nothing stored 2 h ahead
     # the failed lamp: its light is off in the truth, and the gateway lists lampFailure
     wait_for(lambda: "lampFailure" in (gw.nodes()[failing]["faults"] or []), timeout=30,
              what="lampFailure reported for the failed lamp")
@@ -64,10 +70,11 @@ def test_clock_jump_lamp_failure_and_meter_unplug(hil_clock, gateway, nodes, met
 
 
 def test_clock_jump_back_keeps_the_energy(hil_clock, gateway, nodes):
-    """A node whose clock steps 2 h back (then corrected by the gateway) stamps one report
-    before many older ones; the gateway chains its counter in seq order, so the energy over
-    the run is still the last counter minus the first (regression guard for the 13x
-    over-count this suite found when deltas followed time order)."""
+    """A node whose clock steps 2 h back stamps a report before its earlier ones: refused 4.00
+    (time_order, issue 11), and the refusal makes the gateway set the node's clock; the reports
+    after it are stored on time and the energy over the run is still the last counter minus
+    the first (regression guard for the 13x over-count this suite found when deltas followed
+    time order)."""
     clock = hil_clock("2026-12-15T16:00:00Z", speed=600.0)
     gw = gateway(clock)
     town = nodes(clock, gw.coap_url, [{"cabinet": "C9", "group": "g", "rated_w": 40.0, "report_period": 60,
@@ -79,13 +86,17 @@ def test_clock_jump_back_keeps_the_energy(hil_clock, gateway, nodes):
     town.control(nid, clock_jump=-7200)  # the node's clock goes 2 h back; the gateway corrects it
 
     def corrected():
+        last = gw.cli("node", "show", nid)["node"].get("implausible_last") or {}
+        m = re.match(r"report seq (\d+): time \d+ is (\d+) s before the previous", last.get("reason") or "")
+        if not m or abs(int(m.group(2)) - 7200) > 120:
+            return False
         truth = {x["seq"]: x for x in town.truth()[nid] if x["event"] == "report"}
         offs = [(r["seq"], r["t"] - truth[r["seq"]]["t"]) for r in gw.readings(nid)
                 if r["seq"] in truth and truth[r["seq"]]["t"] > jumped_at]
-        jumped = [s for s, off in offs if abs(off + 7200) < 60]
-        return jumped and any(s > jumped[0] and abs(off) < 30 for s, off in offs)
+        assert all(abs(off) < 30 for _, off in offs), offs  # nothing stored 2 h behind
+        return any(s > int(m.group(1)) for s, _ in offs)
 
-    wait_for(corrected, timeout=30, what="a report 2 h behind, then corrected ones")
+    wait_for(corrected, timeout=30, what="a report 2 h behind refused, then corrected ones")
     clock.sleep(600)
     town.stop()
     time.sleep(1.5)

@@ -1,5 +1,6 @@
 """Setting nodes' clocks (SPEC §6): Write /3/0/13 after each Register, and when a report's time
-is relative (the node has no valid time) or drifts more than 30 s from the gateway's clock.
+is relative (the node has no valid time) or drifts more than 30 s from the gateway's clock, in
+stored Sends and in Sends refused for their time (gateway/service.py _ingest).
 
 Only while `clock.trusted()`: a real clock must be NTP-synchronised (a Raspberry Pi boots with a
 stale time and must never push it to a town's nodes); a simulated clock is trusted. Writes to

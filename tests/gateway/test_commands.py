@@ -193,6 +193,31 @@ async def test_time_sync_only_when_trusted(tmp_path):
             await node.stop()
 
 
+async def test_a_send_refused_for_its_time_sets_the_node_clock(tmp_path):
+    # An RTC that stepped 2 h ahead (or back): its reports are refused 4.00 (issue 11), so no
+    # report is ever stored to trigger the time sync; the refusal itself must, or the node's
+    # every later report is refused as well.
+    sim = Clock(start=1_800_000_000.0, speed=10.0)
+    async with gateway(tmp_path, clock=sim) as gw:
+        node = await AiocoapNode("j1", gw.config.coap.port).start()
+        try:
+            await node.register()
+            await node.wait_writes(1)  # the Register's time write
+            gw.timesync.min_interval = 0
+            now = int(sim.now())
+            for seq, t, wh, writes in ((1, now + 7200, 10, 2), (2, now, 10, None), (3, now - 7200, 10, 3)):
+                r = await node.send([(seq, t, wh, 1.0, 0, 0, 0)])
+                if writes is None:  # on time: stored, so the next one 2 h back is out of order
+                    assert r.code.is_successful(), r.payload
+                    continue
+                assert r.code == Code.BAD_REQUEST and b"implausible time" in r.payload, r.payload
+                (path, cf, value) = (await node.wait_writes(writes))[-1]
+                assert path == "/3/0/13" and abs(value - sim.now()) < 60
+            assert gw.ingestor.implausible["time_future"] == 1 and gw.ingestor.implausible["time_order"] == 1
+        finally:
+            await node.stop()
+
+
 def test_schedule_file_forms(tmp_path):
     steps = [[1, 0, 100], [0, 1350, 40], [2, 0, 0]]
     assert parse_schedule(json.dumps(steps)) == steps
