@@ -58,3 +58,19 @@ def test_says_when_no_32_bit_interpreter_was_measured(builds, monkeypatch):
     assert nh.interpreter_32(mpy, img, d).startswith("not measured: no 32-bit interpreter here. Set NODE_HEAP_MICROPYTHON32")
     monkeypatch.setenv(nh.ENV_32, MICROPYTHON)
     assert nh.interpreter_32(mpy, img, d) == f"not measured: {MICROPYTHON} is a 64-bit interpreter, not 32-bit"
+
+
+async def test_romfs_build_runs_the_24_hours_in_its_code_plus_64k(builds):
+    """The build for an ESP32 without PSRAM through the simulated day (7200x: 92 reports to an
+    aiocoap LwM2M peer, a sun-based programme written over CoAP, Reads) with -X heapsize = its
+    import footprint + 64 KB, the bench's own pass criteria (no MemoryError, no traceback, no
+    datagram dropped for lack of memory, every report, a clean stop), every module from /rom."""
+    d, _, img = builds
+    rom = nh._run_rom(img, d, nh.probe(nh.MODULES))
+    code = rom["total"] + rom["baseline"]
+    heap_k = code // 1024 + 64
+    r = await nh._day(nh._romfs_cmd(img), heap_k, os.path.join(d, "day"))
+    assert r["ok"], r["why"]
+    assert r["modules"] and all(f.startswith("/rom/") for f in r["modules"].values()), r["modules"]
+    assert r["live"] - code < 64 * 1024
+    print(f"ROMFS: code {code} B, heapsize={heap_k}k: peak {r['peak']} B, live at the end {r['live']} B")
