@@ -96,3 +96,85 @@ async def test_emulated_node_against_slgw_serve_with_oscore(tmp_path):
         if node is not None:
             node.kill()
         gw.stop()
+
+
+def stored(store) -> tuple[int, float]:
+    """(number of readings, latest received_at) the gateway stored for lamp-1 (read-only)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+    try:
+        n, last = conn.execute("SELECT count(*), max(received_at) FROM readings WHERE source = 'lamp-1'").fetchone()
+        return n, last or 0.0
+    finally:
+        conn.close()
+
+
+async def test_node_and_gateway_sigkills_lock_nobody_out_and_reuse_no_sequence_number(tmp_path):
+    """The real firmware and the real `slgw serve` on OSCORE, power cuts on both sides (SIGKILL):
+    the node killed while the gateway runs (the gateway's replay window is known: a sequence
+    number the node used before would count as a replay and be refused), then the gateway killed
+    (it lost its windows: 4.01 + Echo, the node resends), then the node again, and a command to
+    it (its own window unset after the boot: the gateway answers its Echo). After each restart the
+    node's reports are stored again and the gateway counted no replay and no unknown key; then a
+    node whose sequence-number record is lost (what a node without RFC 8613 B.1.1 would do) is
+    caught by that very counter, so the check can fail."""
+    coap_port = free_udp_port()
+    keys_src = tmp_path / "node-keys"
+    toml = write_toml(tmp_path / "node.toml", report_period=30, lifetime=120, jitter=1, default_level=100)
+    p = argparse.ArgumentParser()
+    emulate.add_arguments(p)
+    spec = emulate.prepare(p.parse_args([
+        "--id", "lamp-1", "--gateway", f"coap://127.0.0.1:{coap_port}", "--flash", str(tmp_path / "flash"),
+        "--config", str(toml), "--clock-speed", str(SPEED), "--ack-timeout", "300",
+        "--truth", str(tmp_path / "truth.jsonl"), "--truth-period", "10", "--oscore-keys", str(keys_src)]))
+    kdir = tmp_path / "gwkeys"
+    r = subprocess.run([SLGW, "keys", "import", "--keys-dir", str(kdir), str(keys_src / "lamp-1.oscore.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    gws = [SlgwProcess(tmp_path, "--coap-keys-dir", str(kdir), security="oscore", coap_port=coap_port).start()]
+    store = gws[0].store
+    nodes = []
+    log = tmp_path / "node.log"
+
+    def node_boots():
+        nodes.append(start_emulator(spec, log))
+
+    async def reports_flow(what: str) -> None:
+        """Two more readings stored after now, through the current gateway, nothing refused."""
+        n0, _ = stored(store)
+        await asyncio.to_thread(wait_until, lambda: stored(store)[0] >= n0 + 2, 40, f"reports {what}")
+        sec = gws[-1].api("GET", "/api/health")["oscore"]
+        assert sec["replays"] == 0 and sec["unknown_kid"] == 0, (what, sec)
+
+    try:
+        node_boots()
+        await reports_flow("after the first boot")
+        nodes[-1].kill()  # power cut of the node; the gateway keeps its replay window
+        node_boots()
+        await reports_flow("after the node's power cut")
+        gws[-1].kill9()  # the gateway crashes: its windows are gone
+        # what it restarts from: no replay window, so only the Echo exchange lets the node back in
+        assert json.loads((kdir / "lamp-1" / "sequence.json").read_text())["received"] == "unknown"
+        gws.append(SlgwProcess(tmp_path, "--coap-keys-dir", str(kdir), security="oscore", store=store,
+                               coap_port=coap_port).start())
+        await reports_flow("after the gateway's crash (Echo)")
+        nodes[-1].kill()
+        node_boots()
+        await reports_flow("after both crashed")
+        r = await asyncio.to_thread(gws[-1].cli, "--json", "set-level", "lamp-1", "30", "--wait", "20")
+        assert r.returncode == 0 and json.loads(r.stdout)["summary"].get("delivered") == 1, r.stdout + r.stderr
+        (n,) = gws[-1].api("GET", "/api/nodes")["nodes"]
+        assert n["registered"] and n["online"], n
+        # the control: a node that forgets its sequence numbers reuses them, and is caught
+        nodes[-1].kill()
+        for f in (tmp_path / "flash").glob("oscore-*.seq*"):
+            f.unlink()
+        node_boots()
+        await asyncio.to_thread(wait_until, lambda: gws[-1].api("GET", "/api/health")["oscore"]["replays"] > 0,
+                                40, "the reused sequence numbers counted as replays")
+    finally:
+        for proc in nodes:
+            proc.kill()
+        for gw in gws:
+            gw.stop()
