@@ -17,8 +17,8 @@ What is announced (docs/northbound.md has the JSON schemas):
   pending at most per node: the newest replaces the older);
 - a fault change, when the node's fault flags change (key ``f/NODE/SEQ``).
 
-Bound (``[mqtt] max_outbox``): the outbox holds at most that many rows. When a new row would
-go past it, the OLDEST rows are dropped (whatever their kind: the newest data is what an
+Bound (``[mqtt] max_outbox``): the outbox holds at most that many rows (checked at every
+``BOUND_EVERY``-th row, so up to that many more for a moment). When a new row goes past it, the OLDEST rows are dropped (whatever their kind: the newest data is what an
 operator needs after a long outage, and every report carries the meter's cumulative Wh, so a
 consumer loses resolution, not energy), counted in ``nb_stats.dropped`` and logged by the
 publisher. Precisely: rows whose id is ``max_outbox`` or more below the newest id are dropped,
@@ -45,23 +45,23 @@ def _fault_names(expr: str) -> str:
             f"WHERE ({expr}) & column1)")
 
 
-# The node state, one JSON object per node (used by two triggers below).
-_STATE = f"""SELECT n.id AS id, n.last_report AS t, json_object(
+# The node state as sent: built when the row is published, from the node's row as it is then
+# (the newest state is the one that matters, and building it at every report would cost the
+# writer more than the rest of the outbox together). A state row's payload is '' in the table.
+_STATE_JSON = f"""json_object(
     'type', 'state', 'node', n.id, 'kind', n.kind, 'group', n.grp, 'cabinet', n.cabinet,
     'level', n.level, 'power_w', n.power_w, 'meter_wh', n.wh,
     'energy_wh', COALESCE(e.exported_wh, 0), 'on_time', n.on_time, 'faults', n.faults,
     'fault_names', json({_fault_names('n.faults')}), 'seq', n.last_seq,
-    't', n.last_report, 'fw', n.fw, 'lat', n.lat, 'lon', n.lon, 'rated_w', n.rated_w)
-    AS payload FROM nodes n LEFT JOIN nb_energy e ON e.source = n.id"""
+    't', n.last_report, 'fw', n.fw, 'lat', n.lat, 'lon', n.lon, 'rated_w', n.rated_w)"""
 
 
 def _state_insert(node_expr: str) -> str:
     # DELETE + INSERT rather than INSERT OR REPLACE: a trigger's conflict clause is overridden
     # by the firing statement's (the ingest's upsert, INSERT OR IGNORE), so it cannot be relied on
     return (f"DELETE FROM nb_outbox WHERE key = 's/' || {node_expr}; "
-            f"INSERT INTO nb_outbox(key, topic, payload, t, created_at) "
-            f"SELECT 's/' || id, 'node/' || id || '/state', payload, t, {_NOW} "
-            f"FROM ({_STATE} WHERE n.id = {node_expr});")
+            f"INSERT INTO nb_outbox(key, topic, payload, t, created_at) VALUES ("
+            f"'s/' || {node_expr}, 'node/' || {node_expr} || '/state', '', NULL, {_NOW});")
 
 
 def _fault_trigger(name: str, event: str, when: str, old: str) -> str:
@@ -81,14 +81,11 @@ END"""
 
 
 TRIGGERS: dict[str, str] = {
+    # The report's JSON is built when it is published (_PENDING), from its readings row, which
+    # never changes: the writer only pays for one small insert per report.
     "nb_report": f"""CREATE TRIGGER nb_report AFTER INSERT ON readings BEGIN
   INSERT INTO nb_outbox(key, topic, payload, t, created_at) VALUES (
-    'r/' || NEW.source || '/' || NEW.seq, 'node/' || NEW.source || '/report',
-    json_object('type', 'report', 'node', NEW.source, 'seq', NEW.seq, 't', NEW.t,
-      'wh', NEW.wh, 'w', NEW.w, 'level', NEW.level, 'on_time', NEW.on_time,
-      'faults', NEW.faults, 'time_estimated', json(CASE WHEN NEW.rel_time THEN 'true'
-      ELSE 'false' END), 'received_at', NEW.received_at),
-    NEW.t, {_NOW});
+    'r/' || NEW.source || '/' || NEW.seq, 'node/' || NEW.source || '/report', '', NEW.t, {_NOW});
 END""",
     # A rebuild deletes a range of buckets and inserts it again: remember the old values so
     # the insert can tell what changed. Rows left by deletes that are not followed by an
@@ -134,9 +131,13 @@ END""",
 }
 
 
+BOUND_EVERY = 256  # the bound is checked at every 256th row: at most this many rows past it
+
+
 def _bound_trigger(max_rows: int) -> str:
+    # checked on every BOUND_EVERY-th id only: the check costs a query per row otherwise
     return f"""CREATE TRIGGER nb_bound AFTER INSERT ON nb_outbox
-  WHEN NEW.id - {max_rows} >= (SELECT MIN(id) FROM nb_outbox) BEGIN
+  WHEN NEW.id % {BOUND_EVERY} = 0 AND NEW.id - {max_rows} >= (SELECT MIN(id) FROM nb_outbox) BEGIN
   UPDATE nb_stats SET value = value + (SELECT COUNT(*) FROM nb_outbox
     WHERE id <= NEW.id - {max_rows}) WHERE key = 'dropped';
   DELETE FROM nb_outbox WHERE id <= NEW.id - {max_rows};
@@ -167,10 +168,29 @@ def uninstall(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT COUNT(*) FROM nb_outbox").fetchone()[0]
 
 
+_REPORT_JSON = """json_object('type', 'report', 'node', r.source, 'seq', r.seq, 't', r.t,
+    'wh', r.wh, 'w', r.w, 'level', r.level, 'on_time', r.on_time, 'faults', r.faults,
+    'time_estimated', json(CASE WHEN r.rel_time THEN 'true' ELSE 'false' END),
+    'received_at', r.received_at)"""
+# key 'r/NODE/SEQ': node ids never contain '/' (the LwM2M endpoint rule)
+_KEY_NODE = "substr(o.key, 3, instr(substr(o.key, 3), '/') - 1)"
+_KEY_NUM = "CAST(substr(o.key, 3 + instr(substr(o.key, 3), '/')) AS INTEGER)"
+_PENDING = f"""SELECT o.id, o.key, o.topic, CASE
+    WHEN o.payload != '' THEN o.payload
+    WHEN substr(o.key, 1, 1) = 's' THEN (SELECT {_STATE_JSON} FROM nodes n
+        LEFT JOIN nb_energy e ON e.source = n.id WHERE n.id = substr(o.key, 3))
+    WHEN substr(o.key, 1, 1) = 'r' THEN (SELECT {_REPORT_JSON} FROM readings r
+        WHERE r.source = {_KEY_NODE} AND r.seq = {_KEY_NUM}) END
+    FROM nb_outbox o WHERE o.id > ? ORDER BY o.id LIMIT ?"""
+
+
 def pending(conn: sqlite3.Connection, after_id: int, limit: int) -> list[tuple]:
-    """Rows to publish, oldest first: (id, key, topic, payload) with id > after_id."""
-    return conn.execute("SELECT id, key, topic, payload FROM nb_outbox WHERE id > ? "
-                        "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+    """Rows to publish, oldest first: (id, key, topic, payload) with id > after_id.
+
+    State and report payloads are built now from the node's row and the readings row; None if
+    that row is gone (a registration that expired before it reported; a reading pruned by
+    retention before it could be sent, counted as dropped): nothing to announce."""
+    return conn.execute(_PENDING, (after_id, limit)).fetchall()
 
 
 def acknowledge(ids: list[int]) -> Any:

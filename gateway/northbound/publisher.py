@@ -146,11 +146,14 @@ class Publisher:
     # --- the connection loop ----------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(f"{self.base}/status", b"offline", qos=1, retain=True)
-        return aiomqtt.Client(self.cfg.host, self.cfg.port, username=self.cfg.username or None,
+        client = aiomqtt.Client(self.cfg.host, self.cfg.port, username=self.cfg.username or None,
                               password=self.password, identifier=f"slgw-{self.gateway_id}",
                               will=will, clean_session=True, tls_context=self.tls,
                               keepalive=int(self.cfg.keepalive_s),
                               max_inflight_messages=self.cfg.inflight, timeout=30.0)
+        # aiomqtt warns past 10 unacknowledged publishes; the window is ours by design
+        client.pending_calls_threshold = self.cfg.inflight + 16
+        return client
 
     async def _run(self) -> None:
         delay = 0.5
@@ -243,6 +246,14 @@ class Publisher:
                     await asyncio.wait([failed], timeout=IDLE_POLL_S)
                     continue
                 for row_id, key, topic, payload in rows:
+                    if payload is None:  # its node or reading was deleted meanwhile
+                        self._acks.append(row_id)
+                        cursor = row_id
+                        if key[0] == "r":
+                            log.warning("northbound: report %s was pruned by retention before "
+                                        "it could be published; raise [store] "
+                                        "retention_raw_days above the longest broker outage", key)
+                        continue
                     await window.acquire()
                     if failed.done():
                         failed.result()

@@ -20,8 +20,8 @@ def rep(seq: int, wh: float, faults: int = 0) -> dict:
 
 
 async def rows(store: Store) -> list[tuple]:
-    return await store.read(lambda c: c.execute(
-        "SELECT id, key, topic, payload FROM nb_outbox ORDER BY id").fetchall())
+    """(id, key, topic, payload) as the publisher reads them (payloads built where lazy)."""
+    return await store.read(lambda c: outbox.pending(c, 0, 10**6))
 
 
 @pytest.fixture
@@ -60,13 +60,23 @@ async def test_announcement_commits_with_its_data_or_not_at_all(store):
 
 async def test_full_outbox_drops_the_oldest_and_counts_them(store):
     await store.write(lambda c: outbox.install(c, 10))
-    await store.ingest_reports("n1", [rep(s, 100 + s) for s in range(1, 26)], received_at=T0 + 9000)
+    n = 3 * outbox.BOUND_EVERY
+    for s in range(1, n + 1):
+        await store.ingest_reports("n1", [rep(s, 100 + s)], received_at=T0 + 86400 * 30)
     left = await rows(store)
     st = await store.read(outbox.status)
-    assert len(left) <= 10 and st["depth"] == len(left)
-    assert st["dropped"] > 0 and st["dropped"] + len(left) >= 25
-    assert "r/n1/25" in {k for _i, k, _t, _p in left}  # the newest are kept
-    assert "r/n1/1" not in {k for _i, k, _t, _p in left}
+    assert st["depth"] == len(left) <= 10 + outbox.BOUND_EVERY
+    assert st["dropped"] > 0 and st["dropped"] + len(left) >= n  # reports + states
+    keys = {k for _i, k, _t, _p in left}
+    assert f"r/n1/{n}" in keys and "s/n1" in keys  # the newest are kept
+    assert "r/n1/1" not in keys and f"r/n1/{n - outbox.BOUND_EVERY - 10}" not in keys
+
+
+async def test_a_report_pruned_before_it_was_sent_is_announced_as_nothing(store):
+    await store.ingest_reports("n1", [rep(1, 100), rep(2, 110)], received_at=T0 + 7200)
+    await store.write(lambda c: c.execute("DELETE FROM readings WHERE seq = 1"))
+    got = {k: p for _i, k, _t, p in await rows(store)}
+    assert got["r/n1/1"] is None and json.loads(got["r/n1/2"])["seq"] == 2
 
 
 async def test_exported_energy_never_decreases(store):
