@@ -101,7 +101,8 @@ def main() -> None:
                 time.sleep(0.2)
         pages = ["/api/nodes", "/web/", "/web/lamps", "/web/lamps?cabinet=cab-03",
                  "/web/lamps/sl-00042", "/api/nodes/sl-00042", "/web/map", "/web/energy?by=day",
-                 "/web/energy?by=month", "/web/energy?by=15min&sel=cabinet:cab-03"]
+                 "/web/energy?by=month", "/web/energy?by=15min&sel=cabinet:cab-03",
+                 "/web/energy?by=15min"]
         out = {}
         for p in pages:
             fetch(conn, p)  # warm: first-use imports and caches

@@ -47,7 +47,8 @@ log = logging.getLogger("slgw.web")
 STATIC = Path(__file__).parent / "static"
 ACTION_WAIT = 5.0  # seconds an action waits for the node's answer before showing "pending"
 IDENTIFY_OBJECT = 10250
-MAX_LOOK = 100  # rows of "need a look" on the phone; the rest through the lamps' state filter
+MAX_LOOK = 100
+MAX_ROW_BASELINE_LAMPS = 200  # past this, periods over a day get no baseline each (cost)  # rows of "need a look" on the phone; the rest through the lamps' state filter
 STATE_LABEL = {"on": "On", "dimmed": "Dimmed", "off": "Off", "dark": "Dark, should be lit",
                "dayburn": "Lit by day", "offline": "Offline", "fault": "Fault"}
 BY_WINDOW = {"15min": "last 24 hours by quarter hour", "day": "last 31 days by day",
@@ -514,8 +515,15 @@ async def energy_page(request: web.Request) -> web.Response:
         return _render(request, "Energy", form + f'<p class="error">{h(exc)}</p>', "/web/energy",
                        status=400)
     tariff = gw.config.web.tariff_eur_per_kwh
-    base_rows = await _baselines(gw, res["rows"], chosen) if by != "15min" or \
-        len(res["rows"]) <= 96 else [None] * len(res["rows"])
+    # one savings() per period: for a whole town by quarter hour that is 96 passes over every
+    # lamp (5 s for 2,134 lamps here, docs/performance.md), so there only the window's baseline
+    per_row = len(res["rows"]) <= 31 or len(sav["nodes"]) <= MAX_ROW_BASELINE_LAMPS
+    base_rows = (await _baselines(gw, res["rows"], chosen) if per_row
+                 else [None] * len(res["rows"]))
+    no_rows_note = ("" if per_row else
+                    f'<p class="hint">The baseline of each quarter hour is drawn for up to '
+                    f"{MAX_ROW_BASELINE_LAMPS} lamps; choose a cabinet or a group to see it. The "
+                    "baseline of the whole window is under Savings.</p>")
     fmt = {"15min": "%H:%M", "day": "%d %b", "month": "%b %Y"}[by]
     bars = [(local(r["start"], tz, fmt), r["wh"], b) for r, b in zip(res["rows"], base_rows,
                                                                      strict=True)]
@@ -549,7 +557,7 @@ async def energy_page(request: web.Request) -> web.Response:
     who = "The whole town" if res["selection"] == "site" else res["selection"]
     body = (form + f'<p class="lead">{h(who)}: {kwh(res["total_wh"])} from '
             f'{h(local(start, tz))} to {h(local(end, tz))} ({h(res["quality"])}).</p>'
-            + chart + etab + f"<h2>Savings</h2>{savings}{cab_tab}{circuit}")
+            + chart + no_rows_note + etab + f"<h2>Savings</h2>{savings}{cab_tab}{circuit}")
     return _render(request, "Energy and savings", body, "/web/energy")
 
 
