@@ -3,7 +3,9 @@
 flash --romfs` (fits-check, then the real esptool against the simulated loader)."""
 
 import asyncio
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tty
@@ -84,33 +86,66 @@ async def test_node_from_the_romfs_image_registers_and_reports(rom_build, tmp_pa
     assert all(f.startswith("/rom/") and f.endswith(".mpy") for f in mods.values()), mods
 
 
-def test_launcher_runs_the_image_even_with_a_stale_firmware_on_the_filesystem(tmp_path):
-    """On the device sys.path is ['', '.frozen', '/rom', '/rom/lib'] with '' the littlefs root:
-    an old firmware/ there would shadow the image. The ROMFS launcher puts /rom first."""
+def _tiny_image(tmp_path):
+    """An image with the real boot selector and stand-ins for the entry points, and a
+    filesystem directory holding an old firmware/ that would shadow it."""
     tree = tmp_path / "tree" / "firmware"
     tree.mkdir(parents=True)
     (tree / "__init__.py").write_text("")
-    (tree / "main.py").write_text("def main():\n    print('ran from', __file__)\n")
+    shutil.copy(os.path.join(ROOT, "firmware", "boot_select.py"), tree / "boot_select.py")
+    for name in ("main", "emulator"):
+        (tree / f"{name}.py").write_text("def main():\n    print('ran from', __file__)\n")
     img = tmp_path / "t.img"
     img.write_bytes(romfs.pack(tmp_path / "tree"))
     fs = tmp_path / "fs"
     (fs / "firmware").mkdir(parents=True)
     (fs / "firmware" / "__init__.py").write_text("")
-    (fs / "firmware" / "main.py").write_text("def main():\n    print('ran from the filesystem')\n")
-    launcher_path = str(tmp_path / "main.py")
-    script = f"sys.path[:] = ['', '.frozen', '/rom', '/rom/lib']\nexec(open({launcher_path!r}).read())\n"
-    for launcher, want in ((romfs.LAUNCHER, "ran from /rom/firmware/main.py"), (build.LAUNCHER, "ran from the filesystem")):
+    for name in ("main", "emulator"):
+        (fs / "firmware" / f"{name}.py").write_text("def main():\n    print('ran from the filesystem')\n")
+    return img, fs
+
+
+def _device_path_script(launcher_path):
+    """On the device sys.path is ['', '.frozen', '/rom', '/rom/lib'] with '' the littlefs root."""
+    return f"sys.path[:] = ['', '.frozen', '/rom', '/rom/lib']\nexec(open({str(launcher_path)!r}).read())\n"
+
+
+def test_launcher_runs_the_image_even_with_a_stale_firmware_on_the_filesystem(tmp_path):
+    """An old firmware/ on the filesystem would shadow the image: the ROMFS launchers put /rom
+    first (the .mpy build's launcher, run the same way, imports the filesystem's)."""
+    img, fs = _tiny_image(tmp_path)
+    script = _device_path_script(tmp_path / "main.py")
+    for launcher, want in ((romfs.LAUNCHER, "ran from /rom/firmware/main.py"),
+                           (romfs.LAUNCHER_SELECT, "ran from /rom/firmware/emulator.py"),  # argv: emulation
+                           (build.LAUNCHER, "ran from the filesystem")):
         (tmp_path / "main.py").write_text(launcher)
         cmd, env = romfs.command(str(img), script, str(tmp_path))
         r = subprocess.run(cmd, env=env, cwd=fs, capture_output=True, text=True, timeout=30)
-        assert r.returncode == 0 and r.stdout.strip() == want, r.stderr + r.stdout
-    # no image in /rom: the launcher says what to do
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == want, r.stderr + r.stdout
+    # no firmware in /rom: the launcher says what to do
     empty = tmp_path / "empty.img"
     empty.write_bytes(romfs.pack(tmp_path / "fs" / "firmware"))  # an image without firmware/
-    (tmp_path / "main.py").write_text(romfs.LAUNCHER)
+    (tmp_path / "main.py").write_text(romfs.LAUNCHER_SELECT)
     cmd, env = romfs.command(str(empty), script.replace("''", "'/nowhere'"), str(tmp_path))
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "no node firmware in /rom" in r.stdout and "slnode flash --romfs" in r.stdout
+
+
+def test_a_pending_application_update_on_a_romfs_node_is_reported_failed_not_booted(tmp_path):
+    """An over-the-air application bundle (firmware/ota.py) lands in a filesystem slot, which a
+    ROMFS node cannot run: the launcher clears the trial, records Update Result 8 with the reason
+    for the gateway, and boots /rom through the boot selector (boot counted)."""
+    img, fs = _tiny_image(tmp_path)
+    (tmp_path / "main.py").write_text(romfs.LAUNCHER_SELECT)
+    state = {"active": "", "trial": "a", "tries": 0, "boots": 0, "result": 0, "why": "", "version": "",
+             "trial_version": "0.2.0", "running": "", "mode": "normal"}
+    (tmp_path / "ota.json").write_text(json.dumps(state))  # the root: the boot script's directory
+    cmd, env = romfs.command(str(img), _device_path_script(tmp_path / "main.py"), str(tmp_path))
+    r = subprocess.run(cmd, env=env, cwd=fs, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "ran from /rom/firmware/emulator.py", r.stderr
+    st = json.loads((tmp_path / "ota.json").read_text())
+    assert (st["trial"], st["active"], st["result"], st["running"], st["mode"], st["boots"]) == ("", "", 8, "", "normal", 1)
+    assert st["why"].startswith("ROMFS build: the code runs from /rom")
 
 
 def test_provision_of_a_romfs_build_puts_no_code_on_the_filesystem(rom_build):
@@ -118,9 +153,9 @@ def test_provision_of_a_romfs_build_puts_no_code_on_the_filesystem(rom_build):
     cfg = provision.check_config({"id": "lamp-r", "gateway": "coap://10.0.0.2"})
     files = provision.image_files(out, cfg)
     assert sorted(files) == ["config.json", "main.py", "manifest.json"]
-    assert files["main.py"].decode() == romfs.LAUNCHER
+    assert files["main.py"].decode() == romfs.LAUNCHER_SELECT  # the tree has the boot selector
     image = provision.make_image(files, partitions.board_geometry("esp32"))
-    assert provision.read_image(image)["main.py"].decode() == romfs.LAUNCHER
+    assert provision.read_image(image)["main.py"].decode() == romfs.LAUNCHER_SELECT
 
 
 def test_flash_plan_puts_the_image_in_the_romfs_partition(tmp_path, rom_build):
