@@ -216,13 +216,17 @@ class Ota:
             szx = b[2]
 
     async def _download(self, sha):
+        t0 = self.node.ep.now_ms()
+        self.stats["blocks"] = self.stats["bytes"] = 0
         try:
             res = await self._download_into(sha)
         except Exception as e:  # noqa: BLE001 - report, keep the node running
             res = (R_FAILED, "download failed: %r" % (e,))
         if res is None:
             self.state = DOWNLOADED
-            self.node.log("ota: version %s downloaded and verified in slot %s" % (self.pkg_version, self.idle_slot()))
+            self.node.log("ota: version %s downloaded and verified in slot %s: %d bytes in %d blocks, %d ms" % (
+                self.pkg_version, self.idle_slot(), self.stats["bytes"], self.stats["blocks"],
+                self.node.ep.now_ms() - t0))
         else:
             self.state = IDLE
             self.result, self.why = res[0], res[1]

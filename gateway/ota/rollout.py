@@ -33,8 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cbor2
+from aiocoap.numbers.codes import Code
+
 from gateway.coap.client import NodeRefused, NodeUnreachable
 from gateway.ota.bundles import BundleError, BundleStore
+from protocol import lwm2m
 
 log = logging.getLogger("slgw.firmware")
 
@@ -225,7 +229,7 @@ class FirmwareService:
         if not addr:
             return None
         try:
-            v = await self.client.read(addr, "/3/0/3")
+            v = await self._read(addr, "/3/0/3")
         except (NodeUnreachable, NodeRefused, ValueError):
             return None
         return v if isinstance(v, str) else None
@@ -240,12 +244,20 @@ class FirmwareService:
             return
         self._node(ep, **obj)
 
+    async def _read(self, addr: str, path: str) -> Any:
+        # a short timeout: while a node reboots its old address answers nothing, and the
+        # commands' 30 s would hold the poll long after it registered from its new one
+        resp = await self.client.request(Code.GET, addr, path, accept=lwm2m.CF_CBOR,
+                                         timeout=max(2.0, 4 * self.poll_s))
+        try:
+            return cbor2.loads(resp.payload)
+        except Exception as exc:
+            raise ValueError(f"node answered {path} with undecodable CBOR: {exc}") from exc
+
     async def _read5(self, addr: str) -> dict[str, Any]:
-        st = await self.client.read(addr, "/5/0/3")
-        res = await self.client.read(addr, "/5/0/5")
-        ver = await self.client.read(addr, "/3/0/3")
-        slot = await self.client.read(addr, "/10251/0/0")
-        why = await self.client.read(addr, "/10251/0/1")
+        """Object 5's State and Update Result, the running version, slot and reason."""
+        st, res, ver, slot, why = await asyncio.gather(*(self._read(addr, p) for p in (
+            "/5/0/3", "/5/0/5", "/3/0/3", "/10251/0/0", "/10251/0/1")))
         return {"state": STATE_NAMES.get(st, str(st)), "result": res, "result_text": RESULT_NAMES.get(res, str(res)),
                 "version": ver, "slot": slot, "why": why, "_state": st}
 

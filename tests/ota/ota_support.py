@@ -89,3 +89,41 @@ def truth(work: Path, nid: str) -> list[dict]:
 
 def env_pythonpath() -> dict[str, str]:
     return {"PYTHONPATH": str(ROOT), **os.environ}
+
+
+def start_town(work: Path, procs, n: int, *, trial_s: float = 20, group: str = "ota", extra_gw=()):
+    """``n`` nodes (lamp-0..) with OSCORE keys, each in its own `slnode emulate --slots`, and the
+    real slgw with their keys imported. Returns (gateway, {id: Proc})."""
+    import subprocess
+
+    from tools.procs import free_port, wait_for
+
+    coap = free_port()
+    keys = work / "nodekeys"
+    nodes = {}
+    for i in range(n):
+        nid = f"lamp-{i}"
+        nodes[nid] = procs.start(nid, node_argv(work, nid, coap, keys=keys, trial_s=trial_s))
+    wait_for(lambda: all((keys / f"{nid}.oscore.json").exists() for nid in nodes), 30, what="the key files")
+    kdir = work / "gwkeys"
+    r = subprocess.run([SLGW, "keys", "import", "--keys-dir", str(kdir),
+                        *[str(keys / f"{nid}.oscore.json") for nid in nodes]], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    gw = SlgwProcess(work, "--coap-keys-dir", str(kdir), "--firmware-poll-s", "0.5", *extra_gw,
+                     security="oscore", coap_port=coap).start()
+    wait_for(lambda: len([x for x in gw.api("GET", "/api/nodes")["nodes"]
+                          if x["registered"] and x.get("wh") is not None]) == n, 90, what="every node registered")
+    return gw, nodes
+
+
+def micropython_child(proc) -> int | None:
+    """The pid of the micropython process a `slnode emulate` launcher runs (its only child)."""
+    try:
+        for tid in os.listdir(f"/proc/{proc.pid}/task"):
+            kids = open(f"/proc/{proc.pid}/task/{tid}/children").read().split()
+            if kids:
+                return int(kids[0])
+    except OSError:
+        return None
+    return None
