@@ -529,7 +529,9 @@ async def energy_page(request: web.Request) -> web.Response:
                                                                      strict=True)]
     chart = bar_chart(bars, f"Energy of {res['selection']}, {BY_WINDOW[by]}")
     rows = [(h(local(r["start"], tz, "%Y-%m-%d %H:%M")),
-             f'<span{attrs(data_wh=r["wh"])}>{kwh(r["wh"])}</span>', kwh(b),
+             f'<span{attrs(data_wh=r["wh"])}>{kwh(r["wh"])}</span>',
+             f'<span{attrs(data_baseline_wh=b, data_start=iso(r["start"]), data_end=iso(r["end"]))}>'
+             f"{kwh(b)}</span>",
              h(r["quality"]), pct(100 * r["coverage"]))
             for r, b in zip(res["rows"], base_rows, strict=True)]
     etab = table(["Period", "Measured", "Baseline", "Quality", "Coverage"], rows,

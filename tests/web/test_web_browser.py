@@ -34,7 +34,7 @@ from slgw_harness import BIN, SLGW, SlgwProcess  # noqa: E402
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 OP, RO = "operator-t0ken-for-the-web-test-0123", "read-only-t0ken-for-the-web-test-4567"
-START = "2026-01-15T15:50:00Z"  # dusk in Lyon is about 16:20 UTC: the run crosses it
+START = "2026-01-15T16:05:00Z"  # dusk in Lyon is about 16:18 UTC: the run crosses it
 SPEED = 120.0
 PHONE = {"width": 390, "height": 844}
 NODES = {"north-000": "K1", "north-001": "K1", "south": "K2"}
@@ -286,6 +286,15 @@ def test_web_view_in_chromium(procs, tmp_path):
                 box = page.locator("#savings")
                 for key in ("baseline_wh", "actual_wh", "saved_wh"):
                     assert float(box.get_attribute(f"data-{key.replace('_', '-')}")) == sav[key]
+                # the baseline beside each period is `slgw savings` of that period alone
+                cells = tab.locator("[data-baseline-wh]").evaluate_all(
+                    "els => els.map(e => [e.dataset.start, e.dataset.end, e.dataset.baselineWh])")
+                assert len(cells) == len(cli["rows"])
+                night = [c for c in cells if float(c[2]) > 0]
+                assert night, "the run should have crossed dusk: no period has a baseline"
+                for start, end, base_wh in night[-2:]:
+                    one = _cli_json(gw, "savings", "--from", start, "--to", end, *args)["site"]
+                    assert float(base_wh) == one["baseline_wh"]
                 if sel == "cabinet:K1":
                     circuit = _cli_json(gw, "energy", "--from", f, "--to", t, "--cabinet", "K1")
                     assert page.locator("#circuit").count() == 1
