@@ -35,7 +35,7 @@ class Broker:
     queued QoS 1 messages survive a stop and restart, as on a real installation."""
 
     def __init__(self, procs: Any, workdir: Path, acl: str | None = None,
-                 passwords: dict[str, str] | None = None):
+                 passwords: dict[str, str] | None = None, tls: list[str] | None = None):
         self.procs, self.dir = procs, Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -56,6 +56,7 @@ class Broker:
             lines += ["allow_anonymous false", f"password_file {pw}"]
         else:
             lines.append("allow_anonymous true")
+        lines += tls or []  # cafile/certfile/keyfile/require_certificate for the listener
         if acl:
             (self.dir / "acl").write_text(acl)
             lines.append(f"acl_file {self.dir / 'acl'}")

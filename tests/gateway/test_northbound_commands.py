@@ -126,6 +126,9 @@ async def test_home_assistant_discovery_thingsboard_and_status_cli(procs, tmp_pa
         # the energy the HA entity reads never decreases, and ends at the gateway's total
         states = [d["energy_wh"] for t, d in sub.messages if t == "town/gwH/node/h-0000/state"]
         assert states == sorted(states) and states[-1] > 0
+        assert topics["town/gwH/status"] == {"raw": "online"}
+        health = topics["town/gwH/health"]
+        assert health["type"] == "health" and health["gateway"] == "gwH" and "depth" in health["outbox"]
         tb = [d for t, d in sub.messages if t == "v1/gateway/telemetry"]
         seqs = sorted(v["values"]["seq"] for d in tb for v in d["h-0000"])
         assert seqs == list(range(1, 31))
