@@ -44,6 +44,7 @@ TRIAL_GUARD_S = 900  # the device's hard bound on a trial (the node's own check 
 RESET_EXIT = 75
 RESULT_FAILED = 8  # LwM2M Firmware Update /5/0/5 "Firmware update failed"
 STATE = "ota.json"
+IMAGE = "image"  # trial of a whole firmware image (firmware/ota.py); the bootloader holds it
 
 
 def slot_dir(root, slot):
@@ -97,6 +98,8 @@ def write_state(root, st):
 
 
 def bootable(root, slot):
+    if slot == IMAGE:  # the bootloader's OTA partition, not a directory
+        return True
     return not slot or _exists(_join(slot_dir(root, slot), "manifest.json"))
 
 
@@ -107,6 +110,18 @@ def choose(root, st):
         st["trial"] = ""
         st["result"] = RESULT_FAILED
         st["why"] = "trial slot incomplete (no manifest): not booted"
+    if st["trial"] == IMAGE and st["tries"] >= 1:
+        # an image boots on trial once: ESP-IDF's bootloader reverts an image that reset before
+        # it was marked valid, so this boot runs the previous image again
+        st["result"] = RESULT_FAILED
+        st["why"] = "new image reset before its health check passed: the bootloader went back to the previous one"
+        st["trial"] = ""
+        st["tries"] = 0
+    if st["trial"] == IMAGE:
+        st["tries"] += 1
+        st["running"] = st["active"]
+        st["mode"] = "trial"
+        return st["active"]
     if st["trial"]:
         if st["tries"] >= TRIAL_BOOTS:
             st["result"] = RESULT_FAILED

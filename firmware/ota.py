@@ -31,7 +31,8 @@ from firmware import boot_select
 from protocol import coap
 
 IDLE, DOWNLOADING, DOWNLOADED, UPDATING = 0, 1, 2, 3
-R_NONE, R_OK, R_FLASH, R_LOST, R_INTEGRITY, R_URI, R_FAILED = 0, 1, 2, 4, 5, 7, 8
+R_NONE, R_OK, R_FLASH, R_LOST, R_INTEGRITY, R_UNSUPPORTED, R_URI, R_FAILED = 0, 1, 2, 4, 5, 6, 7, 8
+IMAGE = "image"  # the "slot" of a whole-image update: the HAL's idle OTA partition
 _SZX = 6  # 1024-byte blocks: one block + OSCORE fits the 1152-byte message (SPEC §1)
 _TRIES = 4  # attempts per block before the download counts as lost
 _PACKAGES = ("firmware/", "protocol/")
@@ -117,6 +118,7 @@ class Ota:
         self.trial_deadline = None  # real ms (endpoint clock) by which the trial must be healthy
         self.report_seq = None  # the report taken for the health check
         self.stats = {"blocks": 0, "bytes": 0}
+        self.image = None  # the HAL's ImageWriter of a downloaded whole image
 
     @property
     def safe(self):
@@ -170,7 +172,11 @@ class Ota:
         if self.state != DOWNLOADED:
             return "nothing downloaded (state %d)" % self.state
         st = boot_select.read_state(self.root)
-        st["trial"] = self.idle_slot()
+        if self.image is not None:
+            self.node.hal.image_activate(self.image)  # the bootloader boots it next, on trial
+            st["trial"] = IMAGE
+        else:
+            st["trial"] = self.idle_slot()
         st["tries"] = 0
         st["trial_version"] = self.pkg_version
         st["result"] = R_NONE
@@ -249,6 +255,8 @@ class Ota:
             version = str(man["version"])
         except (ValueError, KeyError, TypeError):
             return R_INTEGRITY, "manifest is not a slnode build manifest"
+        if man.get("image"):
+            return await self._download_image(base, man["image"], version)
         todo = [k for k in files if k.startswith(_PACKAGES)]
         if "firmware/main.mpy" not in todo and "firmware/main.py" not in todo:
             return R_INTEGRITY, "bundle has no firmware/main: it would not boot"
@@ -292,6 +300,34 @@ class Ota:
         self.pkg_version = version
         return None
 
+    async def _download_image(self, base, img, version):
+        """A whole firmware image (MicroPython with the application frozen in) into the
+        HAL's idle OTA partition (firmware/hal/esp32.py); same checks as the bundle path."""
+        begin = getattr(self.node.hal, "image_begin", None)
+        if begin is None:
+            return R_UNSUPPORTED, "this node cannot take whole images (no OTA partitions in its HAL)"
+        try:
+            w = begin(int(img["size"]))
+        except ValueError as e:
+            return R_FLASH, str(e)
+        except (KeyError, TypeError):
+            return R_INTEGRITY, "manifest image entry is not {file, size, sha256}"
+        h = hashlib.sha256()
+
+        def sink(chunk):
+            w.write(chunk)
+            h.update(chunk)
+
+        err = await self.fetch(base + "/" + img["file"], sink)
+        if err:
+            return err
+        w.finish()
+        if w.written != img["size"] or _hex(h.digest()) != img["sha256"]:
+            return R_INTEGRITY, "image does not match the manifest"
+        self.image = w
+        self.pkg_version = version
+        return None
+
     # -- health check, commit, rollback, boot counter --------------------------------------------
     def tick(self, now_ms):
         """Called from the node's control loop (real ms). Drives the trial's health check and
@@ -332,7 +368,8 @@ class Ota:
 
     def commit(self):
         st = boot_select.read_state(self.root)
-        st["active"] = st["trial"]
+        # a whole image carries its application frozen in: no slot of the filesystem in front
+        st["active"] = "" if st["trial"] == IMAGE else st["trial"]
         st["version"] = st["trial_version"]
         st["trial"] = ""
         st["tries"] = 0

@@ -264,6 +264,22 @@ class EmulatedHal(Hal):
         self.resets += 1
         raise ResetRequested()
 
+    # -- whole-image updates: an emulated OTA partition (a file), shaped like esp32.Partition --
+    def image_begin(self, size):
+        """The emulated idle OTA slot (``ota-image.bin``, 1.5 MiB as in MicroPython's
+        partitions-4MiB-ota.csv). Raises ValueError when ``size`` does not fit."""
+        if size > 0x180000:
+            raise ValueError("image of %d bytes does not fit the %d-byte OTA slot" % (size, 0x180000))
+        return _EmuImage(self.path("ota-image.bin"), size)
+
+    def image_activate(self, writer):
+        with open(self.path("ota-image.boot"), "w") as f:
+            f.write("%d" % writer.written)
+
+    def image_mark_valid(self):
+        with open(self.path("ota-image.valid"), "w") as f:
+            f.write("1")
+
     def unique_id(self):
         import hashlib
 
@@ -383,6 +399,22 @@ class EmulatedHal(Hal):
         self._wdt_timeout = 0
         self._pulse_base = 0
         self._pulse_base = self.pulse_count()
+
+
+class _EmuImage:
+    """ImageWriter of the emulated OTA slot (firmware/hal/esp32.py has the real one)."""
+
+    def __init__(self, path, size):
+        self.f = open(path, "wb")
+        self.size = size
+        self.written = 0
+
+    def write(self, chunk):
+        self.f.write(chunk)
+        self.written += len(chunk)
+
+    def finish(self):
+        self.f.close()
 
 
 def _makedirs(path):

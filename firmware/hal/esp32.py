@@ -13,10 +13,16 @@ pins. Default pins suit a generic ESP32-WROOM board and are overridden from the 
 - RTC: ``machine.RTC``; valid once its year is >= 2024 (it restarts at 2000 after a power-on
   and keeps time across soft resets). ``RTC().memory()`` is the RTC slow memory.
 - Watchdog ``machine.WDT``; Wi-Fi ``network.WLAN(STA_IF)``, reconnecting at most every 10 s.
+- Whole-image updates (docs/ota.md): ``esp32.Partition`` ``get_next_update`` (the idle OTA
+  slot), ``writeblocks`` 4 KB at a time while the image streams in, ``set_boot`` on Update,
+  ``mark_app_valid_cancel_rollback`` after the health check (else the bootloader, built with
+  rollback, boots the previous image again at the next reset). Cannot run off a board: only
+  type-checked here against the ESP32 stubs.
 """
 
 import time
 
+import esp32
 import machine
 import network
 
@@ -78,6 +84,43 @@ class Esp32Uart:
 
     def close(self):
         self._u.deinit()
+
+
+class ImageWriter:
+    """Streams a firmware image into an OTA partition, one 4 KB flash block at a time (the
+    partition erases each block before writing it); firmware/ota.py hashes the stream."""
+
+    def __init__(self, part, size):
+        self.part = part
+        self.size = size
+        self.buf = bytearray(4096)
+        self.fill = 0
+        self.block = 0
+        self.written = 0
+
+    def write(self, chunk):
+        mv = memoryview(chunk)
+        i = 0
+        while i < len(mv):
+            n = min(4096 - self.fill, len(mv) - i)
+            self.buf[self.fill:self.fill + n] = mv[i:i + n]
+            self.fill += n
+            i += n
+            if self.fill == 4096:
+                self._flush()
+        self.written += len(chunk)
+
+    def _flush(self):
+        self.part.writeblocks(self.block, self.buf)
+        self.block += 1
+        self.fill = 0
+
+    def finish(self):
+        """Write the last, partial block (padded with 0xFF)."""
+        if self.fill:
+            for j in range(self.fill, 4096):
+                self.buf[j] = 0xFF
+            self._flush()
 
 
 class Esp32Hal(Hal):
@@ -188,6 +231,30 @@ class Esp32Hal(Hal):
 
     def reset(self):
         machine.reset()
+
+    # --- whole-image updates (docs/ota.md, firmware/ota.py) ------------------------------
+    def image_begin(self, size):
+        """The idle OTA slot, opened for an image of ``size`` bytes. Returns an ImageWriter.
+        Raises ValueError when the partition table has no OTA slots or the image is larger
+        than the slot (Update Result 2)."""
+        try:
+            # Partition.RUNNING is an int id (MicroPython docs); the stubs type the id as a label str
+            part = esp32.Partition(esp32.Partition.RUNNING).get_next_update()  # type: ignore[arg-type]
+        except OSError:
+            raise ValueError("no OTA slots in this board's partition table (docs/ota.md)") from None
+        room = part.info()[3]
+        if size > room:
+            raise ValueError("image of %d bytes does not fit the %d-byte OTA slot" % (size, room))
+        return ImageWriter(part, size)
+
+    def image_activate(self, writer):
+        """Boot the written slot at the next reset (on trial: the bootloader rolls back unless
+        ``image_mark_valid`` is called in that boot)."""
+        writer.part.set_boot()
+
+    def image_mark_valid(self):
+        """The running image passed its health check: cancel the bootloader's rollback."""
+        esp32.Partition.mark_app_valid_cancel_rollback()
 
     def unique_id(self):
         return bytes(machine.unique_id())

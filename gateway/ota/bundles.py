@@ -55,7 +55,10 @@ class BundleStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{src} is not a `slnode build` output ({exc}); build it with "
                               f"`slnode build --out DIR`") from exc
-        if not any(k.startswith("firmware/main.") for k in files):
+        image = man.get("image")  # a whole firmware image (docs/ota.md), else an application bundle
+        if image is not None and (not isinstance(image, dict) or image.get("file") not in files):
+            raise BundleError(f"{src}: the manifest's image must name one of its files")
+        if image is None and not any(k.startswith("firmware/main.") for k in files):
             raise BundleError(f"{src}: the manifest has no firmware/main: a node could not boot it")
         for rel, meta in files.items():
             if not _safe_rel(rel):

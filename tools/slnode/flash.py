@@ -41,6 +41,7 @@ class FlashPlan:
     chip: str | None  # expected chip ("esp32"...), None when unknown (image-only, --chip auto)
     regions: list[tuple[int, bytes, str]] = field(default_factory=list)  # (offset, data, label)
     fs: partitions.FsGeometry | None = None
+    ota: str = ""  # the OTA layout of the firmware's partition table (partitions.check_app_fits)
 
 
 def _norm_chip(name: str) -> str:
@@ -98,6 +99,8 @@ def plan(firmware: Path | None, image: Path | None, chip: str = "auto", board: s
             )
         p.chip = info.chip
         p.fs = info.fs
+        app_at = partitions.APP_OFFSET - info.offset
+        p.ota = partitions.check_app_fits(max(0, info.size - app_at), info.partitions, str(firmware))
         p.regions.append((info.offset, Path(firmware).read_bytes(), "MicroPython " + info.chip))
         if info.fs and info.offset + info.size > info.fs.offset:
             raise ImageError(
@@ -409,4 +412,6 @@ def run(args) -> dict:
     p = plan(args.firmware, args.image, args.chip, args.board, getattr(args, "romfs", None))
     res = flash_esptool(p, args.port, args.baud, args.erase, args.connect_attempts, args.quiet)
     res["summary"] = f"{res['chip']} on {args.port}: " + "; ".join(res["written"]) + "; board reset"
+    if p.ota:
+        res["ota"] = p.ota
     return res

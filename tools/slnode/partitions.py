@@ -139,6 +139,46 @@ def parse_partition_table(data: bytes) -> list[Partition]:
     return parts
 
 
+APP_OFFSET = 0x10000  # the application in every ESP32 MicroPython table (factory or ota_0)
+OTA_SUBTYPES = (0x10, 0x11)  # app ota_0, ota_1 (ESP-IDF partition subtypes)
+OTADATA_SUBTYPE = 0x00  # data "ota": which slot boots, and the rollback state
+
+
+def ota_slots(parts: list[Partition]) -> list[Partition]:
+    """The two application slots of an OTA partition table (ota_0, ota_1), or [] when the
+    table cannot take whole-image updates (no otadata, or fewer than two slots).
+
+    The layout is fixed when the board is flashed by USB: a partition table cannot be changed
+    over the air. docs/ota.md states the one whole-image updates need."""
+    slots = [p for p in parts if p.type == 0 and p.subtype in OTA_SUBTYPES]
+    otadata = [p for p in parts if p.type == 1 and p.subtype == OTADATA_SUBTYPE]
+    return slots if len(slots) == 2 and otadata else []
+
+
+def check_app_fits(app_size: int, parts: list[Partition], what: str = "firmware") -> str:
+    """Check that an application image fits the slot(s) it will be written to.
+
+    Returns a one-line statement of the OTA layout. Raises ImageError when the application is
+    larger than its partition, or than the smaller OTA slot (an image that could be flashed
+    by USB but never updated over the air)."""
+    slots = ota_slots(parts)
+    if slots:
+        room = min(p.size for p in slots)
+        if app_size > room:
+            raise ImageError(
+                f"{what}: the application ({app_size} bytes) does not fit its OTA slot ({room} bytes, "
+                f"{' and '.join(p.label for p in slots)}): it could never be updated over the air. "
+                "Build a smaller image or use a table with larger slots (docs/ota.md)")
+        return (f"OTA slots {slots[0].label} and {slots[1].label} of {room} bytes each; "
+                f"the application takes {app_size} ({100 * app_size // room} %)")
+    apps = [p for p in parts if p.type == 0]
+    if apps and app_size > max(p.size for p in apps):
+        raise ImageError(f"{what}: the application ({app_size} bytes) is larger than its partition "
+                         f"({max(p.size for p in apps)} bytes): wrong or corrupt file")
+    return ("no OTA slots (ota_0, ota_1, otadata): application updates over the air work, whole-image "
+            "updates do not (docs/ota.md)")
+
+
 def inspect_firmware(path: Path) -> FirmwareInfo:
     """Read a MicroPython firmware file: chip, flash offset, partition table, filesystem.
 
