@@ -67,7 +67,7 @@ MODULES = [
     "protocol.report", "firmware.config", "firmware.endpoint", "firmware.resources", "firmware.durable",
     "firmware.light", "firmware.meter", "firmware.sun", "firmware.tzrule", "firmware.schedule",
     "firmware.outbox", "firmware.faults", "firmware.hal.base", "firmware.hal.emulated", "firmware.parts",
-    "firmware.node", "firmware.emulator",
+    "firmware.boot_select", "firmware.ota", "firmware.node", "firmware.emulator",
 ]
 # What an ESP32 node loads instead (firmware/main.py: the ESP32 HAL and the USB console, no
 # emulator): measured here with empty stand-ins for the built-in ``machine`` and ``network``
