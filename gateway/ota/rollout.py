@@ -182,8 +182,9 @@ class FirmwareService:
         assert ro is not None
         try:
             todo = []
-            for ep in eps:
-                if await self._current_version(ep) == version:
+            current = await asyncio.gather(*(self._current_version(ep) for ep in eps))
+            for ep, cur in zip(eps, current, strict=True):
+                if cur == version:
                     ro["skipped"] += 1
                     self._node(ep, version=version, bundle=sha, phase="already on this version")
                 else:
