@@ -174,10 +174,11 @@ def build_images(d: str) -> tuple[str, str]:
     return mpy, str(rom.out / rom.manifest["romfs"]["image"])
 
 
-async def _day(command, heap_k: int, work: str) -> dict:
+async def _day(command, heap_k: int, work: str, grace: float = 20) -> dict:
     """One node, ``heap_k`` KB of heap, through 24 simulated hours (see the module docstring).
-    ``command(spec, heap_k)`` gives the (cmd, env) that run the emulator. Returns {"ok", "why",
-    "peak", "live", "modules"} (modules: {name: file} of ROMFS runs, else None)."""
+    ``command(spec, heap_k)`` gives the (cmd, env) that run the emulator; ``grace``: real seconds
+    after the day's end for the last reports. Returns {"ok", "why", "peak", "live", "modules"}
+    (modules: {name: file} of ROMFS runs, else None)."""
     sys.path.insert(0, os.path.join(ROOT, "tests", "firmware"))
     import aiocoap
     from app_support import Proc, emulator_spec, free_udp_port, write_toml
@@ -197,7 +198,7 @@ async def _day(command, heap_k: int, work: str) -> dict:
     why = None
     try:
         t0 = time.monotonic()
-        await asyncio.wait_for(peer.registered.wait(), 15)
+        await asyncio.wait_for(peer.registered.wait(), 15 + grace)
         sched = [[1, 0, 100], [0, 1350, 40], [0, 0, 0], [0, 300, 40], [2, 0, 0]]
         if await peer.write("/10250/0/2", sched) != aiocoap.CHANGED:
             why = "schedule write refused"
@@ -206,7 +207,7 @@ async def _day(command, heap_k: int, work: str) -> dict:
             await peer.read("/3311/0", accept=112)
             await asyncio.sleep(0.5)
         await asyncio.sleep(max(0.0, 24 * 3600 / SPEED - (time.monotonic() - t0)))
-        await peer.wait_for(lambda: len(peer.reports) >= 92 or proc.p.poll() is not None, 20)
+        await peer.wait_for(lambda: len(peer.reports) >= 92 or proc.p.poll() is not None, grace)
         if proc.p.poll() is not None:
             why = "exited during the day"
         elif len(peer.reports) < 92:

@@ -69,7 +69,7 @@ async def test_romfs_build_runs_the_24_hours_in_its_code_plus_64k(builds):
     rom = nh._run_rom(img, d, nh.probe(nh.MODULES))
     code = rom["total"] + rom["baseline"]
     heap_k = code // 1024 + 64
-    r = await nh._day(nh._romfs_cmd(img), heap_k, os.path.join(d, "day"))
+    r = await nh._day(nh._romfs_cmd(img), heap_k, os.path.join(d, "day"), grace=60)  # a loaded CI machine
     assert r["ok"], r["why"]
     assert r["modules"] and all(f.startswith("/rom/") for f in r["modules"].values()), r["modules"]
     assert r["live"] - code < 64 * 1024

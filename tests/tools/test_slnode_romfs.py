@@ -70,10 +70,10 @@ async def test_node_from_the_romfs_image_registers_and_reports(rom_build, tmp_pa
     log = open(tmp_path / "node.log", "ab")
     proc = Proc(cmd, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        await asyncio.wait_for(peer.registered.wait(), 15)
+        await asyncio.wait_for(peer.registered.wait(), 45)  # generous: a loaded 2-core CI machine
         code, _ = await peer.read("/3311/0/5851")
         assert code.is_successful()
-        await peer.wait_for(lambda: len(peer.reports) >= 3, 20)
+        await peer.wait_for(lambda: len(peer.reports) >= 3, 45)
         assert stop_emulator(proc) == 0
     finally:
         proc.kill()
