@@ -4,7 +4,16 @@ of each process log is attached to the report."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# aiocoap's default transports also listen on TCP (tcpserver, tlsserver, ws) at the port given
+# for UDP: a test's free UDP port then failed now and then with "address already in use" when
+# its TCP twin was another test's listener. The tests speak CoAP over UDP (and OSCORE) only;
+# subprocesses (aiocoap-client) inherit this. slgw chooses its transports itself.
+os.environ.setdefault("AIOCOAP_SERVER_TRANSPORT", "oscore:udp6")
+os.environ.setdefault("AIOCOAP_CLIENT_TRANSPORT", "oscore:udp6")
 
 from tools.procs import ProcessGroup
 
