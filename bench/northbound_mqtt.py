@@ -119,7 +119,7 @@ async def straight(port: int, msgs: list[tuple[str, bytes]]) -> float:
     as the drain is."""
     t0 = time.perf_counter()
     async with aiomqtt.Client("127.0.0.1", port, identifier="bench-straight",
-                              max_inflight_messages=WINDOW) as c:
+                              max_inflight_messages=0) as c:  # as the Publisher: window ours
         paho = c._client  # noqa: SLF001 - as gateway/northbound/publisher.py
         inflight: set[int] = set()
         room, done = asyncio.Event(), asyncio.Event()

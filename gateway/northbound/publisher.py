@@ -151,7 +151,9 @@ class Publisher:
                               password=self.password, identifier=f"slgw-{self.gateway_id}",
                               will=will, clean_session=True, tls_context=self.tls,
                               keepalive=int(self.cfg.keepalive_s),
-                              max_inflight_messages=self.cfg.inflight, timeout=30.0)
+                              max_inflight_messages=0, timeout=30.0)
+        # The window is ours (_send keeps at most `inflight` unacknowledged), so paho's own limit
+        # is off (0): with one, paho scans every queued message at each PUBACK (O(window)).
         # aiomqtt warns past 10 unacknowledged publishes; the window is ours by design
         client.pending_calls_threshold = self.cfg.inflight + 16
         return client
