@@ -182,8 +182,9 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
     "firmware": {  # over-the-air updates (gateway/ota, docs/ota.md)
         "dir": (str, "", "where bundles and roll-out state are kept; \"\" = `firmware` beside "
                 "the database"),
-        "max_downloads": (int, 8, "nodes downloading a bundle at once (the rest wait), so block "
-                          "transfers never crowd out live reports"),
+        "max_downloads": (int, 8, "nodes downloading a bundle at once (the rest of a wave waits)"),
+        "max_block_rate": (float, 200.0, "bundle blocks (1 KB) served per second over all nodes; "
+                           "0 = no limit. A block asked for early is answered late, never refused"),
         "halt_pct": (float, 20.0, "a roll-out halts when more than this % of the nodes updated so "
                      "far failed (the default of `--halt`)"),
         "poll_s": (float, 2.0, "how often a node's update state (/5/0/3, /5/0/5) is read"),
@@ -364,8 +365,10 @@ def _check_value(sec: str, key: str, v: Any) -> str | None:
     if key in ("concurrency", "max_attempts", "default_lifetime", "dedup_entries",
                "max_connections") and v < 1:
         return "must be >= 1"
-    if sec == "firmware" and key != "dir" and v <= 0:
+    if sec == "firmware" and key not in ("dir", "max_block_rate") and v <= 0:
         return "must be > 0"
+    if sec == "firmware" and key == "max_block_rate" and v < 0:
+        return "must be >= 0 (0 = no limit)"
     if sec == "firmware" and key == "halt_pct" and v > 100:
         return "must be a percentage 0-100"
     if key in ("timeout_s", "aggregate_interval_s", "header_timeout_s") and v <= 0:

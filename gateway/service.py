@@ -222,7 +222,7 @@ class Gateway:
                                     default_lifetime=cfg.nodes.default_lifetime,
                                     security=cfg.coap.security, probe=self._probe)
             self.firmware = self._firmware(client)
-            self.coap.firmware = self.firmware.bundles
+            self.coap.firmware = self.firmware
             if oscore:
                 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
                 self._ctx.serversite = OscoreSiteWrapper(self.coap, self.credentials)
@@ -263,7 +263,8 @@ class Gateway:
         root = fw.dir or os.path.join(os.path.dirname(os.path.abspath(self.config.store.path)), "firmware")
         host = self.config.coap.bind if self.config.coap.bind not in ("", "0.0.0.0", "::") else "gateway"
         return FirmwareService(root, self.registry, client, f"{host}:{self.config.coap.port}",
-                               max_downloads=fw.max_downloads, halt_pct=fw.halt_pct, poll_s=fw.poll_s,
+                               max_downloads=fw.max_downloads, max_block_rate=fw.max_block_rate,
+                               halt_pct=fw.halt_pct, poll_s=fw.poll_s,
                                download_timeout_s=fw.download_timeout_s, trial_timeout_s=fw.trial_timeout_s)
 
     def _load_keys(self) -> None:

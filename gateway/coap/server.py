@@ -224,7 +224,7 @@ class LwM2MServer(resource.Resource):
         self.on_registered = on_registered
         self.on_reports = on_reports
         self.default_lifetime = default_lifetime
-        self.firmware: Any = None  # gateway.ota.bundles.BundleStore: serves /fw (SPEC §13)
+        self.firmware: Any = None  # gateway.ota.rollout.FirmwareService: serves /fw (SPEC §13)
         self.badlog = RateLimitedLog()
         self.stats = {"register": 0, "update": 0, "deregister": 0, "send": 0, "reports": 0,
                       "bad": 0, "unavailable": 0, "error": 0, "unauthorized": 0, "forbidden": 0}
@@ -286,8 +286,9 @@ class LwM2MServer(resource.Resource):
                 raise BadRequest(Code.METHOD_NOT_ALLOWED, "/dp takes POST (Send)")
             return await self._send(request, host, auth)
         if path and path[0] == "fw" and self.firmware is not None:  # bundles (gateway/ota/serve.py)
-            return render_fw(request, self.firmware,
-                             self.security != "oscore" or endpoint_of(request.remote) is not None)
+            return await render_fw(request, self.firmware.bundles,
+                                   self.security != "oscore" or endpoint_of(request.remote) is not None,
+                                   self.firmware.pacer)
         raise BadRequest(Code.NOT_FOUND, "no resource /{}".format("/".join(path)))
 
     # --- /rd -----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from aiocoap.numbers.codes import Code
 
 from gateway.coap.client import NodeRefused, NodeUnreachable
 from gateway.ota.bundles import BundleError, BundleStore
+from gateway.ota.serve import BlockPacer
 from protocol import lwm2m
 
 log = logging.getLogger("slgw.firmware")
@@ -59,7 +60,7 @@ class FirmwareService:
     host:port put in Package URIs (the node only uses the path)."""
 
     def __init__(self, root: str | Path, registry: Any, client: Any, uri_host: str, *,
-                 max_downloads: int = 8, halt_pct: float = 20.0, poll_s: float = 2.0,
+                 max_downloads: int = 8, max_block_rate: float = 200.0, halt_pct: float = 20.0, poll_s: float = 2.0,
                  download_timeout_s: float = 600.0, trial_timeout_s: float = 600.0):
         self.root = Path(root)
         self.bundles = BundleStore(self.root / "bundles")
@@ -75,6 +76,7 @@ class FirmwareService:
         self.rollout: dict[str, Any] | None = None
         self._task: asyncio.Task | None = None
         self._downloads = asyncio.Semaphore(max_downloads)
+        self.pacer = BlockPacer(max_block_rate)  # gateway/ota/serve.py: blocks/s over all nodes
         self._load()
 
     # -- state on disk ------------------------------------------------------------------------

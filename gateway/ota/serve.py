@@ -8,9 +8,18 @@ blocks larger than 1024 bytes gets 1024 (the node's message limit, SPEC §1).
 
 In ``security = "oscore"`` only a request protected by a known node's context is served
 (4.01 otherwise): a bundle is the town's code, not for anyone on the network.
+
+Bandwidth: besides the bound on nodes downloading at once (gateway/ota/rollout.py), blocks are
+paced to ``[firmware] max_block_rate`` per second over all nodes (`BlockPacer`): a block asked
+for early is answered late (aiocoap sends the empty ACK meanwhile, RFC 7252 §5.2.2), never
+refused, so reports keep their share of the CoAP server (bench/gateway_ota_reports.py).
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
 
 import aiocoap
 from aiocoap.numbers.codes import Code
@@ -25,7 +34,27 @@ def _text(code: Code, text: str) -> aiocoap.Message:
     return m
 
 
-def render_fw(request: aiocoap.Message, store: BundleStore, authenticated: bool) -> aiocoap.Message:
+class BlockPacer:
+    """At most ``rate`` blocks per second over every node (0 = unpaced): each block gets the
+    next free slot of 1/rate s and waits for it."""
+
+    def __init__(self, rate: float, clock: Any = time.monotonic):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.clock = clock
+        self.next = 0.0
+
+    async def take(self) -> None:
+        if not self.interval:
+            return
+        now = self.clock()
+        slot = max(now, self.next)
+        self.next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+async def render_fw(request: aiocoap.Message, store: BundleStore, authenticated: bool,
+                    pacer: BlockPacer | None = None) -> aiocoap.Message:
     """Answer one request under /fw. Returns the response (2.05 with Block2 when the file is
     larger than one block; 4.01, 4.04, 4.05 or 4.02 as SPEC §8 otherwise)."""
     if not authenticated:
@@ -38,6 +67,8 @@ def render_fw(request: aiocoap.Message, store: BundleStore, authenticated: bool)
     data = store.read(path[1], "/".join(path[2:]))
     if data is None:
         return _text(Code.NOT_FOUND, "no such bundle or file")
+    if pacer is not None:
+        await pacer.take()
     b2 = request.opt.block2
     num, szx = (0, BLOCK_SZX_MAX) if b2 is None else (b2.block_number, min(b2.size_exponent, BLOCK_SZX_MAX))
     size = 1 << (szx + 4)
