@@ -483,3 +483,52 @@ async def test_forged_responses_to_the_nodes_requests_are_ignored(tmp_path):
     finally:
         transport.close()
         await s.stop()
+
+
+async def test_every_unprotected_request_of_issue_11_gets_4_01_and_changes_nothing(secured):
+    """Issue 11's first paragraph, the rest of it: besides the level and the override, an
+    unprotected socket rewrote the schedule and the node's config (default level, group,
+    cabinet), set its clock to 2020, rebooted it, and (new since OSCORE) could try to plant its
+    own keys through /10250/0/30. Each is now 4.01 before any resource sees it: config.json and
+    the key files are byte for byte unchanged, the node did not reboot (no second Register) and
+    the gateway's protected requests still work (its keys were not replaced)."""
+    s = secured
+    s.start_node()
+    peer = s.peer
+    await asyncio.wait_for(peer.registered.wait(), 20)
+    await peer.wait_for(lambda: len(peer.reports) >= 1, 30)
+    flash = s.tmp / "flash"
+    kept = {p.name: p.read_bytes() for p in flash.iterdir()
+            if p.name == "config.json" or p.name.startswith("oscore")}
+    assert "config.json" in kept and "oscore.json" in kept
+    n_reg = len(peer.registers)
+    attacks = [
+        (aiocoap.PUT, "/10250/0/2", cbor2.dumps([[0, 0]]), 60),  # a schedule: off all day
+        (aiocoap.PUT, "/10250/0/3", b"0", 0),  # default (fail-safe) level 0
+        (aiocoap.PUT, "/10250/0/5", b"evil", 0),  # group label
+        (aiocoap.PUT, "/10250/0/6", b"evil", 0),  # cabinet label
+        (aiocoap.PUT, "/10250/0/5?pmin=5&pmax=60", b"", None),  # Write-Attributes
+        (aiocoap.PUT, "/3/0/13", b"1577836800", 0),  # the clock to 2020
+        (aiocoap.POST, "/3/0/4", b"", None),  # reboot
+        (aiocoap.POST, "/10250/0/9", b"", None),  # identify (blink)
+        (aiocoap.PUT, "/10250/0/30", cbor2.dumps([os.urandom(16), os.urandom(8), os.urandom(4)]), 60),
+        (aiocoap.GET, "/10250/0/5", b"", None),  # a Read leaks nothing either
+    ]
+    for code, path, payload, cf in attacks:
+        m = aiocoap.Message(code=code, uri=f"coap://127.0.0.1:{s.node_port}{path}", payload=payload)
+        if cf is not None:
+            m.opt.content_format = cf
+        r = await asyncio.wait_for(s.plain.request(m).response, 10)
+        assert r.code == aiocoap.UNAUTHORIZED and not r.opt.oscore, (path, r)
+        assert b"evil" not in r.payload, (path, r.payload)
+    # the gateway (the only holder of the node's keys) still talks to it: nothing was replaced
+    assert await peer.write("/3311/0/5851", 35) == aiocoap.CHANGED
+    code, ov = await peer.read("/10250/0/4")
+    assert code == aiocoap.CONTENT and ov[0] == 35
+    code, group = await peer.read("/10250/0/5")
+    assert code == aiocoap.CONTENT and group not in ("evil", b"evil"), group
+    assert len(peer.registers) == n_reg, "the node rebooted (it registered again)"
+    for name, data in kept.items():
+        if name.endswith(".seq"):
+            continue  # the sequence-number bound moves with the node's own messages
+        assert (flash / name).read_bytes() == data, name
