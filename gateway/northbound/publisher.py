@@ -102,6 +102,7 @@ class Publisher:
         self.connects = 0
         self._dropped_seen: int | None = None
         self._acks: list[int] = []
+        self._flusher: asyncio.Future | None = None
         self._cursor = 0
         self.client: aiomqtt.Client | None = None
 
@@ -311,7 +312,7 @@ class Publisher:
                     raise aiomqtt.MqttCodeError(info.rc, "could not publish")
                 inflight[info.mid] = row_id
             if time.monotonic() - last_flush > ACK_FLUSH_S:
-                await self._flush_acks()
+                self._flush_in_background()  # the commit's fsync must not stall publishing
                 last_flush = time.monotonic()
         await asyncio.sleep(0)  # let the loop (CoAP, PUBACKs) in between batches
         return last_flush
@@ -331,7 +332,16 @@ class Publisher:
             out.append((TB_TOPIC, thingsboard_telemetry(json.loads(payload)), False))
         return out
 
+    def _flush_in_background(self) -> None:
+        """Start deleting acknowledged rows unless a deletion is still running (then the next
+        call takes them): one write at a time, and the sender does not wait for its fsync."""
+        if self._acks and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.ensure_future(self._flush_acks())
+
     async def _flush_acks(self) -> None:
+        if self._flusher is not None and not self._flusher.done() \
+                and self._flusher is not asyncio.current_task():
+            await asyncio.shield(self._flusher)  # keep the deletes in order, one at a time
         if not self._acks:
             return
         ids, self._acks = self._acks, []
