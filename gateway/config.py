@@ -49,7 +49,8 @@ SCHEMA: dict[str, dict[str, tuple[type, Any, str]]] = {
         "security": (str, "oscore", '"oscore": every node exchange is OSCORE-protected with '
                      'the node\'s own key and the key is its identity (docs/security.md); '
                      '"none": unprotected, anyone on the network can pose as a node or '
-                     "command one (demo on loopback only; a warning is logged at start-up)"),
+                     "command one (the demo only: refused unless [coap] bind is a loopback "
+                     "address; a warning is logged at start-up)"),
         "keys_dir": (str, "", 'directory of the nodes\' OSCORE keys (`slgw keys import`), mode '
                      '0700; "" = `keys` beside the database'),
     },
@@ -539,6 +540,13 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
     if problem:
         key = "bind" if not cfg.api.token else "token"
         raise ConfigError(f"{_where(path, _key_line(text, 'api', key))}: {problem}")
+    if cfg.coap.security == "none" and not _is_loopback(cfg.coap.bind):
+        # unprotected, anyone who reaches the port can pose as any node: the demo on loopback only
+        raise ConfigError(
+            f"{_where(path, _key_line(text, 'coap', 'security'))}: 'coap.security' = \"none\" "
+            f"leaves node exchanges unprotected, so it is allowed only with a loopback "
+            f"'coap.bind' (the demo), not {cfg.coap.bind!r}; set security = \"oscore\" and "
+            "import each node's key (slgw keys import, docs/security.md), or bind 127.0.0.1")
     if cfg.savings.baseline == "reference" and not (cfg.savings.reference_from
                                                      and cfg.savings.reference_to):
         origin = _where(path, _key_line(text, "savings", "baseline"))

@@ -108,6 +108,20 @@ def test_api_token_required_off_loopback(tmp_path):
     assert load_config(write(tmp_path, '[api]\nbind = "::1"\n'), {}).api.bind == "::1"
 
 
+def test_unprotected_coap_only_on_loopback(tmp_path):
+    """Issue 11: security = "none" is for the demo on loopback only. Off loopback anyone who
+    reaches the port could pose as any node, so the gateway refuses to start, naming the line."""
+    path = write(tmp_path, '[coap]\nbind = "0.0.0.0"\nsecurity = "none"\n')
+    with pytest.raises(ConfigError, match=r"line 3.*coap\.security.*loopback.*'0\.0\.0\.0'.*oscore"):
+        load_config(path, {})
+    with pytest.raises(ConfigError, match="loopback"):  # a flag is refused the same way
+        load_config(None, {"coap.bind": "192.0.2.7", "coap.security": "none"})
+    # the default (OSCORE) serves the network; "none" on loopback (IPv4 or IPv6) stays allowed
+    assert load_config(write(tmp_path, '[coap]\nbind = "0.0.0.0"\n'), {}).coap.security == "oscore"
+    for bind in ("127.0.0.1", "::1", "localhost"):
+        assert load_config(None, {"coap.bind": bind, "coap.security": "none"}).coap.bind == bind
+
+
 def test_reference_baseline_needs_its_period(tmp_path):
     path = write(tmp_path, '[savings]\nbaseline = "reference"\n')
     with pytest.raises(ConfigError, match="reference_from"):
