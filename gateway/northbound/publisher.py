@@ -38,7 +38,44 @@ log = logging.getLogger("slgw.northbound")
 READ_BATCH = 1000
 ACK_FLUSH_S = 0.05  # acknowledged rows are deleted in one write per this interval
 IDLE_POLL_S = 0.1  # how often an empty outbox is looked at again
+YIELD_PAUSE_S = 0.2  # pause while the store's writer is busy with Sends (YieldToIngest)
 HOUSEKEEPING_S = 60.0
+
+
+class YieldToIngest:
+    """Whether the publisher should hold back now, so that nodes' Sends go first.
+
+    During a mass restore the nodes drain their flash outboxes through the store's single
+    writer and the event loop that also publishes; MQTT data waits safely in the durable
+    outbox, a node's flash does not. So while the writer is more than ``busy_fraction`` busy
+    (measured between calls, like the store's background aggregation) the publisher pauses,
+    but never longer than ``max_defer_s`` in a row, so a gateway under constant load still
+    publishes. ``busy`` is a function returning the writer's cumulative busy seconds."""
+
+    def __init__(self, busy: Callable[[], float], busy_fraction: float = 0.5,
+                 max_defer_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.busy, self.busy_fraction, self.max_defer_s, self.clock = (
+            busy, busy_fraction, max_defer_s, clock)
+        self._t, self._b = clock(), busy()
+        self._deferring_since: float | None = None
+        self.deferred = 0
+
+    def should_wait(self) -> bool:
+        """True to pause now (call again after a short sleep)."""
+        now, b = self.clock(), self.busy()
+        dt = now - self._t
+        if dt <= 0:
+            return False
+        load = (b - self._b) / dt
+        self._t, self._b = now, b
+        if load > self.busy_fraction:
+            if self._deferring_since is None:
+                self._deferring_since = now
+            if now - self._deferring_since < self.max_defer_s:
+                self.deferred += 1
+                return True
+        self._deferring_since = None
+        return False
 
 
 class NorthboundConfigError(ValueError):
@@ -103,6 +140,7 @@ class Publisher:
         self._dropped_seen: int | None = None
         self._acks: list[int] = []
         self._flusher: asyncio.Future | None = None
+        self._yield = YieldToIngest(lambda: getattr(store, "busy_s", 0.0))
         self._cursor = 0
         self.client: aiomqtt.Client | None = None
 
@@ -274,6 +312,8 @@ class Publisher:
                 self._cursor = rows[-1][0]
                 # the next batch is read (in the store's reader thread) while this one goes out
                 nxt = read_after(self._cursor)
+                while self._yield.should_wait():  # nodes' Sends keep the writer busy: they first
+                    await asyncio.sleep(YIELD_PAUSE_S)
                 last_flush = await self._publish_rows(paho, rows, inflight, left, room, window,
                                                       qos, extras, discovered, id_head, gw_rev,
                                                       base, last_flush)

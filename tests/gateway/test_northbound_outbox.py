@@ -126,3 +126,22 @@ async def test_nothing_is_queued_with_mqtt_off(tmp_path):
         assert (await s.read(outbox.status))["recording"] is False
     finally:
         await s.close()
+
+
+def test_publisher_yields_to_a_busy_writer_but_not_forever():
+    from gateway.northbound.publisher import YieldToIngest
+
+    t, busy = [0.0], [0.0]
+    y = YieldToIngest(lambda: busy[0], busy_fraction=0.5, max_defer_s=10.0, clock=lambda: t[0])
+
+    def step(dt: float, busy_dt: float) -> bool:
+        t[0] += dt
+        busy[0] += busy_dt
+        return y.should_wait()
+
+    assert step(0.2, 0.02) is False  # an idle writer: publish
+    assert step(0.2, 0.18) is True  # 90 % busy with Sends: hold back
+    waits = [step(0.2, 0.18) for _ in range(60)]  # 12 s of constant load
+    assert waits[0] is True and False in waits  # ... but at most 10 s in a row
+    assert waits.index(False) <= 50
+    assert step(0.2, 0.01) is False
