@@ -55,6 +55,7 @@ from gateway.energy.buckets import WRAP, delta_of
 
 GRACE_S = 300.0  # elapsed time every energy step is allowed on top of the real one
 COUNTER_LIMIT = float(WRAP)  # a node's cumulative counter is a uint32 (SPEC §3.1)
+SEQ_LIMIT = 1 << 32  # SPEC §3.1: seq below 2^32 (honest nodes: one per report)
 
 REASONS = ("energy", "counter", "power", "seq", "out_of_order", "time_order", "time_future",
            "time_old")
@@ -154,6 +155,11 @@ def check_rows(state: NodeState, rows: list[tuple], rules: Rules, *, energy: boo
         if wh >= COUNTER_LIMIT:
             raise Implausible("counter", f"report seq {seq}: energy counter {wh:.0f} Wh is "
                               "beyond a 32-bit counter")
+        if seq >= SEQ_LIMIT:
+            # Also the first report of a node, which has no previous seq to bound its jump:
+            # one such report would make every genuine later one "out of order".
+            raise Implausible("seq", f"report seq {seq} is beyond 2^32 (a node reporting once a "
+                              "second would take 136 years to get there)")
         w = row[3]
         if w is not None and w > w_max:
             raise Implausible("power", f"report seq {seq}: power {w:g} W is more than "

@@ -89,6 +89,20 @@ async def test_first_report_with_a_huge_counter_is_refused(ing):
     assert a.code_str == "4.00" and ing.implausible["counter"] == 1
 
 
+async def test_first_report_with_a_huge_seq_is_refused_and_does_not_freeze_the_node(ing, store):
+    """A node with its own key could freeze its own live state with a first report of
+    seq 2^63 - 1: with no previous seq, the jump rule had nothing to bound (audit of issue 11)."""
+    a = await send(ing, [rep(2**63 - 1, NOW - 1800, 1000)], ep="new")
+    assert a.code_str == "4.00" and "implausible seq" in a.diagnostic
+    assert ing.implausible["seq"] == 1
+    a = await send(ing, [rep(2**32, NOW - 1800, 1000)], ep="new")
+    assert a.code_str == "4.00"
+    # the genuine reports are stored (not refused as out of order), the highest seq below 2^32 too
+    a = await send(ing, honest(2**32 - 3, 2, NOW - 1800, 1000), ep="new")
+    assert a.code_str == "2.04" and (a.stored, a.duplicates) == (2, 0)
+    assert (await q(store, "SELECT last_seq FROM nodes WHERE id = 'new'"))[0][0] == 2**32 - 2
+
+
 async def test_energy_step_beyond_rated_power_times_elapsed(ing, store):
     t, wh = await started(ing)
     await ing.handle_payload("n1", encode_descriptor("1", None, None, None, None, 40.0, None, None),
