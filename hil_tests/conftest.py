@@ -27,8 +27,9 @@ Fixtures:
 - ``procs``: the ProcessGroup of the test (hil_tests/harness.py).
 - ``hil_clock(start, speed, anchor=None)``: a SimClock (hil_tests/sim.py). Pass the same
   object to every factory below.
-- ``gateway(clock, extra_toml="", args=(), security="none")`` -> hil_tests.gateway.Gateway,
-  started; ``security="oscore"`` for the secure default (keys in ``gw.keys_dir``).
+- ``gateway(clock, extra_toml="", args=(), security="oscore")`` -> hil_tests.gateway.Gateway,
+  started. OSCORE, the gateway's secure default, unless ``security="none"`` (s8 keeps that: its
+  rogue endpoint and forged reports need an unprotected gateway); keys in ``gw.keys_dir``.
 - ``relay(target_port, seed=1)`` -> Relay (``listen``, ``control_port``, ``url``
   = ``coap://127.0.0.1:<listen>``, ``set(**faults)``, ``stats()``).
 - ``nodes(clock, gateway_url, configs, per_process=10, prefix="lamp", **town_kw)`` ->
@@ -36,7 +37,8 @@ Fixtures:
   firmware/config.py: group, cabinet, lat, lon, tz, rated_w, default_level, report_period,
   jitter, lifetime, ...); ids are assigned ``<prefix>-a-000`` ... (10 per interpreter by
   default). ``town_kw``: ack_timeout_ms (500), truth_period (60 sim s), heap, time_valid,
-  keys_dir (``gw.keys_dir``: every node gets an OSCORE key, imported with ``slgw keys import``).
+  keys_dir (default: the last OSCORE gateway's ``gw.keys_dir``; every node gets its own key,
+  imported there with ``slgw keys import`` before its first boot; ``None`` for nodes without keys).
 - ``meters(clock, cabinets, line_loss=0.03, period="0.5s")`` -> hil_tests.meters.CabinetMeters,
   started (its feeder thread starts with ``cab.feed(town)`` and stops at teardown).
 - ``start_relay(target_port, seed=1)`` -> (listen, control) ports (the original, kept).
@@ -108,18 +110,28 @@ def hil_clock():
 
 
 @pytest.fixture
-def gateway(procs, tmp_path):
+def hil_gateways() -> list[Gateway]:
+    """The gateways this test's ``gateway`` fixture started (``nodes`` takes the last one's keys)."""
+    return []
+
+
+@pytest.fixture
+def gateway(procs, tmp_path, hil_gateways):
     def make(clock: SimClock, extra_toml: str = "", args: tuple[str, ...] = (), **kw) -> Gateway:
         n = sum(1 for p in tmp_path.iterdir() if p.name.startswith("gw")) if tmp_path.exists() else 0
-        return Gateway(procs, tmp_path / f"gw{n}", clock, extra_toml=extra_toml, args=args, **kw).start()
+        gw = Gateway(procs, tmp_path / f"gw{n}", clock, extra_toml=extra_toml, args=args, **kw)
+        hil_gateways.append(gw)
+        return gw.start()
 
     return make
 
 
 @pytest.fixture
-def nodes(procs, tmp_path):
+def nodes(procs, tmp_path, hil_gateways):
     def make(clock: SimClock, gateway_url: str, configs: list[dict], per_process: int = 10,
              prefix: str = "lamp", **town_kw) -> Town:
+        if "keys_dir" not in town_kw and hil_gateways and hil_gateways[-1].security == "oscore":
+            town_kw["keys_dir"] = hil_gateways[-1].keys_dir  # the secure default: keys for every node
         town = Town(procs, tmp_path / f"town-{prefix}", clock, gateway_url, per_process=per_process, **town_kw)
         town.add_nodes(configs, prefix=prefix)
         return town.start()

@@ -4,9 +4,9 @@
     gw.cli("nodes")                 # -> parsed JSON of `slgw --url ... --json nodes`
     gw.kill(); gw.restart()         # SIGKILL (a crash), then the same store and ports again
 
-Security: ``security="oscore"`` runs the gateway's secure default with its keys in
+Security: ``security="oscore"`` (the default) runs the gateway's secure default with its keys in
 ``gw.keys_dir`` (the town imports its nodes' keys there: hil_tests/town.py ``keys_dir``);
-``"none"`` (the default of this harness) runs unprotected.
+``"none"`` runs unprotected (s8, whose rogue endpoint needs it).
 
 Readiness: ``start()`` returns once ``GET /api/health`` answers. The CoAP port stays the same
 across restarts, so nodes (and the relay) keep their gateway address.
@@ -44,7 +44,7 @@ class Gateway:
 
     def __init__(self, procs: ProcessGroup, workdir: Path, clock: SimClock, *,
                  extra_toml: str = "", args: tuple[str, ...] = (), aggregate_s: float = 0.5,
-                 security: str = "none") -> None:
+                 security: str = "oscore") -> None:
         self.procs = procs
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)

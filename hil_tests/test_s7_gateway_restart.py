@@ -66,8 +66,8 @@ def plan() -> list[dict]:
 
 def test_pending_commands_survive_a_gateway_crash(hil_clock, gateway, nodes):
     clock = hil_clock("2026-12-15T20:00:00Z", speed=SPEED)
-    gw = gateway(clock, args=("--commands-timeout-s", str(TIMEOUT_S)), security="oscore")
-    town = nodes(clock, gw.coap_url, plan(), per_process=10, truth_period=5.0, keys_dir=gw.keys_dir)
+    gw = gateway(clock, args=("--commands-timeout-s", str(TIMEOUT_S)))  # OSCORE, the default
+    town = nodes(clock, gw.coap_url, plan(), per_process=10, truth_period=5.0)
     a, b, c = town.batches
     wait_for(lambda: sum(1 for n in gw.nodes().values() if n["registered"] and n["online"]) == 30,
              timeout=30, what="30 registered nodes")
