@@ -50,6 +50,7 @@ def run(args: argparse.Namespace, api: Any, usage_error: type) -> tuple[str, Any
                 "wait": args.wait}
         if args.halt is not None:
             body["halt_pct"] = _pct("--halt", args.halt, usage_error)
+        api.timeout = max(api.timeout, args.wait + 30)  # the service answers after up to --wait s
         return "fw_rollout", api.call("POST", "/api/firmware/rollout", body=body)
     return "fw_status", api.call("GET", "/api/firmware", {"refresh": "1" if args.refresh else None})
 

@@ -50,6 +50,9 @@ RESULT_NAMES = {0: "none", 1: "success", 2: "not enough flash", 3: "out of RAM",
                 9: "unsupported protocol"}
 
 
+READ_TIMEOUT_S = 8.0
+
+
 class RolloutError(Exception):
     """A roll-out that cannot start (unknown bundle or target, one already running)."""
 
@@ -248,10 +251,11 @@ class FirmwareService:
         self._node(ep, **obj)
 
     async def _read(self, addr: str, path: str) -> Any:
-        # a short timeout: while a node reboots its old address answers nothing, and the
-        # commands' 30 s would hold the poll long after it registered from its new one
+        # shorter than the commands' 30 s (while a node reboots its old address answers nothing,
+        # and the poll must move on to the new one soon), but long enough for two
+        # retransmissions (ACK_TIMEOUT 2-3 s, 4-6 s): under 10 % loss a 2 s bound failed every time
         resp = await self.client.request(Code.GET, addr, path, accept=lwm2m.CF_CBOR,
-                                         timeout=max(2.0, 4 * self.poll_s))
+                                         timeout=max(READ_TIMEOUT_S, 4 * self.poll_s))
         try:
             return cbor2.loads(resp.payload)
         except Exception as exc:
@@ -271,7 +275,8 @@ class FirmwareService:
             if addr:
                 try:
                     obj = await self._read5(addr)
-                except (NodeUnreachable, NodeRefused, ValueError):
+                except (NodeUnreachable, NodeRefused, ValueError) as exc:
+                    log.debug("firmware: %s: reading object 5 failed (%s); trying again", ep, exc)
                     obj = None
                 if obj is not None:
                     state = obj.pop("_state")
@@ -304,14 +309,26 @@ class FirmwareService:
             self._node(ep, phase="failed")
             return False
         self._node(ep, phase="rebooting on trial")
-        try:
-            await self.client.execute(self.registry.address(ep) or "", "/5/0/2")
-        except (NodeUnreachable, NodeRefused) as exc:
-            self._node(ep, phase="failed", why=f"Update refused: {exc}")
-            return False
-        await asyncio.sleep(self.poll_s)
-        obj = await self._poll(ep, time.monotonic() + self.trial_timeout_s,
-                               lambda st, o: st == 0 and o["result"] in (1, 8))
+        deadline = time.monotonic() + self.trial_timeout_s
+        for attempt in range(3):
+            sent = True
+            try:
+                await self.client.execute(self.registry.address(ep) or "", "/5/0/2")
+            except NodeRefused as exc:
+                if attempt == 0:
+                    self._node(ep, phase="failed", why=f"Update refused: {exc}")
+                    return False
+                # a repeated Update refused: the node is already Updating (it had taken the first)
+            except NodeUnreachable:
+                # the node may have taken it and rebooted before its 2.04 got through (a lost
+                # answer): its state says which (Updating at once when taken; still Downloaded
+                # when not, then Update is sent again)
+                sent = False
+            await asyncio.sleep(self.poll_s)
+            obj = await self._poll(ep, deadline, lambda st, o, sent=sent: (not sent and st == 2) or
+                                   (st == 0 and o["result"] in (1, 8)))
+            if sent or obj is None or obj["state"] != "downloaded":
+                break
         if obj is None:
             self._node(ep, phase="failed", why=f"no verdict within {self.trial_timeout_s:g} s")
             return False

@@ -91,19 +91,43 @@ def env_pythonpath() -> dict[str, str]:
     return {"PYTHONPATH": str(ROOT), **os.environ}
 
 
-def start_town(work: Path, procs, n: int, *, trial_s: float = 20, group: str = "ota", extra_gw=()):
+def start_relay(procs, target_port: int) -> tuple[int, int]:
+    """The HIL suite's fault-injecting UDP relay (hil_tests/relay.py) in front of the gateway.
+    Returns (the port nodes send to, the control port)."""
+    from tools.procs import free_port
+
+    ctl = free_port()
+    proc = procs.start("relay", [sys.executable, "-m", "hil_tests.relay", "--listen", "127.0.0.1:0", "--target",
+                                 f"127.0.0.1:{target_port}", "--control", f"127.0.0.1:{ctl}"], stdout_pipe=True)
+    info = json.loads(proc.popen.stdout.readline())
+    return info["listen"], info["control"]
+
+
+def relay_set(control: int, **faults) -> dict:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(json.dumps(faults).encode(), ("127.0.0.1", control))
+        return json.loads(s.recv(65536))
+
+
+def start_town(work: Path, procs, n: int, *, trial_s: float = 20, group: str = "ota", extra_gw=(),
+               relay: bool = False):
     """``n`` nodes (lamp-0..) with OSCORE keys, each in its own `slnode emulate --slots`, and the
-    real slgw with their keys imported. Returns (gateway, {id: Proc})."""
+    real slgw with their keys imported. Returns (gateway, {id: Proc}); with ``relay`` the nodes
+    talk to the gateway through hil_tests/relay.py and ``gw.relay_control`` is its control port."""
     import subprocess
 
     from tools.procs import free_port, wait_for
 
     coap = free_port()
+    node_port, control = start_relay(procs, coap) if relay else (coap, None)
     keys = work / "nodekeys"
     nodes = {}
     for i in range(n):
         nid = f"lamp-{i}"
-        nodes[nid] = procs.start(nid, node_argv(work, nid, coap, keys=keys, trial_s=trial_s))
+        nodes[nid] = procs.start(nid, node_argv(work, nid, node_port, keys=keys, trial_s=trial_s))
     wait_for(lambda: all((keys / f"{nid}.oscore.json").exists() for nid in nodes), 30, what="the key files")
     kdir = work / "gwkeys"
     r = subprocess.run([SLGW, "keys", "import", "--keys-dir", str(kdir),
@@ -114,6 +138,7 @@ def start_town(work: Path, procs, n: int, *, trial_s: float = 20, group: str = "
                      security="oscore", coap_port=coap).start()
     wait_for(lambda: len([x for x in gw.api("GET", "/api/nodes")["nodes"]
                           if x["registered"] and x.get("wh") is not None]) == n, 90, what="every node registered")
+    gw.relay_control = control
     return gw, nodes
 
 
