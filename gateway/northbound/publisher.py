@@ -53,19 +53,31 @@ class YieldToIngest:
     publishes. ``busy`` is a function returning the writer's cumulative busy seconds."""
 
     def __init__(self, busy: Callable[[], float], busy_fraction: float = 0.5,
-                 max_defer_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+                 max_defer_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 min_window_s: float = 0.1):
         self.busy, self.busy_fraction, self.max_defer_s, self.clock = (
             busy, busy_fraction, max_defer_s, clock)
+        self.min_window_s = min_window_s
         self._t, self._b = clock(), busy()
         self._deferring_since: float | None = None
+        self._waiting = False
         self.deferred = 0
 
     def should_wait(self) -> bool:
         """True to pause now (call again after a short sleep)."""
-        now, b = self.clock(), self.busy()
+        now = self.clock()
         dt = now - self._t
-        if dt <= 0:
-            return False
+        if dt < self.min_window_s:
+            # too short to tell load from one write (a single commit's fsync in a few ms would
+            # read as a busy writer and cost a whole pause): keep the last decision
+            if self._waiting:
+                self.deferred += 1
+            return self._waiting
+        self._waiting = self._decide(now, dt)
+        return self._waiting
+
+    def _decide(self, now: float, dt: float) -> bool:
+        b = self.busy()
         load = (b - self._b) / dt
         self._t, self._b = now, b
         if load > self.busy_fraction:
@@ -271,6 +283,7 @@ class Publisher:
         inflight: dict[int, int] = {}  # paho mid -> outbox row id
         left: dict[int, int] = {}  # row id -> messages of the row not yet acknowledged
         room = asyncio.Event()
+        idle = [False]  # the last read found nothing to publish
         self._cursor = 0  # every connection starts again from the oldest row
         aiomqtt_on_publish = paho.on_publish
 
@@ -287,6 +300,8 @@ class Publisher:
                 self._acks.append(row)
             if len(inflight) < window:
                 room.set()
+                if not inflight and idle[0]:  # the outbox is empty and the last PUBACK came:
+                    self._flush_in_background()  # delete now, not at the next idle poll
 
         paho.on_publish = on_publish
         discovered: set[str] = set()  # nodes whose HA discovery went on this connection
@@ -303,6 +318,7 @@ class Publisher:
         try:
             while True:
                 rows = await nxt
+                idle[0] = not rows
                 if not rows:
                     await self._flush_acks()
                     last_flush = time.monotonic()

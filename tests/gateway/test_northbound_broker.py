@@ -163,3 +163,32 @@ async def test_two_gateways_one_town_total(procs, tmp_path):
         for c in crowds:
             c.close()
         await sub.stop()
+
+
+async def test_acknowledged_backlog_is_deleted_at_its_last_puback(procs, tmp_path, monkeypatch):
+    """Once the outbox is empty and the last PUBACK came, the acknowledged rows are deleted then,
+    not at the next idle poll (made an hour here: before, the last window's rows stayed)."""
+    from gateway.config import MqttConfig
+    from gateway.northbound import outbox, publisher
+    from gateway.store import Store
+
+    monkeypatch.setattr(publisher, "IDLE_POLL_S", 3600.0)
+    broker = Broker(procs, tmp_path / "broker").start()
+    store = await Store.open(str(tmp_path / "gw.db"), timezone="UTC")
+    pub = None
+    try:
+        await store.write(lambda c: outbox.install(c, 100_000))
+        await store.ingest_reports("n1", [
+            {"seq": s, "t": T0 + 60 * s, "wh": 1000.0 + s, "w": 40.0, "level": 50,
+             "on_time": s, "faults": 0, "rel_time": False} for s in range(1, 2001)],
+            received_at=T0 + 200_000)
+        cfg = MqttConfig()
+        cfg.enabled, cfg.port, cfg.gateway_id, cfg.health_interval_s = True, broker.port, "t", 3600.0
+        pub = publisher.Publisher(store, cfg)
+        await pub.start()
+        depth = await until(lambda: pub.published >= 2001, 30, "every row acknowledged and deleted")
+        assert depth and (await store.read(outbox.status))["depth"] == 0
+    finally:
+        if pub is not None:
+            await pub.stop()
+        await store.close()

@@ -145,3 +145,61 @@ def test_publisher_yields_to_a_busy_writer_but_not_forever():
     assert waits[0] is True and False in waits  # ... but at most 10 s in a row
     assert waits.index(False) <= 50
     assert step(0.2, 0.01) is False
+
+
+def test_one_short_write_is_not_a_busy_writer():
+    """A single commit (a few ms of fsync) seen over a few ms must not read as a writer over
+    half busy: the publisher then paused 0.2 s for its own acknowledgement deletes."""
+    from gateway.northbound.publisher import YieldToIngest
+
+    t, busy = [0.0], [0.0]
+    y = YieldToIngest(lambda: busy[0], busy_fraction=0.5, max_defer_s=10.0, clock=lambda: t[0])
+    t[0], busy[0] = 0.005, 0.004  # one 4 ms commit, looked at 5 ms after the last look
+    assert y.should_wait() is False and y.deferred == 0
+    t[0], busy[0] = 0.3, 0.25  # sustained load over a long enough window still counts
+    assert y.should_wait() is True
+
+
+async def test_acknowledgement_deletes_are_not_counted_as_writer_load(store):
+    """The store's busy time (what the aggregation and YieldToIngest measure) is ingest load;
+    the publisher deleting acknowledged rows is its own bookkeeping, counted apart."""
+    def noop(_c) -> None:
+        return None
+
+    noop.background = True  # type: ignore[attr-defined]
+
+    async def settle() -> None:
+        # a write resolves before the writer adds up its time: the next write's return
+        # means the previous group is counted
+        await store.write(noop)
+
+    await store.ingest_reports("n1", [rep(s, 100 + s) for s in range(1, 50)], received_at=T0)
+    ids = [r[0] for r in await rows(store)]
+    await settle()
+    busy = store.busy_s
+    assert await store.write(outbox.acknowledge(ids)) == len(ids)
+    await settle()
+    assert store.busy_s == busy and store.background_s > 0
+    assert await rows(store) == []
+    await store.ingest_reports("n1", [rep(60, 200)], received_at=T0)
+    await settle()
+    assert store.busy_s > busy  # an ingest still counts
+
+
+async def test_packed_read_gives_every_row_in_order_and_falls_back_on_a_separator(store):
+    """pending() reads a batch as one packed value: same rows, same order, None payloads kept,
+    and a payload holding a separator character still comes back intact."""
+    await store.ingest_reports("n1", [rep(s, 100 + s) for s in range(1, 30)], received_at=T0)
+    await store.write(lambda c: c.execute("DELETE FROM readings WHERE seq = 3"))
+    one_by_one = await store.read(lambda c: c.execute(outbox._PENDING, (0, 10**6)).fetchall())
+    got = await rows(store)
+    assert got == one_by_one and len(got) > 29
+    assert [r[0] for r in got] == sorted(r[0] for r in got)
+    assert {k: p for _i, k, _t, p in got}["r/n1/3"] is None
+    assert await store.read(lambda c: outbox.pending(c, got[4][0], 3)) == got[5:8]
+    odd = 'x{"a":"\x1fb\x1e"}'
+    await store.write(lambda c: c.execute(
+        "INSERT INTO nb_outbox(key, topic, payload, t, created_at) VALUES ('g/x', 'x', ?, 0, 0)",
+        (odd,)))
+    last = (await rows(store))[-1]
+    assert last[1:] == ("g/x", "x", odd)
