@@ -33,3 +33,19 @@ def test_stock_table_without_ota_slots_says_only_application_updates_work(tmp_pa
     p = flash.plan(make_firmware(tmp_path), None)
     assert p.ota.startswith("no OTA slots") and "application updates over the air work" in p.ota
     assert partitions.ota_slots(partitions.parse_partition_table(b"")) == []
+
+
+def test_provision_warns_about_a_firmware_without_ota_slots_and_refuses_one_too_big(tmp_path):
+    import argparse
+
+    from tools.slnode import provision
+
+    stock = make_firmware(tmp_path)
+    ns = argparse.Namespace(firmware=str(stock))
+    w = provision._layout_check("mpy", ns)
+    assert any("no OTA slots" in x for x in w)
+    fits = make_firmware(tmp_path, rows=OTA_4MIB, app_size=0x100000, name="ota-ok.bin")
+    assert provision._layout_check("mpy", argparse.Namespace(firmware=str(fits))) == []
+    big = make_firmware(tmp_path, rows=OTA_4MIB, app_size=0x180000 + 16, name="ota-big.bin")
+    with pytest.raises(provision.ProvisionError, match="does not fit its OTA slot"):
+        provision._layout_check("mpy", argparse.Namespace(firmware=str(big)))

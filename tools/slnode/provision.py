@@ -327,6 +327,14 @@ def _layout_check(layout: str, args) -> list[str]:
                     "MicroPython built with ROMFS (docs/technician.md)"]
         return []
     info = partitions.inspect_firmware(Path(args.firmware))
+    ota_warning = []
+    try:  # the layout is fixed now: a partition table cannot change over the air (docs/ota.md)
+        ota = partitions.check_app_fits(max(0, info.size - (partitions.APP_OFFSET - info.offset)),
+                                        info.partitions, str(args.firmware))
+    except partitions.ImageError as e:
+        raise ProvisionError(str(e)) from None
+    if ota.startswith("no OTA slots"):
+        ota_warning = [f"{Path(args.firmware).name}: {ota}"]
     has_romfs = any(p.type == 1 and p.label == "romfs" for p in info.partitions)
     if layout == "romfs" and not has_romfs:
         raise ProvisionError(
@@ -336,8 +344,9 @@ def _layout_check(layout: str, args) -> list[str]:
         )
     if layout == "mpy" and has_romfs:
         return [f"{Path(args.firmware).name} has a 'romfs' partition (a board without PSRAM?): the .mpy build "
-                "loads its code into the heap; provision with --romfs and flash with --romfs for such a board"]
-    return []
+                "loads its code into the heap; provision with --romfs and flash with --romfs for such a board",
+                *ota_warning]
+    return ota_warning
 
 
 def add_arguments(parser) -> None:
