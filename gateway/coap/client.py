@@ -72,7 +72,12 @@ class NodeClient:
     """Sends requests to nodes with bounded concurrency.
 
     `context` is an aiocoap client context (see transport.choose); `limit` bounds requests in
-    flight; `timeout` bounds one request including its retransmissions. With `credentials`
+    flight; `timeout` bounds one request including its retransmissions. One request at a time
+    per node: aiocoap lets the next one go once a node sent an empty ACK (RFC 7252 NSTART
+    counts only unacknowledged messages), and under OSCORE two interleaved requests to a node
+    that just rebooted race through its Echo exchange (RFC 8613 B.1.2: the window starts at the
+    first verified resend, so the other request's lower sequence number is refused as a replay
+    and a command needed one more attempt). A constrained node is served one at a time anyway. With `credentials`
     (gateway.coap.security.NodeCredentials, set as the context's client credentials) every
     request is OSCORE-protected with the context of the node registered at the address, and a
     node without one is never sent an unprotected request (NodeUnreachable).
@@ -84,6 +89,7 @@ class NodeClient:
         self.credentials = credentials  # NodeCredentials: every request must be protected
         self.timeout = timeout
         self._sem = asyncio.Semaphore(limit)
+        self._per_node: dict[str, list] = {}  # address -> [asyncio.Lock, requests using it]
 
     async def request(self, method: Code, address: str, path: str, payload: bytes = b"",
                       content_format: int | None = None, accept: int | None = None,
@@ -108,16 +114,24 @@ class NodeClient:
             msg.opt.content_format = content_format
         if accept is not None:
             msg.opt.accept = accept
-        async with self._sem:
-            req = self.context.request(msg)
-            try:
-                resp = await asyncio.wait_for(req.response, timeout)
-            except TimeoutError as exc:
-                raise NodeUnreachable(f"no answer within {timeout:g} s") from exc
-            except aiocoap.error.Error as exc:
-                raise NodeUnreachable(str(exc) or type(exc).__name__) from exc
-            except OSError as exc:
-                raise NodeUnreachable(str(exc)) from exc
+        entry = self._per_node.setdefault(address, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            # the node's turn first, then a slot: requests queued for one node hold no slot
+            async with entry[0], self._sem:
+                req = self.context.request(msg)
+                try:
+                    resp = await asyncio.wait_for(req.response, timeout)
+                except TimeoutError as exc:
+                    raise NodeUnreachable(f"no answer within {timeout:g} s") from exc
+                except aiocoap.error.Error as exc:
+                    raise NodeUnreachable(str(exc) or type(exc).__name__) from exc
+                except OSError as exc:
+                    raise NodeUnreachable(str(exc)) from exc
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._per_node[address]
         if not resp.code.is_successful():
             raise NodeRefused(_code_str(resp.code),
                               resp.payload[:64].decode("utf-8", "replace"))
