@@ -39,7 +39,22 @@ class App:
 
 async def client(ep, port, n, con):
     peer = Endpoint.resolve("127.0.0.1", port)
+    # the node's own retransmission schedule: when it sent (its clock) and how long it chose
+    # to wait each time (a loaded host delays the sends, never the choice)
+    sends, waits = [], []
+    send, wait = ep._send, ep._wait
+
+    def timed_send(data, addr):
+        sends.append(ep.now_ms())
+        return send(data, addr)
+
+    async def timed_wait(ex, timeout_ms, need_response=False):
+        waits.append(timeout_ms)
+        return await wait(ex, timeout_ms, need_response)
+
+    ep._send, ep._wait = timed_send, timed_wait
     for i in range(n):
+        del sends[:], waits[:]
         m = coap.Message(code=coap.POST)
         m.set_path("/rd/x")
         m.add_option(coap.URI_QUERY, "i=" + str(i))
@@ -47,7 +62,7 @@ async def client(ep, port, n, con):
         t0 = ep.now_ms()
         r = await ep.request(m, peer, confirmable=con)
         dt = ep.now_ms() - t0
-        out = {"i": i, "ms": dt, "retx": ep.stats["retx"]}
+        out = {"i": i, "ms": dt, "retx": ep.stats["retx"], "sends": sends, "waits": waits}
         if r is not None:
             out["code"] = r.code_str()
             out["payload"] = r.payload.decode()
