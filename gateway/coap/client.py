@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiocoap
 import cbor2
 from aiocoap.numbers.codes import Code
-from aiocoap.numbers.constants import TransportTuning
+from aiocoap.numbers.constants import Unreliable
+from aiocoap.tokenmanager import TokenManager
 
 from protocol import lwm2m
 
 log = logging.getLogger("slgw.coap.client")
 
 
-class _SentOnce(TransportTuning):
-    """No CoAP retransmission (see NodeClient.request)."""
+class _SentOnce(Unreliable):
+    """NON on the wire, no retransmission (see NodeClient.request). Not a CON sent once: aiocoap
+    sends one CON at a time per peer and, when a CON to a peer gets no ACK, drops every CON
+    queued for it, the separate answer to that node's own Send too (the node then waited 93 s
+    for it: HIL s3 on OSCORE, docs/security.md §4.2)."""
 
     MAX_RETRANSMIT = 0
 
@@ -91,39 +95,47 @@ class NodeClient:
         self._sem = asyncio.Semaphore(limit)
         self._per_node: dict[str, list] = {}  # address -> [asyncio.Lock, requests using it]
 
-    async def request(self, method: Code, address: str, path: str, payload: bytes = b"",
+    async def request(self, method: Code, address: str, path: str,
+                      payload: bytes | Callable[[], bytes] = b"",
                       content_format: int | None = None, accept: int | None = None,
                       mtype: aiocoap.numbers.types.Type | None = None, timeout: float | None = None
                       ) -> aiocoap.Message:
         """Send one request and return the 2.xx response.
 
         ``mtype`` NON sends it once, without retransmissions (for values that go stale, such as
-        the time); ``timeout`` overrides the client's. Raises NodeUnreachable on timeout or a
-        network error, NodeRefused on a 4.xx/5.xx.
+        the time); ``timeout`` overrides the client's. A callable ``payload`` is called when the
+        node's turn comes (a time read earlier would be as old as the wait). Raises
+        NodeUnreachable on timeout or a network error, NodeRefused on a 4.xx/5.xx.
         """
         self._check_protected(address)
         timeout = self.timeout if timeout is None else timeout
-        msg = aiocoap.Message(code=method, uri=uri(address, path), payload=payload)
-        if mtype is not None:
-            msg.mtype = mtype
-            if mtype == aiocoap.NON and self.credentials is not None:
-                # aiocoap's OSCORE makes every outer message CON (it does not copy the type) but
-                # copies the transport tuning: sent once all the same, as a NON would be
-                msg.transport_tuning = _SentOnce()
-        if content_format is not None:
-            msg.opt.content_format = content_format
-        if accept is not None:
-            msg.opt.accept = accept
         entry = self._per_node.setdefault(address, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
             # the node's turn first, then a slot: requests queued for one node hold no slot
             async with entry[0], self._sem:
+                data = payload() if callable(payload) else payload
+                msg = aiocoap.Message(code=method, uri=uri(address, path), payload=data)
+                if mtype is not None:
+                    msg.mtype = mtype
+                    if mtype == aiocoap.NON and self.credentials is not None:
+                        # aiocoap's OSCORE does not copy the type to the outer message but copies
+                        # the transport tuning, which makes it NON (a CON would hold the peer's
+                        # only CON slot, see _SentOnce)
+                        msg.transport_tuning = _SentOnce()
+                if content_format is not None:
+                    msg.opt.content_format = content_format
+                if accept is not None:
+                    msg.opt.accept = accept
                 req = self.context.request(msg)
                 try:
-                    resp = await asyncio.wait_for(req.response, timeout)
+                    resp = await asyncio.wait_for(asyncio.shield(req.response), timeout)
                 except TimeoutError as exc:
+                    self._give_up(req, msg, address)
                     raise NodeUnreachable(f"no answer within {timeout:g} s") from exc
+                except asyncio.CancelledError:
+                    self._give_up(req, msg, address)
+                    raise
                 except aiocoap.error.Error as exc:
                     raise NodeUnreachable(str(exc) or type(exc).__name__) from exc
                 except OSError as exc:
@@ -137,6 +149,27 @@ class NodeClient:
                               resp.payload[:64].decode("utf-8", "replace"))
         return resp
 
+    def _give_up(self, req: Any, msg: aiocoap.Message, address: str) -> None:
+        """Stop a request nobody waits for any more. A CON: cancel it (stops aiocoap's
+        retransmissions). An OSCORE NON: aiocoap's OSCORE transport waits for the answer to the
+        outer NON until the context stops (it does not follow a cancelled request), then logs
+        LibraryShutdown errors; so the outer exchange is ended here, which ends the request."""
+        if msg.mtype == aiocoap.NON and self.credentials is not None:
+            for ri in self.context.request_interfaces:
+                if not isinstance(ri, TokenManager):
+                    continue
+                for pipe in list((ri.outgoing_requests or {}).values()):
+                    m = pipe.request
+                    # one request at a time per node: the only NON from here to this node
+                    if (m.mtype == aiocoap.NON and m.opt.oscore is not None
+                            and m.remote is not None and m.remote.hostinfo == address):
+                        pipe.add_exception(aiocoap.error.RequestTimedOut())
+                        # the request ends with that error; nobody reads it any more
+                        req.response.add_done_callback(
+                            lambda f: f.cancelled() or f.exception())
+                        return
+        req.response.cancel()
+
     def _check_protected(self, address: str) -> None:
         if not address:
             raise NodeUnreachable("no known address (node never registered)")
@@ -146,9 +179,21 @@ class NodeClient:
 
     async def write(self, address: str, path: str, value: Any, **kw: Any) -> None:
         """Write (PUT) one value to `path` in the format of `encode_value` (SPEC §5.1); ``kw``:
-        ``mtype``, ``timeout`` of `request`. Raises as `request`."""
-        payload, cf = encode_value(value)
-        await self.request(Code.PUT, address, path, payload, content_format=cf, **kw)
+        ``mtype``, ``timeout`` of `request`. A callable `value` is called when the node's turn
+        comes (see `request`); it must give a value of the same format as its first call
+        (checked, ValueError). Raises as `request`."""
+        if not callable(value):
+            payload, cf = encode_value(value)
+            await self.request(Code.PUT, address, path, payload, content_format=cf, **kw)
+            return
+        cf = encode_value(value())[1]
+
+        def late() -> bytes:
+            data, got = encode_value(value())
+            if got != cf:
+                raise ValueError(f"value for {path} changed format ({cf} to {got})")
+            return data
+        await self.request(Code.PUT, address, path, late, content_format=cf, **kw)
 
     async def read(self, address: str, path: str) -> Any:
         """Read (GET) one resource and return its decoded CBOR value. Raises as `request`,

@@ -98,7 +98,8 @@ class TimeSync:
         try:
             if not self.clock.trusted():  # re-check: trust may have been lost meanwhile
                 return
-            await self.client.write(address, PATH_TIME, int(self.clock.now()), mtype=NON,
+            # the time is read when the node's turn comes, not before a wait in its queue
+            await self.client.write(address, PATH_TIME, lambda: int(self.clock.now()), mtype=NON,
                                     timeout=WRITE_TIMEOUT_S)
             self.writes += 1
             log.debug("set the time of node %s", ep)

@@ -159,3 +159,37 @@ async def test_concurrency_is_bounded(client):
     finally:
         for ctx in ctxs:
             await ctx.shutdown()
+
+
+async def test_a_value_given_late_is_read_when_the_nodes_turn_comes(client):
+    # the time Write waits its turn behind the node's earlier request (up to its timeout when
+    # that one is lost): a time read before the wait reached the node that much too old
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    state = {"first_done": False, "read_after_first": None}
+
+    async def first() -> None:
+        try:
+            await client.write(address, "/3311/0/5851", 1, mtype=aiocoap.NON, timeout=0.3)
+        finally:
+            state["first_done"] = True
+
+    def now() -> int:
+        state["read_after_first"] = state["first_done"]
+        return 1767286800 + state["first_done"]
+
+    try:
+        t1 = asyncio.create_task(first())
+        await asyncio.sleep(0)
+        with pytest.raises(NodeUnreachable):
+            await client.write(address, "/3/0/13", now, mtype=aiocoap.NON, timeout=0.3)
+        with pytest.raises(NodeUnreachable):
+            await t1
+        assert state["read_after_first"] is True
+        silent.setblocking(False)
+        sent = [aiocoap.Message.decode(silent.recv(2048)) for _ in range(2)]
+        assert sent[1].payload == b"1767286801"
+        assert sent[1].opt.content_format == 0
+    finally:
+        silent.close()

@@ -295,9 +295,9 @@ async def test_key_rotation_refused_by_the_node_keeps_the_old_key(tmp_path):
 
 
 async def test_a_non_time_write_is_sent_once_under_oscore_too(tmp_path):
-    """The time Write goes NON (sent once: a retransmission would carry a stale time, SPEC §6);
-    aiocoap's OSCORE turns every outer message into a CON, so the gateway turns retransmission
-    off instead. A node that never answers sees exactly one datagram."""
+    """The time Write goes NON (sent once: a retransmission would carry a stale time, SPEC §6),
+    also as the outer OSCORE message (aiocoap does not copy the type; the transport tuning makes
+    it NON). A node that never answers sees exactly one datagram."""
     keyfile, _node_dir = make_node_key(tmp_path, "lamp-1")
     kdir = str(tmp_path / "keys")
     install(kdir, keyfile)
@@ -321,6 +321,7 @@ async def test_a_non_time_write_is_sent_once_under_oscore_too(tmp_path):
                 break
         assert len(got) == 1
         assert aiocoap.Message.decode(got[0]).opt.oscore is not None
+        assert aiocoap.Message.decode(got[0]).mtype == aiocoap.NON
     finally:
         await ctx.shutdown()
         creds.close()
@@ -449,3 +450,110 @@ async def test_a_full_backlog_pack_goes_through_oscore(tmp_path):
             assert gw.coap.stats["reports"] == len(pack)
         finally:
             await node.stop()
+
+
+async def test_a_lost_time_write_does_not_drop_the_answer_to_the_nodes_send(tmp_path):
+    """HIL s3 on OSCORE (issue 11): the gateway answers a node's Send late (empty ACK, then a
+    separate CON response) while the time Write its report triggered is in flight to the same
+    node. aiocoap sends one CON at a time per peer (NSTART 1): the separate response waits
+    behind the Write; when that Write (sent once) is lost, aiocoap drops every CON queued for
+    the peer, the separate response too, and the node waited MAX_TRANSMIT_WAIT (93 s) for an
+    answer that never came. The time Write goes NON on the wire: it holds no CON slot."""
+    keyfile, _node_dir = make_node_key(tmp_path, "lamp-1")
+    kdir = str(tmp_path / "keys")
+    install(kdir, keyfile)
+    node = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    node.bind(("127.0.0.1", 0))
+    node.setblocking(False)
+    address = f"127.0.0.1:{node.getsockname()[1]}"
+    creds = NodeCredentials(kdir, lambda a: "lamp-1" if a == address else None)
+    creds.load()
+    seen: list[aiocoap.Message] = []
+    write_sent, empty_acked = asyncio.Event(), asyncio.Event()
+    holder: dict = {}
+
+    class Dp(resource.Resource):
+        async def render_post(self, request):
+            # as the gateway does for a report that shows drift: the time Write starts while
+            # the Send is being answered; the answer waits until the node has the empty ACK
+            holder["w"] = asyncio.ensure_future(holder["client"].write(
+                address, "/3/0/13", 1767286800, mtype=aiocoap.NON, timeout=4.5))
+            await write_sent.wait()
+            await empty_acked.wait()
+            return aiocoap.Message(code=Code.CHANGED)
+
+    site = resource.Site()
+    site.add_resource(["dp"], Dp())
+    port = free_port()
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port),
+                                                       transports=["oscore", "udp6"])
+    ctx.client_credentials = creds
+    holder["client"] = NodeClient(ctx, credentials=creds)
+    loop = asyncio.get_running_loop()
+    try:
+        send = aiocoap.Message(code=Code.POST, uri_path=["dp"], payload=b"report")
+        send.mtype, send.mid, send.token = aiocoap.CON, 0x1234, b"\x5e\x4d"
+        node.sendto(send.encode(), ("127.0.0.1", port))
+        answer = None
+        deadline = loop.time() + 10  # the lost Write gives up after ACK_TIMEOUT (2-3 s)
+        while answer is None and loop.time() < deadline:
+            try:
+                data = node.recv(2048)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            m = aiocoap.Message.decode(data)
+            seen.append(m)
+            if m.code.is_request():  # the time Write: lost on the way (never answered)
+                write_sent.set()
+            elif m.code == Code.EMPTY and m.mid == send.mid:
+                empty_acked.set()
+            elif m.token == send.token:
+                if m.mtype == aiocoap.CON:
+                    ack = aiocoap.Message(code=Code.EMPTY)
+                    ack.mtype, ack.mid, ack.token = aiocoap.ACK, m.mid, b""
+                    node.sendto(ack.encode(), ("127.0.0.1", port))
+                answer = m
+        assert write_sent.is_set() and empty_acked.is_set(), seen
+        assert answer is not None and answer.code == Code.CHANGED, seen
+        writes = [m for m in seen if m.code.is_request()]
+        assert len(writes) == 1 and writes[0].mtype == aiocoap.NON and writes[0].opt.oscore is not None
+        with pytest.raises(NodeUnreachable):
+            await holder["w"]
+    finally:
+        if "w" in holder:
+            holder["w"].cancel()
+            await asyncio.gather(holder["w"], return_exceptions=True)
+        await ctx.shutdown()
+        creds.close()
+        node.close()
+
+
+async def test_a_lost_non_leaves_nothing_pending_at_shutdown(tmp_path, caplog):
+    """A NON request under OSCORE that gets no answer is ended when it times out: aiocoap's
+    OSCORE transport would otherwise wait for its answer until the context stops, and log
+    LibraryShutdown errors then (one per lost time Write of the gateway's life)."""
+    keyfile, _node_dir = make_node_key(tmp_path, "lamp-1")
+    kdir = str(tmp_path / "keys")
+    install(kdir, keyfile)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    creds = NodeCredentials(kdir, lambda a: "lamp-1" if a == address else None)
+    creds.load()
+    ctx = await aiocoap.Context.create_client_context(transports=["oscore", "udp6"])
+    ctx.client_credentials = creds
+    caplog.set_level("DEBUG")
+    try:
+        client = NodeClient(ctx, credentials=creds)
+        for _ in range(2):
+            with pytest.raises(NodeUnreachable):
+                await client.write(address, "/3/0/13", 1767286800, mtype=aiocoap.NON, timeout=0.3)
+        await asyncio.sleep(0.05)
+    finally:
+        await ctx.shutdown()
+        await asyncio.sleep(0.05)
+        creds.close()
+        silent.close()
+    errors = [r for r in caplog.records if r.levelno >= 40]
+    assert not errors, [r.getMessage() for r in errors]
