@@ -86,11 +86,7 @@ def test_energy_soak_forty_nodes_six_hours(hil_clock, gateway, nodes, meters, re
 def run_scenario(hil_clock, gateway, nodes, meters, relay, n_nodes: int, per_process: int, hours: int) -> None:
     clock = hil_clock("2026-12-15T17:30:00Z", speed=SPEED)
     cab = meters(clock, ["C1", "C2"], line_loss=LOSS, period="0.5s")
-    # unprotected for now: on OSCORE, 1 run in 3 one node stopped being stored for good after
-    # the gateway's SIGKILL and a power cut under loss/dup/reorder (its requests and the
-    # gateway's time Writes unanswered; gateway window at 257, node past it); under
-    # investigation (issue 11, reported by oscore-town). Every other scenario runs on OSCORE.
-    gw = gateway(clock, extra_toml=cab.toml(), security="none")
+    gw = gateway(clock, extra_toml=cab.toml())
     rl = relay(gw.coap_port, seed=3)
     town = nodes(clock, rl.url, plan(n_nodes), per_process=per_process, truth_period=60.0)
     cab.feed(town)
