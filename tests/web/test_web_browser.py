@@ -35,6 +35,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 OP, RO = "operator-t0ken-for-the-web-test-0123", "read-only-t0ken-for-the-web-test-4567"
 START = "2026-01-15T16:05:00Z"  # dusk in Lyon is about 16:18 UTC: the run crosses it
+NIGHT_QUARTER_DONE = "2026-01-15T16:47:00Z"  # 16:30-16:45 UTC, wholly after dusk, reported
 SPEED = 120.0
 PHONE = {"width": 390, "height": 844}
 NODES = {"north-000": "K1", "north-001": "K1", "south": "K2"}
@@ -265,6 +266,13 @@ def test_web_view_in_chromium(procs, tmp_path):
             _axe(page, "lamp (operator)")
 
             # --- energy and savings equal the CLI's -----------------------------------------
+            # a whole night quarter hour must be in the data before the nodes stop: wait for the
+            # simulated clock to pass NIGHT_QUARTER_DONE (a loaded machine may get here sooner
+            # in simulated time than an idle one: seen once as "no period has a baseline")
+            t0 = datetime.fromisoformat(START.replace("Z", "+00:00")).timestamp()
+            done = datetime.fromisoformat(NIGHT_QUARTER_DONE.replace("Z", "+00:00")).timestamp()
+            while t0 + (time.time() - anchor) * SPEED < done:
+                time.sleep(0.2)
             # the nodes stop (SIGTERM: a last report, like a lamp switched off at the cabinet) so
             # that no report lands between the page and the CLI reading the same window
             for proc in list(procs.procs):
