@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # one MicroPython runner and one pid-killing Proc for both halves of the firmware tests
@@ -93,3 +94,15 @@ def write_toml(path, **kv):
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def wait_until(cond, timeout, what):
+    """Poll ``cond`` every 0.1 s until it returns a true value (returned) or ``timeout`` s pass."""
+    end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

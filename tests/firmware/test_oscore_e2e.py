@@ -10,30 +10,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import aiocoap
 import cbor2
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "gateway"))
-from app_support import free_udp_port, read_truth, start_emulator, write_toml  # noqa: E402
+from app_support import free_udp_port, read_truth, start_emulator, wait_until, write_toml  # noqa: E402
 from slgw_harness import SLGW, SlgwProcess  # noqa: E402
 
 from tools.slnode import emulate  # noqa: E402
 
 SPEED = 20.0
-
-
-def wait_until(cond, timeout, what):
-    end = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def last_level(truth_path):
